@@ -1,0 +1,28 @@
+# `make test` and `make demo` set up .venv on first use, then run.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+# This machine serves these torch wheels from local disk; elsewhere pip downloads them.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DEMO_IMAGE ?= examples/images/snow.png
+DEMO_TEXT ?= the long snowboard to the right of the skis
+
+.PHONY: install test demo clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet $(TORCH_SPEC)
+	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+test: install
+	$(PYTHON) -m pytest -q
+
+demo: install
+	mkdir -p outputs
+	$(VENV)/bin/agent-cli detect $(DEMO_IMAGE) "$(DEMO_TEXT)" --save outputs/demo.png
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,116 @@
+"""``agent-cli``: the terminal front end.
+
+User mistakes (bad path, empty expression, missing weights) exit with code 2 and one
+line on stderr; unexpected failures exit with code 1 and a hint to rerun with
+``--debug``, which shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tools.detectors.grounding_dino import DEFAULT_DETECTOR
+from tools.errors import RexError, UserInputError
+
+app = typer.Typer(
+    name="agent-cli",
+    help="REX Agent: locate what a referring expression points at in an image.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stdout = Console()
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    """REX Agent command line."""
+
+
+@app.command()
+def detect(
+    image: Path = typer.Argument(..., help="Image file."),
+    text: str = typer.Argument(..., help="What to detect, e.g. 'the long snowboard right of the skis'."),
+    focus: Optional[str] = typer.Option(
+        None, "--focus", help="Target phrase inside TEXT; boxes are scored on its tokens only (target-focus matching)."
+    ),
+    detector: str = typer.Option(
+        DEFAULT_DETECTOR,
+        "--detector",
+        envvar="REX_DETECTOR",
+        help="Grounding DINO / MM-Grounding-DINO Hub id or local folder.",
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, fp32, fp16 or bf16."),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="How many boxes to report."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Write the image with the boxes drawn (PNG/JPEG)."),
+) -> None:
+    """Run the specialist detector alone and print its best boxes."""
+    from tools.detectors import GroundingDinoDetector, check_text
+    from tools.drawing import draw_detections
+    from tools.images import load_image
+
+    # Inputs are checked before any model loads, so mistakes are answered at once.
+    picture = load_image(image)
+    span = find_phrase(text, focus) if focus else None
+    check_text(text, span)
+    model = GroundingDinoDetector.from_pretrained(detector, device=device, dtype=dtype)
+    detections = model.detect(picture, text, focus=span).top_k(top_k)
+    if save is not None:
+        draw_detections(picture, detections).save(save)
+    if as_json:
+        stdout.print_json(json.dumps({"image": str(image), "text": text, "focus": span, **detections.to_dict()}))
+        return
+    table = Table("rank", "x1", "y1", "x2", "y2", "score", title=f"{text!r} in {image}")
+    for rank, (box, score) in enumerate(detections, start=1):
+        table.add_row(str(rank), *(f"{v:.1f}" for v in box), f"{score:.3f}")
+    stdout.print(table)
+    if save is not None:
+        stdout.print(f"saved {save}")
+
+
+def find_phrase(text: str, phrase: str) -> tuple[int, int]:
+    """Character span of ``phrase`` in ``text`` (first case-insensitive match)."""
+    start = text.lower().find(phrase.strip().lower())
+    if not phrase.strip() or start < 0:
+        raise UserInputError(f"focus phrase {phrase!r} does not occur in {text!r}")
+    return start, start + len(phrase.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="agent-cli", standalone_mode=False)
+        return 0
+    except typer.Exit as done:
+        return done.exit_code
+    except typer.TyperException as usage:  # bad flags or missing arguments
+        usage.show()
+        return 2
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        return 130
+    except RexError as error:
+        if debug:
+            raise
+        typer.echo(f"error: {error}", err=True)
+        return 2 if isinstance(error, (UserInputError, OSError)) else 1
+    except Exception as error:  # noqa: BLE001 - the one place that turns crashes into a message
+        if debug:
+            raise
+        typer.echo(f"internal error: {type(error).__name__}: {error} (rerun with --debug for details)", err=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

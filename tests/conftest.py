@@ -1,0 +1,50 @@
+"""Session-wide fixtures: tiny checkpoints are built once and loaded like real ones."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from tests import tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
+def tiny_mm_grounding_dino(tiny_checkpoints):
+    """Folder of a tiny ``MMGroundingDinoForObjectDetection`` (text limit 32 tokens)."""
+    return tiny.build_tiny_grounding_dino(tiny_checkpoints / "mm_grounding_dino", mm=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_grounding_dino(tiny_checkpoints):
+    """Folder of a tiny ``GroundingDinoForObjectDetection`` (the IDEA architecture)."""
+    return tiny.build_tiny_grounding_dino(tiny_checkpoints / "grounding_dino", mm=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl(tiny_checkpoints):
+    return tiny.build_tiny_qwen2_vl(tiny_checkpoints / "qwen2_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_5_vl(tiny_checkpoints):
+    return tiny.build_tiny_qwen2_5_vl(tiny_checkpoints / "qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_vl(tiny_checkpoints):
+    pytest.importorskip("transformers", minversion="4.57")
+    return tiny.build_tiny_qwen3_vl(tiny_checkpoints / "qwen3_vl")
+
+
+@pytest.fixture
+def street_image():
+    """A 160x120 RGB image with a few flat-coloured rectangles."""
+    image = Image.new("RGB", (160, 120), (90, 120, 160))
+    for x0, colour in ((10, (200, 30, 30)), (70, (30, 200, 30)), (120, (240, 240, 240))):
+        image.paste(colour, (x0, 40, x0 + 30, 100))
+    return image

@@ -1,0 +1,46 @@
+"""Image inputs: paths, PIL images and arrays become RGB images, or a clear error."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tools import ImageLoadError, load_image
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "RGB"])
+def test_every_mode_becomes_rgb(tmp_path, mode):
+    image = Image.new(mode, (8, 6))
+    assert load_image(image).mode == "RGB"
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif)
+    assert load_image(path).size == (20, 40)
+
+
+def test_arrays(tmp_path):
+    assert load_image(np.zeros((6, 8, 3), np.uint8)).size == (8, 6)
+    assert load_image(np.zeros((6, 8), np.uint8)).mode == "RGB"
+    with pytest.raises(ImageLoadError, match="uint8"):
+        load_image(np.zeros((6, 8, 3), np.float32))
+    with pytest.raises(ImageLoadError, match=r"\(H, W, 3\)"):
+        load_image(np.zeros((6, 8, 2), np.uint8))
+
+
+def test_truncated_file_names_the_file(tmp_path):
+    path = tmp_path / "cut.png"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(path)
+    path.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(ImageLoadError, match="cut.png"):
+        load_image(path)
+
+
+def test_zero_size_and_wrong_type():
+    with pytest.raises(ImageLoadError, match="zero size"):
+        load_image(Image.new("RGB", (0, 5)))
+    with pytest.raises(ImageLoadError, match="int"):
+        load_image(42)

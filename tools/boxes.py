@@ -1,0 +1,149 @@
+"""Box maths: the one place where box formats are converted and compared.
+
+Every function takes and returns ``numpy`` arrays of shape ``(N, 4)`` (or ``(4,)``
+for a single box where noted) in float64, so results do not depend on the caller's
+dtype. Pixel boxes are ``xyxy`` with the origin at the top-left corner; ``x2``/``y2``
+are exclusive edges, so a box covering the whole image is ``(0, 0, width, height)``.
+IoU, generalized IoU and NMS delegate to ``torchvision.ops``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torchvision.ops
+
+# Qwen2-VL writes coordinates as integers normalised to 0..1000.
+QWEN_SCALE = 1000
+
+
+def as_boxes(boxes: np.ndarray | Sequence[Sequence[float]] | torch.Tensor) -> np.ndarray:
+    """Return ``boxes`` as a float64 ``(N, 4)`` array (an empty input gives ``(0, 4)``)."""
+    if isinstance(boxes, torch.Tensor):
+        boxes = boxes.detach().to("cpu", torch.float64).numpy()
+    array = np.asarray(boxes, dtype=np.float64)
+    if array.size == 0:
+        return np.zeros((0, 4), dtype=np.float64)
+    if array.ndim == 1 and array.shape[0] == 4:
+        array = array[None, :]
+    if array.ndim != 2 or array.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4), got {array.shape}")
+    return array
+
+
+def xywh_to_xyxy(boxes) -> np.ndarray:
+    """COCO ``(x, y, width, height)`` to ``(x1, y1, x2, y2)``."""
+    b = as_boxes(boxes)
+    return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+
+
+def xyxy_to_xywh(boxes) -> np.ndarray:
+    """``(x1, y1, x2, y2)`` to COCO ``(x, y, width, height)``."""
+    b = as_boxes(boxes)
+    return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
+
+
+def cxcywh_to_xyxy(boxes) -> np.ndarray:
+    """Centre-size ``(cx, cy, w, h)`` (DETR-style heads) to ``(x1, y1, x2, y2)``."""
+    b = as_boxes(boxes)
+    half = b[:, 2:] / 2
+    return np.concatenate([b[:, :2] - half, b[:, :2] + half], axis=1)
+
+
+def scale_boxes(boxes, width: float, height: float) -> np.ndarray:
+    """Multiply x coordinates by ``width`` and y coordinates by ``height``.
+
+    Turns boxes relative to the image (0..1) into pixels; the inverse is
+    ``scale_boxes(boxes, 1 / width, 1 / height)``.
+    """
+    return as_boxes(boxes) * np.array([width, height, width, height], dtype=np.float64)
+
+
+def pixels_to_qwen(boxes, width: float, height: float) -> np.ndarray:
+    """Pixel ``xyxy`` boxes to Qwen2-VL integers in 0..1000: ``round(v / size * 1000)``.
+
+    Values are clipped to 0..1000 so a box that overhangs the image still gives
+    coordinates the model was trained on. Returns an ``int64`` array.
+    """
+    _check_size(width, height)
+    relative = scale_boxes(boxes, QWEN_SCALE / width, QWEN_SCALE / height)
+    return np.clip(np.round(relative), 0, QWEN_SCALE).astype(np.int64)
+
+
+def qwen_to_pixels(boxes, width: float, height: float) -> np.ndarray:
+    """Qwen2-VL 0..1000 coordinates back to pixel ``xyxy`` boxes."""
+    _check_size(width, height)
+    return scale_boxes(boxes, width / QWEN_SCALE, height / QWEN_SCALE)
+
+
+def resize_boxes(boxes, from_size: tuple[float, float], to_size: tuple[float, float]) -> np.ndarray:
+    """Rescale pixel boxes from an image of ``from_size`` ``(w, h)`` to one of ``to_size``.
+
+    Qwen2.5-VL answers in pixels of the *resized* model input; this maps them back.
+    """
+    _check_size(*from_size)
+    _check_size(*to_size)
+    return scale_boxes(boxes, to_size[0] / from_size[0], to_size[1] / from_size[1])
+
+
+def clip_boxes(boxes, width: float, height: float) -> np.ndarray:
+    """Clip boxes to the image ``[0, width] x [0, height]``."""
+    b = as_boxes(boxes).copy()
+    b[:, 0::2] = b[:, 0::2].clip(0, width)
+    b[:, 1::2] = b[:, 1::2].clip(0, height)
+    return b
+
+
+def box_area(boxes) -> np.ndarray:
+    """Area of each box; inverted or degenerate boxes have area 0."""
+    b = as_boxes(boxes)
+    return (b[:, 2] - b[:, 0]).clip(min=0) * (b[:, 3] - b[:, 1]).clip(min=0)
+
+
+def is_valid(boxes) -> np.ndarray:
+    """Boolean mask of boxes with finite coordinates and ``x2 > x1``, ``y2 > y1``."""
+    b = as_boxes(boxes)
+    return np.isfinite(b).all(axis=1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+
+
+def box_iou(boxes_a, boxes_b) -> np.ndarray:
+    """Pairwise IoU, shape ``(len(a), len(b))``."""
+    return _pairwise(torchvision.ops.box_iou, boxes_a, boxes_b)
+
+
+def generalized_box_iou(boxes_a, boxes_b) -> np.ndarray:
+    """Pairwise generalized IoU (in -1..1), shape ``(len(a), len(b))``; used by the GREC metric."""
+    return _pairwise(torchvision.ops.generalized_box_iou, boxes_a, boxes_b)
+
+
+def nms(boxes, scores, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression; indices of the kept boxes, best first.
+
+    Ties in score are broken by input order (the earlier box wins), so the result is
+    deterministic, unlike ``torchvision.ops.nms`` whose sort is not stable.
+    """
+    b = as_boxes(boxes)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(s) != len(b):
+        raise ValueError(f"{len(b)} boxes but {len(s)} scores")
+    if len(b) == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(-s, kind="stable")
+    # Strictly decreasing stand-in scores make torchvision's own ordering follow ours.
+    rank_scores = torch.arange(len(order), 0, -1, dtype=torch.float64)
+    kept = torchvision.ops.nms(torch.from_numpy(b[order]), rank_scores, float(iou_threshold))
+    return order[np.sort(kept.numpy())]
+
+
+def _pairwise(op, boxes_a, boxes_b) -> np.ndarray:
+    a, b = as_boxes(boxes_a), as_boxes(boxes_b)
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), dtype=np.float64)
+    return op(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+
+
+def _check_size(width: float, height: float) -> None:
+    if not (width > 0 and height > 0):
+        raise ValueError(f"image size must be positive, got width={width}, height={height}")

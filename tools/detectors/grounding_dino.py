@@ -1,0 +1,145 @@
+"""Grounding DINO and MM-Grounding-DINO through transformers, with target-focus matching."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import boxes as box_ops
+from ..checkpoints import resolve_checkpoint
+from ..detections import Detections
+from ..devices import resolve_device, resolve_dtype
+from .base import Span, check_text
+
+# The paper's router and specialist: MM-Grounding-DINO large, "pretrain all".
+DEFAULT_DETECTOR = "openmmlab-community/mm_grounding_dino_large_all"
+
+
+@dataclass(frozen=True)
+class _Caption:
+    """A text ready for the model and the token positions each query is scored over."""
+
+    text: str
+    score_tokens: list[int] | None  # None: every token (transformers' own scoring)
+
+
+class GroundingDinoDetector:
+    """A transformers ``GroundingDinoForObjectDetection`` or ``MMGroundingDinoForObjectDetection``.
+
+    ``detect`` returns every query's box (``num_queries``, 900 for released models),
+    best first. Without ``focus`` a query's score is its highest sigmoid logit over
+    all text tokens, exactly what transformers' ``post_process_grounded_object_detection``
+    reports; with ``focus`` only the tokens inside the focus span count.
+    """
+
+    def __init__(self, model, processor, *, max_detections: int | None = None):
+        self.model = model.eval()
+        self.processor = processor
+        self.max_detections = max_detections
+        self.max_text_len = int(model.config.max_text_len)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike = DEFAULT_DETECTOR,
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        max_detections: int | None = None,
+    ) -> "GroundingDinoDetector":
+        """Load a Hub id (e.g. ``IDEA-Research/grounding-dino-tiny``) or a local folder.
+
+        ``dtype="auto"`` keeps float32 even on a GPU: detection heads lose recall in
+        half precision, and the detector is cheap next to the MLLM.
+        """
+        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device, half_on_gpu=False)
+        source = resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir, hint="or pass --detector PATH")
+        processor = AutoProcessor.from_pretrained(source, revision=revision, cache_dir=cache_dir)
+        model = AutoModelForZeroShotObjectDetection.from_pretrained(
+            source, revision=revision, cache_dir=cache_dir, dtype=torch_dtype
+        ).to(torch_device)
+        return cls(model, processor, max_detections=max_detections)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def detect(self, image: Image.Image, text: str, focus: Span | None = None) -> Detections:
+        """Boxes for ``text`` on ``image``, best first (see the class docstring for scoring)."""
+        return self.detect_many(image, [text], [focus])[0]
+
+    def detect_many(
+        self, image: Image.Image, texts: Sequence[str], focuses: Sequence[Span | None] | None = None
+    ) -> list[Detections]:
+        """Several texts on one image in a single batched forward (the image is preprocessed once)."""
+        focuses = list(focuses) if focuses is not None else [None] * len(texts)
+        if len(focuses) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(focuses)} focus spans")
+        for text, focus in zip(texts, focuses):
+            check_text(text, focus)
+        captions = [self._caption(text, focus) for text, focus in zip(texts, focuses)]
+        logits, pred_boxes = self._forward(image, [caption.text for caption in captions])
+        probs = torch.sigmoid(logits.float())
+        xyxy = box_ops.scale_boxes(box_ops.cxcywh_to_xyxy(pred_boxes.reshape(-1, 4)), image.width, image.height)
+        xyxy = xyxy.reshape(len(texts), -1, 4)
+        results = []
+        for row, caption in enumerate(captions):
+            token_probs = probs[row] if caption.score_tokens is None else probs[row][:, caption.score_tokens]
+            scores = token_probs.max(dim=-1).values.numpy()
+            detections = Detections(xyxy[row], scores).sorted()
+            results.append(detections if self.max_detections is None else detections[: self.max_detections])
+        return results
+
+    @torch.inference_mode()
+    def _forward(self, image: Image.Image, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = self.processor.image_processor(images=image, return_tensors="pt")
+        text = self.processor.tokenizer(
+            captions, padding=True, truncation=True, max_length=self.max_text_len, return_tensors="pt"
+        )
+        batch = len(captions)
+        device, dtype = self.device, next(self.model.parameters()).dtype
+        inputs = {key: value.to(device) for key, value in text.items()}
+        inputs["pixel_values"] = pixels["pixel_values"].to(device, dtype).expand(batch, -1, -1, -1)
+        if "pixel_mask" in pixels:
+            inputs["pixel_mask"] = pixels["pixel_mask"].to(device).expand(batch, -1, -1)
+        outputs = self.model(**inputs)
+        return outputs.logits.cpu(), outputs.pred_boxes.float().cpu()
+
+    def _caption(self, text: str, focus: Span | None) -> _Caption:
+        """Strip the text, end it with "." as Grounding DINO was trained, map focus to tokens."""
+        lead = len(text) - len(text.lstrip())
+        caption = text.strip()
+        if not caption.endswith("."):
+            caption += "."
+        encoding = self.processor.tokenizer(caption, return_offsets_mapping=True)
+        offsets = encoding["offset_mapping"]
+        kept = offsets[: self.max_text_len - 1]  # the last kept position holds [SEP]
+        if len(offsets) > self.max_text_len:
+            end_char = max(end for _, end in kept)
+            warnings.warn(
+                f"expression is {len(offsets)} tokens, over the detector's limit of {self.max_text_len}; "
+                f"the text after {caption[max(0, end_char - 20):end_char]!r} is ignored",
+                stacklevel=4,
+            )
+        if focus is None:
+            return _Caption(caption, None)
+        start, end = focus[0] - lead, focus[1] - lead
+        tokens = [i for i, (s, e) in enumerate(kept) if e > s and s < end and e > start]
+        if not tokens:
+            warnings.warn(
+                f"focus span {tuple(focus)} falls in the truncated part of the expression; scoring without focus",
+                stacklevel=4,
+            )
+            return _Caption(caption, None)
+        return _Caption(caption, tokens)

@@ -1,0 +1,48 @@
+"""Choosing the torch device and dtype from user settings ("auto", "cuda:1", "bf16", ...)."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import UserInputError
+
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else CPU; a CUDA device that is absent is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UserInputError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device, *, half_on_gpu: bool = True) -> torch.dtype:
+    """``"auto"``: bf16 (or fp16 without bf16 support) on CUDA when ``half_on_gpu``, else fp32.
+
+    Half precision on CPU is slow and poorly supported, so "auto" never picks it there.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda" and half_on_gpu:
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return _DTYPES[dtype.lower()]
+    except KeyError:
+        raise UserInputError(f"unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16") from None
