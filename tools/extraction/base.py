@@ -1,0 +1,48 @@
+"""What every target extractor returns and promises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Source = Literal["model", "heuristic"]
+
+
+@dataclass(frozen=True)
+class ExtractedTarget:
+    """The target of one expression and where it came from.
+
+    ``phrase`` is the target exactly as written in the expression
+    (``expression[span[0]:span[1]]``), ``span`` its character span, ``source`` says
+    whether the model's answer was used ("model") or the model-free parser
+    ("heuristic"), and ``answer`` keeps the model's own words (``None`` when it gave
+    none). ``phrase`` and ``span`` are ``None`` only for a blank expression.
+    """
+
+    phrase: str | None
+    span: tuple[int, int] | None
+    source: Source
+    answer: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "phrase": self.phrase,
+            "span": None if self.span is None else list(self.span),
+            "source": self.source,
+            "answer": self.answer,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExtractedTarget":
+        span = data.get("span")
+        return cls(data.get("phrase"), None if span is None else (int(span[0]), int(span[1])),
+                   data["source"], data.get("answer"))  # fmt: skip
+
+
+@runtime_checkable
+class TargetExtractor(Protocol):
+    """Names the object each referring expression is about ("the white truck")."""
+
+    def extract(self, expressions: list[str]) -> list[str | None]:
+        """One target phrase per expression, in order (``None`` when there is none)."""
+        ...

@@ -1,0 +1,30 @@
+"""The MLLM protocol: what a multimodal model must do for the agent to use it."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from PIL import Image
+
+from ..detections import Detections
+from .selection import Selection
+
+
+@runtime_checkable
+class MLLM(Protocol):
+    """A multimodal LLM that can ground an expression and answer a CRS question.
+
+    Implement these two methods to plug in your own model (GPT-4o, InternVL, ...).
+    ``image`` is an RGB ``PIL.Image``; boxes are ``xyxy`` pixels of that image.
+    """
+
+    def ground(self, image: Image.Image, expression: str, focus: str | None = None) -> Detections:
+        """Boxes the model writes for ``expression``; ``focus`` names the target phrase
+        for the target-focus prompt. Scores are the model's confidence in each box."""
+        ...
+
+    def select(
+        self, image: Image.Image, expression: str, candidates: Detections, allow_none: bool = False
+    ) -> Selection:
+        """Probabilities over the lettered ``candidates`` (and "None" when allowed)."""
+        ...

@@ -1,0 +1,315 @@
+"""An MLLM behind an OpenAI-compatible chat-completions server (vLLM, SGLang, LM Studio, OpenAI).
+
+``OpenAICompatibleMLLM`` implements the ``MLLM`` protocol over HTTP with the official
+``openai`` client. Images travel as base64 data URLs in ``image_url`` content parts.
+
+Grounding sends the box family's prompt (``tools.mllm.families``) and parses the answer
+with the same family. CRS selection asks for one token with ``logprobs`` and
+``top_logprobs=20`` and reads the option probabilities from the first token's top list
+(``option_probabilities``); servers that return no logprobs are answered from the reply
+text instead (one-hot).
+
+``ChatCompletionsClient`` is the retrying transport, shared with the target extractor.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+import re
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import openai
+from PIL import Image, ImageDraw, ImageFont
+
+from prompts import render_prompt
+
+from ..detections import Detections
+from ..errors import ModelOutputError, RemoteServiceError, UserInputError
+from ..images import load_image
+from .crs import NONE_OPTION, crs_prompt, option_letters
+from .families import INPUT_PIXELS, box_token_confidence, get_family
+from .selection import Selection
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# Local servers (vLLM, SGLang, LM Studio) accept any key, but the client insists on one.
+PLACEHOLDER_API_KEY = "EMPTY"
+# Transient statuses worth another try; every other 4xx is the caller's mistake.
+RETRYABLE_STATUS = frozenset({408, 429})
+STATUS_HINTS = {401: "check the API key", 403: "check the API key", 404: "check the model name and base URL"}
+TOP_LOGPROBS = 20
+# Colours of Set-of-Mark boxes, cycled in option order; saturated so letters stay legible.
+MARK_COLOURS = ((255, 0, 255), (255, 200, 0), (0, 255, 255), (255, 80, 0), (120, 0, 255), (0, 160, 0))
+
+
+class ChatCompletionsClient:
+    """``chat.completions.create`` with exponential backoff and a bound on the total time.
+
+    Timeouts, connection errors, HTTP 408/429 and 5xx are retried up to ``max_retries``
+    times, waiting ``backoff * 2**n`` seconds (at most ``max_backoff``, or the server's
+    ``Retry-After``), and never past ``total_timeout`` seconds for the whole call.
+    Other 4xx answers fail at once. Either way a ``RemoteServiceError`` with one line of
+    explanation is raised; the API key never appears in messages or ``repr``.
+    ``last_attempts`` counts the requests the latest call made.
+    ``base_url``/``api_key`` default to ``OPENAI_BASE_URL``/``OPENAI_API_KEY``.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        total_timeout: float = 300.0,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+    ) -> None:
+        if timeout <= 0 or total_timeout <= 0 or max_retries < 0:
+            raise UserInputError("timeout and total_timeout must be positive and max_retries >= 0")
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self._secret = api_key or os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_API_KEY
+        self.timeout, self.max_retries, self.total_timeout = timeout, max_retries, total_timeout
+        self.backoff, self.max_backoff = backoff, max_backoff
+        # Retries are ours (bounded in total time), so the client's own are off.
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=self._secret, max_retries=0, timeout=timeout)
+        self.last_attempts = 0
+
+    def create(self, **request: Any) -> Any:
+        """One chat completion (the ``openai`` response object); ``request`` as for ``openai``."""
+        started = time.monotonic()
+        deadline = started + self.total_timeout
+        self.last_attempts = 0
+        while True:
+            self.last_attempts += 1
+            remaining = deadline - time.monotonic()
+            try:
+                return self._client.chat.completions.create(**request, timeout=min(self.timeout, remaining))
+            except openai.APIStatusError as error:
+                if error.status_code not in RETRYABLE_STATUS and error.status_code < 500:
+                    raise RemoteServiceError(self._refusal(error)) from None
+                failure, retry_after = f"HTTP {error.status_code}", _retry_after(error)
+            except openai.APIConnectionError as error:
+                failure = "timed out" if isinstance(error, openai.APITimeoutError) else "connection failed"
+                retry_after = None
+            delay = min(self.max_backoff, max(self.backoff * 2 ** (self.last_attempts - 1), retry_after or 0))
+            if self.last_attempts > self.max_retries or time.monotonic() + delay >= deadline:
+                raise RemoteServiceError(
+                    f"{self.base_url}: {failure} on each of {self.last_attempts} attempts "
+                    f"({time.monotonic() - started:.1f}s, bound {self.total_timeout:g}s)"
+                ) from None
+            time.sleep(delay)
+
+    def _refusal(self, error: openai.APIStatusError) -> str:
+        body = error.body
+        detail = body.get("message", body) if isinstance(body, dict) else body or error.message
+        detail = self._redact(" ".join(str(detail).split()))[:300]
+        hint = f" ({STATUS_HINTS[error.status_code]})" if error.status_code in STATUS_HINTS else ""
+        return f"{self.base_url} refused the request with HTTP {error.status_code}{hint}: {detail}"
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret != PLACEHOLDER_API_KEY else text
+
+    def __repr__(self) -> str:
+        return f"ChatCompletionsClient(base_url={self.base_url!r}, timeout={self.timeout:g}, max_retries={self.max_retries})"
+
+
+def _retry_after(error: openai.APIStatusError) -> float | None:
+    try:
+        return float(error.response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+
+
+class OpenAICompatibleMLLM:
+    """The ``MLLM`` protocol served over the OpenAI chat-completions API.
+
+    ``family`` names the box convention the served model writes (see
+    ``tools.mllm.families``; default "qwen2-vl"); requests use temperature 0. With
+    ``marks=True`` CRS draws the lettered candidate boxes on the image (Set-of-Mark)
+    and asks with letters only, for models that cannot read coordinates.
+    ``image_format`` ("png" or "jpeg") is how images are encoded. ``min_pixels`` /
+    ``max_pixels`` must match the server's image resizing when the family answers in
+    pixels of the resized input (Qwen2.5-VL; ``None`` = Qwen's defaults). Connection
+    settings go to ``ChatCompletionsClient``.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        family: str = "qwen2-vl",
+        marks: bool = False,
+        image_format: str = "png",
+        max_new_tokens: int = 128,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        total_timeout: float = 300.0,
+        prompts_dir: str | None = None,
+    ) -> None:
+        if image_format.lower() not in ("png", "jpeg", "jpg"):
+            raise UserInputError(f"image_format must be 'png' or 'jpeg', got {image_format!r}")
+        self.model = model
+        self.family = get_family(family)
+        self.marks = marks
+        self.image_format = image_format.lower()
+        self.max_new_tokens = max_new_tokens
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        self.prompts_dir = prompts_dir
+        self.client = ChatCompletionsClient(
+            base_url, api_key, timeout=timeout, max_retries=max_retries, total_timeout=total_timeout
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAICompatibleMLLM(model={self.model!r}, base_url={self.client.base_url!r}, "
+            f"family={self.family.title!r}, marks={self.marks})"
+        )
+
+    def ground(self, image: Image.Image, expression: str, focus: str | None = None) -> Detections:
+        """Boxes the served model writes for ``expression`` (``focus``: target-focus prompt).
+
+        Scores are the mean probability of each box's tokens when the server returns
+        logprobs (the answer is then parsed from the joined tokens, so each box's
+        characters map onto its tokens); without logprobs every score is 1.0. Raises
+        ``ModelOutputError`` when the answer holds no usable box.
+        """
+        image = load_image(image)
+        prompt = self.family.grounding_prompt(expression, focus, self.prompts_dir)
+        response = self.client.create(**self._request(image, prompt), max_tokens=self.max_new_tokens, logprobs=True)
+        choice = response.choices[0]
+        tokens = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
+        text = "".join(token.token for token in tokens) if tokens else choice.message.content
+        input_size = None
+        if self.family.coordinates == INPUT_PIXELS:
+            input_size = self.family.input_size(image.size, self.min_pixels, self.max_pixels)
+        parsed = self.family.parse_answer(text, image.size, input_size)
+        confidence = None
+        if tokens:
+            confidence = box_token_confidence(
+                [token.token for token in tokens], [token.logprob for token in tokens], None, parsed.spans
+            )
+        return parsed.to_detections(confidence, default_label=expression)
+
+    def select(
+        self, image: Image.Image, expression: str, candidates: Detections, allow_none: bool = False
+    ) -> Selection:
+        """CRS: probabilities over the lettered candidates (and "None" when allowed).
+
+        With fewer than two options there is nothing to ask and no request is sent.
+        Without usable logprobs (none returned, or no option letter among the top
+        tokens) the reply text decides, one-hot; ``ModelOutputError`` when it names no option.
+        """
+        image = load_image(image)
+        letters = option_letters(len(candidates), allow_none)
+        if len(letters) < 2:
+            return Selection(candidates, letters, np.ones(len(letters)), allow_none)
+        if self.marks:
+            prompt = self._marks_prompt(expression, letters, allow_none)
+            image = draw_marks(image, candidates, letters)
+        else:
+            prompt, letters = crs_prompt(expression, candidates, image.size, allow_none, prompts_dir=self.prompts_dir)
+        response = self.client.create(
+            **self._request(image, prompt), max_tokens=1, logprobs=True, top_logprobs=TOP_LOGPROBS
+        )
+        choice = response.choices[0]
+        steps = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
+        probabilities = None
+        if steps:
+            probabilities = option_probabilities([(t.token, t.logprob) for t in steps[0].top_logprobs], letters)
+        if probabilities is None:
+            chosen = parse_option_letter(choice.message.content or "", letters, allow_none)
+            probabilities = np.eye(len(letters))[letters.index(chosen)]
+        return Selection(candidates, letters, probabilities, allow_none)
+
+    def _marks_prompt(self, expression: str, letters: Sequence[str], allow_none: bool) -> str:
+        lines = list(letters[:-1] if allow_none else letters)
+        if allow_none:
+            lines.append(f"{letters[-1]}. {NONE_OPTION}")
+        none_instruction = render_prompt("crs_none_instruction", self.prompts_dir) + "\n" if allow_none else ""
+        return render_prompt(
+            "crs_select_marks", self.prompts_dir,
+            expression=expression, options="\n".join(lines), none_instruction=none_instruction,
+        )  # fmt: skip
+
+    def _request(self, image: Image.Image, prompt: str) -> dict[str, Any]:
+        content = [
+            {"type": "image_url", "image_url": {"url": image_data_url(image, self.image_format)}},
+            {"type": "text", "text": prompt},
+        ]
+        return {"model": self.model, "messages": [{"role": "user", "content": content}], "temperature": 0}
+
+
+def image_data_url(image: Image.Image, image_format: str = "png") -> str:
+    """``data:image/...;base64,...`` for ``image`` encoded as PNG (lossless) or JPEG (smaller)."""
+    jpeg = image_format.lower() in ("jpeg", "jpg")
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG" if jpeg else "PNG", **({"quality": 90} if jpeg else {}))
+    mime = "image/jpeg" if jpeg else "image/png"
+    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+def draw_marks(image: Image.Image, candidates: Detections, letters: Sequence[str]) -> Image.Image:
+    """A copy of ``image`` with each candidate outlined and labelled with its letter."""
+    marked = image.convert("RGB")
+    draw = ImageDraw.Draw(marked)
+    short_side = min(marked.size)
+    line_width = max(2, round(short_side / 200))
+    font = ImageFont.load_default(size=max(10, short_side // 20))
+    for index, (box, letter) in enumerate(zip(candidates.boxes, letters)):
+        colour = MARK_COLOURS[index % len(MARK_COLOURS)]
+        x1, y1, x2, y2 = (float(v) for v in box)
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=line_width)
+        left, top, right, bottom = draw.textbbox((x1 + line_width, y1 + line_width), letter, font=font)
+        draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=colour)
+        draw.text((x1 + line_width, y1 + line_width), letter, fill=(0, 0, 0), font=font)
+    return marked
+
+
+def option_probabilities(top_logprobs: Sequence[tuple[str, float]], letters: Sequence[str]) -> np.ndarray | None:
+    """Probabilities of the options from one step's ``(token, logprob)`` top list.
+
+    A token counts for an option when, stripped of whitespace (and the BPE space
+    markers "Ġ"/"▁" some servers leave in), it equals the option's letter; the mass of
+    all such variants ("A", " A") is summed. An option missing from the list had at
+    most the smallest listed probability, and all missing ones together at most the
+    mass the list leaves over, so each gets ``min(leftover / n_missing, smallest)``
+    (0 when the list already holds all the mass). The result is renormalised over the
+    options. Returns ``None`` when no option letter is in the list at all (the model
+    answered something else), so the caller can fall back to the reply text.
+    """
+    index = {letter: i for i, letter in enumerate(letters)}
+    mass = np.zeros(len(letters))
+    probabilities = [math.exp(logprob) for _, logprob in top_logprobs]
+    for (token, _), probability in zip(top_logprobs, probabilities):
+        option = index.get(token.replace("Ġ", " ").replace("▁", " ").strip())
+        if option is not None:
+            mass[option] += probability
+    if not mass.any():
+        return None
+    missing = mass == 0
+    if missing.any():
+        leftover = max(0.0, 1.0 - sum(probabilities))
+        mass[missing] = min(leftover / missing.sum(), min(probabilities))
+    return mass / mass.sum()
+
+
+def parse_option_letter(reply: str, letters: Sequence[str], allow_none: bool = False) -> str:
+    """The option a free-text reply names: a standalone option letter, or "None" when allowed.
+
+    Raises ``ModelOutputError`` when the reply names no option.
+    """
+    if allow_none and re.search(rf"\b{NONE_OPTION}\b", reply, flags=re.IGNORECASE):
+        return letters[-1]
+    for match in re.finditer(r"\b([A-Z])\b", reply):
+        if match.group(1) in letters:
+            return match.group(1)
+    raise ModelOutputError(f"the model answered {reply.strip()[:80]!r}, which names none of the options {''.join(letters)}")

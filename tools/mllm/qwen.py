@@ -1,0 +1,395 @@
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL run locally with transformers.
+
+``QwenVL`` implements the ``MLLM`` protocol:
+
+- ``ground`` generates greedily and parses the answer with the family's convention
+  (``families.py``). Each box is scored by the mean probability of its coordinate tokens;
+  ``Detections.data`` also carries ``prob_product`` and ``mean_logit``, as the reference
+  records. An answer without a usable box gives empty ``Detections``.
+- ``generate_grounding`` is the lower-level call behind it: one ``GroundingOutput`` per
+  query with the prompt, the raw answer text, the detections and, when the answer was
+  unusable, why. Nothing is stashed on the model between calls.
+- ``select`` answers the CRS question with ONE forward pass and no ``generate``: the
+  option probabilities are the next-token probabilities of the option letters.
+- ``chat`` / ``generate_text`` serve the same loaded weights as a text-only LLM (target
+  extraction).
+
+Batched calls pad on the left, so the last position of every row is its next token.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..checkpoints import resolve_checkpoint
+from ..detections import Detections
+from ..devices import resolve_device, resolve_dtype
+from ..errors import ModelOutputError, RexError, UserInputError
+from ..images import ImageInput, load_image
+from .crs import crs_prompt, letter_token_ids, option_probabilities
+from .families import QwenFamily, box_token_confidence, family_for_model
+from .selection import Selection
+
+DEFAULT_CHECKPOINT = "Qwen/Qwen2-VL-7B-Instruct"
+DEFAULT_MAX_NEW_TOKENS = 128
+DEFAULT_BATCH_SIZE = 8
+# A UTF-8 character spans at most 4 bytes, hence at most 4 byte-level tokens.
+_MAX_TOKENS_PER_CHARACTER = 4
+
+
+@dataclass(frozen=True, eq=False)
+class GroundingOutput:
+    """Everything one grounding query produced, for debugging and logging."""
+
+    prompt: str
+    text: str  # the answer as generated, special tokens kept
+    detections: Detections  # empty when the answer had no usable box
+    error: str | None  # why the answer was unusable (a ModelOutputError message), else None
+    input_size: tuple[int, int]  # (w, h) of the resized image the model saw
+
+
+class _Generated(NamedTuple):
+    token_ids: list[int]  # up to, not including, the first stop token
+    logprobs: np.ndarray  # log-probability of each chosen token under the raw logits
+    logits: np.ndarray  # raw logit of each chosen token
+
+
+class QwenVL:
+    """A Qwen VL checkpoint loaded with transformers; see the module docstring.
+
+    Build it with ``QwenVL.from_pretrained(...)``; the constructor takes an already
+    loaded model and processor (useful in tests and when sharing weights).
+    """
+
+    def __init__(
+        self,
+        model,
+        processor,
+        *,
+        family: QwenFamily | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        prompts_dir: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        self.family = family or family_for_model(model.config.model_type)
+        self.name = name or self.family.title
+        image_processor = processor.image_processor
+        self.patch_size = int(getattr(image_processor, "patch_size", None) or self.family.patch_size)
+        default_min, default_max = _pixel_budget(image_processor)
+        self.min_pixels = int(min_pixels or default_min or 0)
+        self.max_pixels = int(max_pixels or default_max or 0)
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise UserInputError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels} and {self.max_pixels}")
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.prompts_dir = prompts_dir
+        self._stop_ids = _stop_token_ids(model.generation_config, self.tokenizer)
+        self._letter_ids: dict[tuple[str, ...], list[list[int]]] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str = DEFAULT_CHECKPOINT,
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        adapter: str | None = None,
+        attn_implementation: str | None = None,
+        revision: str | None = None,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        prompts_dir: str | None = None,
+    ) -> "QwenVL":
+        """Load a Qwen VL checkpoint (Hub id or folder), optionally with a PEFT LoRA ``adapter``.
+
+        ``min_pixels`` / ``max_pixels`` bound the resized image (default: the checkpoint's
+        processor settings); ``dtype="auto"`` is bf16/fp16 on GPU and fp32 on CPU.
+        """
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+        path = resolve_checkpoint(name_or_path, revision=revision)
+        # A resolved local folder is already the requested revision.
+        hub = {} if os.path.isdir(path) else {"revision": revision}
+        try:
+            config = AutoConfig.from_pretrained(path, **hub)
+        except (ValueError, KeyError) as error:  # e.g. a model type this transformers does not know
+            raise UserInputError(f"cannot read the model config of {name_or_path!r}: {error}") from None
+        family = family_for_model(config.model_type)  # fail before loading any weights
+        torch_device = resolve_device(device)
+        processor = AutoProcessor.from_pretrained(path, **hub)
+        load = {"dtype": resolve_dtype(dtype, torch_device), **hub}
+        if attn_implementation:
+            load["attn_implementation"] = attn_implementation
+        model = AutoModelForImageTextToText.from_pretrained(path, **load)
+        if adapter is not None:
+            model = _merge_adapter(model, adapter)
+        with _explain_out_of_memory(name_or_path, torch_device, max_pixels):
+            model.to(torch_device)
+        return cls(model, processor, family=family, min_pixels=min_pixels, max_pixels=max_pixels,
+                   max_new_tokens=max_new_tokens, batch_size=batch_size, prompts_dir=prompts_dir,
+                   name=str(name_or_path))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ---------------------------------------------------------------- grounding
+
+    def ground(self, image: ImageInput, expression: str, focus: str | None = None) -> Detections:
+        """Boxes the model writes for ``expression`` (``focus``: target-focus prompt), in answer order."""
+        return self.generate_grounding([image], [expression], [focus])[0].detections
+
+    def ground_batch(
+        self, images: Sequence[ImageInput], expressions: Sequence[str], focuses: Sequence[str | None] | None = None
+    ) -> list[Detections]:
+        """``ground`` for several queries, ``batch_size`` at a time."""
+        return [output.detections for output in self.generate_grounding(images, expressions, focuses)]
+
+    def generate_grounding(
+        self,
+        images: Sequence[ImageInput],
+        expressions: Sequence[str],
+        focuses: Sequence[str | None] | None = None,
+        *,
+        max_new_tokens: int | None = None,
+    ) -> list[GroundingOutput]:
+        """Prompt, raw answer, detections and parse error of each grounding query."""
+        focuses = [None] * len(expressions) if focuses is None else list(focuses)
+        _check_lengths(images=images, expressions=expressions, focuses=focuses)
+        pictures = [load_image(image) for image in images]
+        prompts = [
+            self.family.grounding_prompt(_checked_text(expression, "expression"), focus, self.prompts_dir)
+            for expression, focus in zip(expressions, focuses)
+        ]
+        outputs: list[GroundingOutput] = []
+        for chunk in _chunks(range(len(prompts)), self.batch_size):
+            inputs, input_sizes = self._encode([self._conversation(pictures[i], prompts[i]) for i in chunk])
+            generated = self._generate(inputs, max_new_tokens or self.max_new_tokens)
+            for i, input_size, answer in zip(chunk, input_sizes, generated):
+                outputs.append(self._read_grounding(prompts[i], pictures[i].size, input_size, answer, expressions[i]))
+        return outputs
+
+    def _read_grounding(self, prompt, image_size, input_size, answer: _Generated, expression) -> GroundingOutput:
+        token_texts = self._token_texts(answer.token_ids)
+        # Parsed on the concatenated token texts so box spans line up with the tokens.
+        text = "".join(token_texts)
+        try:
+            parsed = self.family.parse_answer(text, image_size, input_size)
+        except ModelOutputError as error:
+            return GroundingOutput(prompt, text, Detections.empty(), str(error), input_size)
+        confidence = box_token_confidence(token_texts, answer.logprobs, answer.logits, parsed.spans)
+        detections = parsed.to_detections(confidence, default_label=expression)
+        return GroundingOutput(prompt, text, detections, None, input_size)
+
+    # ---------------------------------------------------------------- CRS selection
+
+    def select(
+        self, image: ImageInput, expression: str, candidates: Detections, allow_none: bool = False
+    ) -> Selection:
+        """Probabilities over the lettered ``candidates`` (and "None", last, when ``allow_none``)."""
+        return self.select_batch([image], [expression], [candidates], allow_none)[0]
+
+    def select_batch(
+        self,
+        images: Sequence[ImageInput],
+        expressions: Sequence[str],
+        candidates: Sequence[Detections],
+        allow_none: bool = False,
+    ) -> list[Selection]:
+        """``select`` for several queries: one forward pass per batch, never ``generate``."""
+        _check_lengths(images=images, expressions=expressions, candidates=candidates)
+        pictures = [load_image(image) for image in images]
+        questions = [
+            crs_prompt(_checked_text(text, "expression"), boxes, picture.size, allow_none, prompts_dir=self.prompts_dir)
+            for picture, text, boxes in zip(pictures, expressions, candidates)
+        ]
+        selections: list[Selection | None] = [None] * len(questions)
+        asked = []
+        for i, (_, letters) in enumerate(questions):
+            if len(letters) > 1:
+                asked.append(i)
+            else:  # zero options, or "None" alone: nothing to ask the model
+                selections[i] = Selection(candidates[i], letters, np.ones(len(letters)), allow_none)
+        for chunk in _chunks(asked, self.batch_size):
+            inputs, _ = self._encode([self._conversation(pictures[i], questions[i][0]) for i in chunk])
+            with self._inference():  # left padding: column -1 is every row's next token
+                next_token_logits = self.model(**inputs, logits_to_keep=1).logits[:, -1]
+            for row, i in enumerate(chunk):
+                letters = questions[i][1]
+                probabilities = option_probabilities(next_token_logits[row], self._letter_token_ids(letters))
+                selections[i] = Selection(candidates[i], letters, probabilities, allow_none)
+        return selections
+
+    def _letter_token_ids(self, letters: Sequence[str]) -> list[list[int]]:
+        key = tuple(letters)
+        if key not in self._letter_ids:
+            self._letter_ids[key] = letter_token_ids(self.tokenizer, key)
+        return self._letter_ids[key]
+
+    # ---------------------------------------------------------------- text
+
+    def chat(self, messages: str | Sequence[dict], max_new_tokens: int = 256) -> str:
+        """Greedy reply to a user message (a string) or a list of chat messages."""
+        conversation = [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
+        inputs, _ = self._encode([conversation])
+        answer = self._generate(inputs, max_new_tokens)[0]
+        return self.tokenizer.decode(answer.token_ids, skip_special_tokens=True).strip()
+
+    def generate_text(self, prompt: str, max_new_tokens: int = 256) -> str:
+        """Text-only completion of ``prompt`` as a user turn (the local LLM for target extraction)."""
+        return self.chat(prompt, max_new_tokens=max_new_tokens)
+
+    # ---------------------------------------------------------------- internals
+
+    def _conversation(self, image: Image.Image, text: str) -> list[dict]:
+        """One user turn: the image (resized within our pixel budget by qwen_vl_utils), then the text."""
+        image_item = {"type": "image", "image": image, "min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
+        return [{"role": "user", "content": [image_item, {"type": "text", "text": text}]}]
+
+    def _encode(self, conversations: list[list[dict]]):
+        """Chat template + vision preprocessing; returns model inputs and each image's resized ``(w, h)``."""
+        from qwen_vl_utils import process_vision_info
+
+        texts = [
+            self.processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+            for conversation in conversations
+        ]
+        images, _ = process_vision_info(conversations, image_patch_size=self.patch_size)
+        if images is None:
+            return self.processor(text=texts, padding=True, return_tensors="pt").to(self.device), []
+        # qwen_vl_utils already resized within our pixel budget; resizing again would apply
+        # the processor's own budget instead and move the coordinates of Qwen2.5-VL answers.
+        inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt", do_resize=False)
+        return inputs.to(self.device), [image.size for image in images]
+
+    def _generate(self, inputs, max_new_tokens: int) -> list[_Generated]:
+        """Greedy generation; per row the new tokens up to the first stop token and their scores."""
+        with self._inference():
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                return_dict_in_generate=True,
+                output_logits=True,
+            )
+            new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :]
+            chosen_logits, chosen_logprobs = [], []
+            # Raw logits (before any logits processor) give the model's own distribution.
+            for step, step_logits in enumerate(output.logits):
+                step_logits = step_logits.float()
+                chosen = new_tokens[:, step, None]
+                chosen_logits.append(step_logits.gather(1, chosen)[:, 0])
+                chosen_logprobs.append(torch.log_softmax(step_logits, dim=-1).gather(1, chosen)[:, 0])
+            logits = torch.stack(chosen_logits, dim=1).cpu().numpy()
+            logprobs = torch.stack(chosen_logprobs, dim=1).cpu().numpy()
+        results = []
+        for row, token_ids in enumerate(new_tokens.tolist()):
+            length = next((i for i, token in enumerate(token_ids) if token in self._stop_ids), len(token_ids))
+            results.append(_Generated(token_ids[:length], logprobs[row, :length], logits[row, :length]))
+        return results
+
+    def _token_texts(self, token_ids: list[int]) -> list[str]:
+        """Text of each token, so that their concatenation is the decoded answer.
+
+        A character split over several byte-level tokens decodes as U+FFFD piece by piece;
+        such a run is decoded together and its text credited to its first token.
+        """
+        texts: list[str] = []
+        start = 0
+        while start < len(token_ids):
+            end = start + 1
+            piece = self.tokenizer.decode(token_ids[start:end])
+            while piece.endswith("\ufffd") and end < len(token_ids) and end - start < _MAX_TOKENS_PER_CHARACTER:
+                end += 1
+                piece = self.tokenizer.decode(token_ids[start:end])
+            if piece.endswith("\ufffd"):  # not a split character after all: keep the first token alone
+                end = start + 1
+                piece = self.tokenizer.decode(token_ids[start:end])
+            texts.append(piece)
+            texts.extend([""] * (end - start - 1))
+            start = end
+        return texts
+
+    @contextmanager
+    def _inference(self) -> Iterator[None]:
+        with _explain_out_of_memory(self.name, self.device, self.max_pixels), torch.inference_mode():
+            yield
+
+    def __repr__(self) -> str:
+        return f"QwenVL({self.name!r}, family={self.family.title}, device={self.device}, max_pixels={self.max_pixels})"
+
+
+@contextmanager
+def _explain_out_of_memory(name, device, max_pixels) -> Iterator[None]:
+    """Turn a CUDA out-of-memory error into one actionable line."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as error:
+        torch.cuda.empty_cache()
+        budget = f" (now {max_pixels})" if max_pixels else ""
+        raise RexError(
+            f"{name} ran out of GPU memory on {device}: lower max_pixels{budget}, use dtype fp16/bf16, "
+            f"a smaller batch size, or device cpu"
+        ) from error
+
+
+def _merge_adapter(model, adapter: str):
+    from peft import PeftModel
+
+    adapter_path = resolve_checkpoint(adapter)
+    # Merged, so inference runs at base-model speed and self.model stays a transformers model.
+    return PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
+
+
+def _pixel_budget(image_processor) -> tuple[int | None, int | None]:
+    """The processor's (min_pixels, max_pixels): transformers 5 keeps them in ``size``."""
+    size = getattr(image_processor, "size", None) or {}
+    read = size.get if isinstance(size, dict) else lambda key: getattr(size, key, None)
+    low = read("shortest_edge") or getattr(image_processor, "min_pixels", None)
+    high = read("longest_edge") or getattr(image_processor, "max_pixels", None)
+    return low, high
+
+
+def _stop_token_ids(generation_config, tokenizer) -> set[int]:
+    # Generation stops at any eos id; finished rows of a batch are then filled with pad.
+    ids = generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    ids += [tokenizer.eos_token_id, generation_config.pad_token_id, tokenizer.pad_token_id]
+    return {int(token) for token in ids if token is not None}
+
+
+def _checked_text(text: str, what: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise UserInputError(f"the {what} is empty")
+    return text
+
+
+def _check_lengths(**sequences: Sequence) -> None:
+    lengths = {name: len(values) for name, values in sequences.items()}
+    if len(set(lengths.values())) > 1:
+        raise UserInputError("batch inputs differ in length: " + ", ".join(f"{k}={v}" for k, v in lengths.items()))
+
+
+def _chunks(indices: Sequence[int], size: int) -> Iterator[list[int]]:
+    indices, size = list(indices), max(1, size)
+    for start in range(0, len(indices), size):
+        yield indices[start : start + size]

@@ -1,0 +1,87 @@
+"""``Selection``: the answer of a Candidate Region Selection (CRS) multiple-choice question."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..detections import Detections
+
+
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """Probabilities over the options offered for ``candidates``.
+
+    ``letters[i]`` names option ``i``; options ``0..len(candidates)-1`` are the
+    candidates in order and, when ``allow_none``, the last option is "None" (no box).
+    ``probabilities`` has one entry per option and sums to 1.
+    """
+
+    candidates: Detections
+    letters: tuple[str, ...]
+    probabilities: np.ndarray
+    allow_none: bool = False
+
+    def __post_init__(self) -> None:
+        probabilities = np.array(self.probabilities, dtype=np.float64).reshape(-1)
+        expected = len(self.candidates) + int(self.allow_none)
+        if len(self.letters) != expected or len(probabilities) != expected:
+            raise ValueError(
+                f"Selection: {len(self.candidates)} candidates (allow_none={self.allow_none}) need "
+                f"{expected} options, got {len(self.letters)} letters and {len(probabilities)} probabilities"
+            )
+        if expected and not np.isclose(probabilities.sum(), 1.0, atol=1e-6):
+            raise ValueError(f"Selection: probabilities sum to {probabilities.sum():.6f}, not 1")
+        probabilities.setflags(write=False)
+        object.__setattr__(self, "letters", tuple(self.letters))
+        object.__setattr__(self, "probabilities", probabilities)
+
+    @property
+    def option_index(self) -> int | None:
+        """Index of the most probable option, or ``None`` when there are no options."""
+        return int(np.argmax(self.probabilities)) if len(self.probabilities) else None
+
+    @property
+    def index(self) -> int | None:
+        """Index of the chosen candidate, or ``None`` when "None" won (or nothing was offered)."""
+        option = self.option_index
+        return option if option is not None and option < len(self.candidates) else None
+
+    @property
+    def letter(self) -> str | None:
+        option = self.option_index
+        return None if option is None else self.letters[option]
+
+    @property
+    def probability(self) -> float:
+        """Probability of the chosen option (0 when nothing was offered)."""
+        option = self.option_index
+        return 0.0 if option is None else float(self.probabilities[option])
+
+    @property
+    def none_probability(self) -> float | None:
+        return float(self.probabilities[-1]) if self.allow_none else None
+
+    @property
+    def box(self) -> np.ndarray | None:
+        """The chosen candidate's ``xyxy`` box, or ``None``."""
+        index = self.index
+        return None if index is None else self.candidates.boxes[index]
+
+    def to_detections(self) -> Detections:
+        """The chosen box scored by its option probability (empty when "None" won)."""
+        index = self.index
+        if index is None:
+            return Detections.empty()
+        return Detections(self.candidates.boxes[[index]], [self.probabilities[index]])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "letters": list(self.letters),
+            "probabilities": self.probabilities.tolist(),
+            "letter": self.letter,
+            "index": self.index,
+            "allow_none": self.allow_none,
+        }
