@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Protocol, runtime_checkable
 
 from PIL import Image
@@ -40,3 +41,40 @@ def check_text(text: str, focus: Span | None = None) -> None:
         raise UserInputError(f"focus span {(start, end)} lies outside the text (length {len(text)}): {text!r}")
     if not text[start:end].strip():
         raise UserInputError(f"focus span {(start, end)} covers only whitespace in {text!r}")
+
+
+def caption_and_focus_tokens(
+    text: str, focus: Span | None, tokenizer, kept_tokens: int, *, stacklevel: int = 3
+) -> tuple[str, list[int] | None]:
+    """The caption Grounding DINO sees and the token positions a query is scored over.
+
+    The caption is ``text`` stripped and ending with "." as Grounding DINO was trained.
+    Only the first ``kept_tokens`` tokens reach the model (a warning names what is
+    used when the caption is longer). The positions are the kept tokens whose
+    characters overlap ``focus`` (a span of ``text``); ``None`` means every token,
+    either because there is no focus or because it fell in the truncated part.
+    """
+    lead = len(text) - len(text.lstrip())
+    caption = text.strip()
+    if not caption.endswith("."):
+        caption += "."
+    offsets = tokenizer(caption, return_offsets_mapping=True)["offset_mapping"]
+    kept = offsets[:kept_tokens]
+    if len(offsets) > kept_tokens:
+        end_char = max(end for _, end in kept)
+        warnings.warn(
+            f"expression is {len(offsets)} tokens, over the detector's limit of {kept_tokens}; "
+            f"the text after {caption[max(0, end_char - 20):end_char]!r} is ignored",
+            stacklevel=stacklevel,
+        )
+    if focus is None:
+        return caption, None
+    start, end = focus[0] - lead, focus[1] - lead
+    tokens = [i for i, (s, e) in enumerate(kept) if e > s and s < end and e > start]
+    if not tokens:
+        warnings.warn(
+            f"focus span {tuple(focus)} falls in the truncated part of the expression; scoring without focus",
+            stacklevel=stacklevel,
+        )
+        return caption, None
+    return caption, tokens

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -15,18 +13,10 @@ from .. import boxes as box_ops
 from ..checkpoints import resolve_checkpoint
 from ..detections import Detections
 from ..devices import resolve_device, resolve_dtype
-from .base import Span, check_text
+from .base import Span, caption_and_focus_tokens, check_text
 
 # The paper's router and specialist: MM-Grounding-DINO large, "pretrain all".
 DEFAULT_DETECTOR = "openmmlab-community/mm_grounding_dino_large_all"
-
-
-@dataclass(frozen=True)
-class _Caption:
-    """A text ready for the model and the token positions each query is scored over."""
-
-    text: str
-    score_tokens: list[int] | None  # None: every token (transformers' own scoring)
 
 
 class GroundingDinoDetector:
@@ -88,14 +78,18 @@ class GroundingDinoDetector:
             raise ValueError(f"{len(texts)} texts but {len(focuses)} focus spans")
         for text, focus in zip(texts, focuses):
             check_text(text, focus)
-        captions = [self._caption(text, focus) for text, focus in zip(texts, focuses)]
-        logits, pred_boxes = self._forward(image, [caption.text for caption in captions])
+        # The last position the model keeps holds [SEP], hence max_text_len - 1 text tokens.
+        captions = [
+            caption_and_focus_tokens(text, focus, self.processor.tokenizer, self.max_text_len - 1, stacklevel=4)
+            for text, focus in zip(texts, focuses)
+        ]
+        logits, pred_boxes = self._forward(image, [caption for caption, _ in captions])
         probs = torch.sigmoid(logits.float())
         xyxy = box_ops.scale_boxes(box_ops.cxcywh_to_xyxy(pred_boxes.reshape(-1, 4)), image.width, image.height)
         xyxy = xyxy.reshape(len(texts), -1, 4)
         results = []
-        for row, caption in enumerate(captions):
-            token_probs = probs[row] if caption.score_tokens is None else probs[row][:, caption.score_tokens]
+        for row, (_, score_tokens) in enumerate(captions):
+            token_probs = probs[row] if score_tokens is None else probs[row][:, score_tokens]
             scores = token_probs.max(dim=-1).values.numpy()
             detections = Detections(xyxy[row], scores).sorted()
             results.append(detections if self.max_detections is None else detections[: self.max_detections])
@@ -115,31 +109,3 @@ class GroundingDinoDetector:
             inputs["pixel_mask"] = pixels["pixel_mask"].to(device).expand(batch, -1, -1)
         outputs = self.model(**inputs)
         return outputs.logits.cpu(), outputs.pred_boxes.float().cpu()
-
-    def _caption(self, text: str, focus: Span | None) -> _Caption:
-        """Strip the text, end it with "." as Grounding DINO was trained, map focus to tokens."""
-        lead = len(text) - len(text.lstrip())
-        caption = text.strip()
-        if not caption.endswith("."):
-            caption += "."
-        encoding = self.processor.tokenizer(caption, return_offsets_mapping=True)
-        offsets = encoding["offset_mapping"]
-        kept = offsets[: self.max_text_len - 1]  # the last kept position holds [SEP]
-        if len(offsets) > self.max_text_len:
-            end_char = max(end for _, end in kept)
-            warnings.warn(
-                f"expression is {len(offsets)} tokens, over the detector's limit of {self.max_text_len}; "
-                f"the text after {caption[max(0, end_char - 20):end_char]!r} is ignored",
-                stacklevel=4,
-            )
-        if focus is None:
-            return _Caption(caption, None)
-        start, end = focus[0] - lead, focus[1] - lead
-        tokens = [i for i, (s, e) in enumerate(kept) if e > s and s < end and e > start]
-        if not tokens:
-            warnings.warn(
-                f"focus span {tuple(focus)} falls in the truncated part of the expression; scoring without focus",
-                stacklevel=4,
-            )
-            return _Caption(caption, None)
-        return _Caption(caption, tokens)
