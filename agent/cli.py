@@ -77,6 +77,77 @@ def detect(
         stdout.print(f"saved {save}")
 
 
+@app.command()
+def locate(
+    image: Path = typer.Argument(..., help="Image file."),
+    expression: str = typer.Argument(..., help="Referring expression, e.g. 'the long snowboard right of the skis'."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="specialist, mllm, sfa, crs or sfa+crs."),
+    focus: Optional[bool] = typer.Option(None, "--focus/--no-focus", help="Target-focus matching and prompt."),
+    allow_none: Optional[bool] = typer.Option(None, "--allow-none/--no-allow-none", help="Allow 'no target'."),
+    multi: Optional[bool] = typer.Option(None, "--multi/--no-multi", help="Allow several targets."),
+    detector: Optional[str] = typer.Option(None, "--detector", help="Detector Hub id or local folder."),
+    mllm: Optional[str] = typer.Option(None, "--mllm", help="Qwen VL Hub id or folder, or openai:MODEL."),
+    llm: Optional[str] = typer.Option(None, "--llm", help="Target extraction: auto, mllm, heuristic, openai:MODEL."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="PEFT LoRA adapter folder for the MLLM."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, fp32, fp16 or bf16."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Pixel budget of the MLLM's image."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Settings file (TOML or JSON)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Write the image with the boxes drawn (PNG/JPEG)."),
+) -> None:
+    """Find what EXPRESSION refers to in IMAGE."""
+    from agent import Agent, Configuration
+    from tools.detectors import check_text
+    from tools.devices import resolve_device
+    from tools.drawing import draw_detections
+    from tools.images import load_image
+
+    # Inputs and settings are checked before any model loads, so mistakes are answered at once.
+    picture = load_image(image)
+    check_text(expression)
+    settings = Configuration.load(
+        config, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi, detector=detector, mllm=mllm,
+        llm=llm, adapter=adapter, device=device, dtype=dtype, max_pixels=max_pixels,
+    )  # fmt: skip
+    resolve_device(settings.device)
+    result = Agent(config=settings).locate(picture, expression)
+    if save is not None:
+        draw_detections(picture, result.detections).save(save)
+    if as_json:
+        stdout.print_json(json.dumps(result.to_dict()))
+        return
+    summary = f"strategy {result.strategy}, path {result.path}"
+    if result.level is not None:
+        summary += f", level {result.level}"
+    if result.target is not None:
+        summary += f", target {result.target!r}"
+    if result.found:
+        table = Table("rank", "x1", "y1", "x2", "y2", "score", title=f"{expression!r} in {image}")
+        for rank, (box, score) in enumerate(result.detections, start=1):
+            table.add_row(str(rank), *(f"{v:.1f}" for v in box), f"{score:.3f}")
+        stdout.print(table)
+    else:
+        stdout.print("no target found", markup=False)
+    stdout.print(summary, soft_wrap=True, markup=False)
+    for note in result.fallbacks:
+        stdout.print(f"fallback: {note}", markup=False)
+    if save is not None:
+        stdout.print(f"saved {save}")
+
+
+@app.command()
+def graph(
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Draw the graph of this strategy."),
+    focus: Optional[bool] = typer.Option(None, "--focus/--no-focus"),
+) -> None:
+    """Print the agent's LangGraph state machine as a Mermaid diagram."""
+    from agent.configuration import Configuration
+    from agent.graph import mermaid
+
+    typer.echo(mermaid(Configuration.load(strategy=strategy, focus=focus)))
+
+
 def find_phrase(text: str, phrase: str) -> tuple[int, int]:
     """Character span of ``phrase`` in ``text`` (first case-insensitive match)."""
     start = text.lower().find(phrase.strip().lower())

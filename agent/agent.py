@@ -1,0 +1,80 @@
+"""``Agent``: the Python entry point, ``Agent().locate(image, expression)``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from tools.detectors.base import check_text
+from tools.images import ImageInput, load_image
+
+from .backends import Backends
+from .configuration import Configuration
+from .graph import build_graph
+from .nodes import make_nodes
+from .result import Result
+
+
+class Agent:
+    """Locates what referring expressions point at, with the strategy of ``config``.
+
+    Settings come from ``Configuration.load`` (defaults, config file, ``REX_*``
+    environment) overridden by keyword arguments, e.g.
+    ``Agent(strategy="crs", allow_none=True)``. Pass ``detector=``, ``mllm=`` or
+    ``extractor=`` objects to plug in your own backends; models you do not pass are
+    loaded on first use from the settings, once, and only if the strategy needs them.
+    """
+
+    def __init__(
+        self,
+        strategy: str | None = None,
+        focus: bool | None = None,
+        *,
+        detector: Any = None,
+        mllm: Any = None,
+        extractor: Any = None,
+        config: Configuration | None = None,
+        config_file: str | None = None,
+        **settings: Any,
+    ) -> None:
+        base = config or Configuration.load(config_file)
+        overrides = {key: value for key, value in dict(strategy=strategy, focus=focus, **settings).items() if value is not None}
+        self.config = Configuration.load(env={}, **{**base.to_dict(), **overrides}) if overrides else base
+        self.backends = Backends(self.config, detector=detector, mllm=mllm, extractor=extractor)
+        self.graph = build_graph(make_nodes(self.backends, self.config), self.config)
+
+    def locate(self, image: ImageInput, expression: str) -> Result:
+        """Find what ``expression`` refers to in ``image`` (a path, PIL image or uint8 array)."""
+        check_text(expression)
+        start = time.perf_counter()
+        picture = load_image(image)
+        decode_time = time.perf_counter() - start
+        state = self.graph.invoke(
+            {"image": picture, "expression": expression, "trace": [], "timings": {}, "fallbacks": [],
+             "detector_memo": {}}  # fmt: skip
+        )
+        timings = {"load_image": decode_time, **state["timings"], "total": time.perf_counter() - start}
+        return Result(
+            expression=expression,
+            image_size=picture.size,
+            strategy=self.config.strategy,
+            detections=state["detections"],
+            level=state.get("level"),
+            path=state.get("path"),
+            target=state.get("target"),
+            target_span=state.get("target_span"),
+            target_source=state.get("target_source"),
+            selection=state.get("selection"),
+            trace=state["trace"],
+            timings=timings,
+            fallbacks=state["fallbacks"],
+        )
+
+    def locate_batch(self, images: Sequence[ImageInput], expressions: Sequence[str]) -> list[Result]:
+        """``locate`` for many queries; the models are loaded once and shared."""
+        if len(images) != len(expressions):
+            raise ValueError(f"{len(images)} images but {len(expressions)} expressions")
+        return [self.locate(image, expression) for image, expression in zip(images, expressions)]
+
+    def __repr__(self) -> str:
+        return f"Agent(strategy={self.config.strategy!r}, focus={self.config.focus})"

@@ -1,0 +1,142 @@
+"""The models one agent uses: loaded lazily from settings, or plugged in by the user.
+
+Plug-ins only need the protocol methods and may return plain Python values:
+``detect``/``ground`` -> ``Detections`` or a ``(boxes, scores)`` pair of lists;
+``select`` -> ``Selection`` or option probabilities (candidates in order, "None"
+last when allowed); ``extract`` -> one phrase (or ``None``) per expression.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from tools.detections import Detections
+from tools.errors import ModelOutputError, UserInputError
+from tools.extraction import ExtractedTarget, HeuristicExtractor, LocalChatExtractor, OpenAIChatExtractor
+from tools.extraction import align_target, heuristic_extraction
+from tools.mllm.crs import option_letters
+from tools.mllm.selection import Selection
+
+from .configuration import Configuration
+
+OPENAI_PREFIX = "openai:"
+
+
+class Backends:
+    """Detector, MLLM and target extractor of one agent, each loaded on first use and kept."""
+
+    def __init__(self, config: Configuration, *, detector=None, mllm=None, extractor=None) -> None:
+        self.config = config
+        self._detector, self._mllm, self._extractor = detector, mllm, extractor
+
+    @property
+    def detector(self):
+        if self._detector is None:
+            from tools.detectors import GroundingDinoDetector
+
+            self._detector = GroundingDinoDetector.from_pretrained(
+                self.config.detector, device=self.config.device, dtype=self.config.dtype
+            )
+        return self._detector
+
+    @property
+    def mllm(self):
+        if self._mllm is None:
+            self._mllm = load_mllm(self.config)
+        return self._mllm
+
+    @property
+    def extractor(self):
+        if self._extractor is None:
+            self._extractor = self._load_extractor()
+        return self._extractor
+
+    def _load_extractor(self):
+        choice = self.config.llm
+        if choice == "auto":
+            choice = "mllm" if self.config.uses_mllm else "heuristic"
+        if choice == "heuristic":
+            return HeuristicExtractor()
+        if choice == "mllm":
+            if not hasattr(self.mllm, "generate_text"):
+                return HeuristicExtractor()  # e.g. a remote MLLM: no text-only generation here
+            return LocalChatExtractor(self.mllm)
+        if choice.startswith(OPENAI_PREFIX):
+            return OpenAIChatExtractor(choice[len(OPENAI_PREFIX) :])
+        raise UserInputError(f"unknown llm {choice!r}; use auto, mllm, heuristic or openai:MODEL")
+
+    # Calls that accept plug-ins' plain return values.
+
+    def detect(self, image: Image.Image, text: str, focus: tuple[int, int] | None) -> Detections:
+        return as_detections(self.detector.detect(image, text, focus=focus), "detector.detect")
+
+    def ground(self, image: Image.Image, expression: str, focus: str | None) -> Detections:
+        return as_detections(self.mllm.ground(image, expression, focus=focus), "mllm.ground")
+
+    def select(self, image: Image.Image, expression: str, candidates: Detections, allow_none: bool) -> Selection:
+        answer = self.mllm.select(image, expression, candidates, allow_none=allow_none)
+        return as_selection(answer, candidates, allow_none)
+
+    def extract(self, expression: str) -> tuple[ExtractedTarget, str | None]:
+        """The target of ``expression`` and, when a fallback was needed, why."""
+        if hasattr(self.extractor, "extract_spans"):
+            target = self.extractor.extract_spans([expression])[0]
+        else:
+            phrase = list(self.extractor.extract([expression]))[0]
+            span = align_target(expression, phrase) if phrase else None
+            target = ExtractedTarget(None if span is None else expression[span[0] : span[1]], span, "model", phrase)
+        if target.span is None:
+            fallback = heuristic_extraction(expression, target.answer)
+            return fallback, f"target extraction gave {target.answer!r}: used the heuristic target"
+        if target.source == "heuristic" and target.answer is not None:
+            return target, f"target extraction gave {target.answer!r}: used the heuristic target"
+        return target, None
+
+
+def load_mllm(config: Configuration):
+    """The MLLM named by ``config.mllm``: ``openai:MODEL`` for a server, else a Qwen VL checkpoint."""
+    if config.mllm.startswith(OPENAI_PREFIX):
+        from tools.mllm import OpenAICompatibleMLLM
+
+        return OpenAICompatibleMLLM(
+            config.mllm[len(OPENAI_PREFIX) :], min_pixels=config.min_pixels, max_pixels=config.max_pixels
+        )
+    from tools.mllm import QwenVL
+
+    return QwenVL.from_pretrained(
+        config.mllm,
+        device=config.device,
+        dtype=config.dtype,
+        min_pixels=config.min_pixels,
+        max_pixels=config.max_pixels,
+        adapter=config.adapter,
+    )
+
+
+def as_detections(value: Any, source: str) -> Detections:
+    """``Detections`` from a backend's answer (``Detections`` or ``(boxes, scores)``)."""
+    if isinstance(value, Detections):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        try:
+            return Detections(np.asarray(value[0], dtype=float).reshape(-1, 4), value[1])
+        except ValueError as error:
+            raise ModelOutputError(f"{source} returned malformed boxes: {error}") from None
+    raise ModelOutputError(f"{source} must return Detections or (boxes, scores), got {type(value).__name__}")
+
+
+def as_selection(value: Any, candidates: Detections, allow_none: bool) -> Selection:
+    """``Selection`` from a backend's answer (``Selection`` or option probabilities)."""
+    if isinstance(value, Selection):
+        return value
+    letters = option_letters(len(candidates), allow_none)
+    probabilities = np.asarray(value, dtype=float).reshape(-1) if isinstance(value, Sequence | np.ndarray) else None
+    if probabilities is None or len(probabilities) != len(letters):
+        raise ModelOutputError(f"mllm.select must return a Selection or {len(letters)} option probabilities")
+    total = probabilities.sum()
+    if not np.isfinite(total) or total <= 0 or (probabilities < 0).any():
+        raise ModelOutputError(f"mllm.select returned invalid probabilities {probabilities.tolist()}")
+    return Selection(candidates, letters, probabilities / total, allow_none)

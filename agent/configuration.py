@@ -1,0 +1,149 @@
+"""Every setting of the agent, with its default, in one place.
+
+Precedence, lowest first: the defaults below, a config file (TOML or JSON; the
+``REX_CONFIG`` environment variable or ``config_file=`` names it), ``REX_*``
+environment variables (e.g. ``REX_STRATEGY=crs``, ``REX_ALLOW_NONE=1``), then
+explicit arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from tools.errors import UserInputError
+
+STRATEGIES = ("specialist", "mllm", "sfa", "crs", "sfa+crs")
+DEFAULT_MLLM = "Qwen/Qwen2-VL-7B-Instruct"
+ENV_PREFIX = "REX_"
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """Settings of one agent. See the README's "Settings" table for each one."""
+
+    # Method
+    strategy: str = "sfa"
+    focus: bool = True
+    allow_none: bool = False
+    multi: bool = False
+    # Models (Hub ids or local paths) and where they run
+    detector: str = "openmmlab-community/mm_grounding_dino_large_all"
+    mllm: str = DEFAULT_MLLM
+    llm: str = "auto"
+    adapter: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    # SFA routing (the paper's values)
+    router_top_k: int = 10
+    router_score_threshold: float = 0.2
+    router_iou_threshold: float = 0.7
+    # CRS candidates (the paper's values)
+    crs_top_k: int = 5
+    crs_iou_threshold: float = 0.7
+    # Generalized REC: answers below these confidences count as "no target" when
+    # allow_none is on, and several boxes above them are kept when multi is on.
+    specialist_threshold: float = 0.3
+    mllm_threshold: float = 0.5
+    # With multi, CRS keeps every candidate whose probability is at least this share
+    # of the best option's.
+    multi_ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise UserInputError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if self.crs_top_k < 1 or self.router_top_k < 1:
+            raise UserInputError("crs_top_k and router_top_k must be at least 1")
+
+    @property
+    def uses_detector(self) -> bool:
+        return self.strategy != "mllm"
+
+    @property
+    def uses_mllm(self) -> bool:
+        return self.strategy != "specialist"
+
+    @property
+    def uses_extractor(self) -> bool:
+        """Routing needs the target phrase; so does focus on any strategy."""
+        return self.focus or self.strategy in ("sfa", "sfa+crs")
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | os.PathLike | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> "Configuration":
+        """Defaults < config file < ``REX_*`` environment < ``overrides`` (``None`` values are ignored)."""
+        env = os.environ if env is None else env
+        settings: dict[str, Any] = {}
+        config_file = config_file or env.get(ENV_PREFIX + "CONFIG")
+        if config_file:
+            settings.update(read_config_file(config_file))
+        for field in fields(cls):
+            raw = env.get(ENV_PREFIX + field.name.upper())
+            if raw is not None:
+                settings[field.name] = _parse_env(field.name, raw)
+        settings.update({key: value for key, value in overrides.items() if value is not None})
+        unknown = set(settings) - {field.name for field in fields(cls)}
+        if unknown:
+            raise UserInputError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return replace(cls(), **{key: _coerce(key, value) for key, value in settings.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Settings from a TOML (``[agent]`` table or top level) or JSON file."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserInputError(f"config file {file}: no such file")
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import tomllib
+
+            data = tomllib.loads(text)
+    except ValueError as error:
+        raise UserInputError(f"config file {file}: {error}") from None
+    data = data.get("agent", data)
+    if not isinstance(data, dict):
+        raise UserInputError(f"config file {file}: expected a table of settings")
+    return {key.replace("-", "_"): value for key, value in data.items()}
+
+
+_FIELD_TYPES = {field.name: field.type for field in fields(Configuration)}
+
+
+def _parse_env(name: str, raw: str) -> Any:
+    if "bool" in _FIELD_TYPES[name]:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise UserInputError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a boolean")
+    return raw
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _FIELD_TYPES[name]
+    try:
+        if kind.startswith("bool") and isinstance(value, str):
+            return _parse_env(name, value)
+        if kind.startswith("int") and value is not None:
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+    except (TypeError, ValueError):
+        raise UserInputError(f"setting {name}={value!r} is not a valid {kind}") from None
+    return value

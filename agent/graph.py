@@ -1,0 +1,60 @@
+"""The LangGraph state machine: nodes and edges only.
+
+    START -> [extract_target] -> specialist | mllm | crs          (plain strategies)
+    START -> extract_target -> route -> specialist   (Level 1)
+                                     -> mllm         (Level 2, "sfa")
+                                     -> crs          (Level 2, "sfa+crs")
+    specialist | mllm | crs -> finish -> END
+
+Each strategy's graph holds only the nodes it can visit.
+"""
+
+from __future__ import annotations
+
+from langgraph.graph import END, START, StateGraph
+
+from .configuration import Configuration
+from .nodes import Node
+from .state import AgentState
+
+LEVEL_2_PATH = {"sfa": "mllm", "sfa+crs": "crs"}
+
+
+def build_graph(nodes: dict[str, Node], config: Configuration):
+    """Compile the graph of ``config.strategy`` over the given nodes."""
+    routed = config.strategy in LEVEL_2_PATH
+    paths = ["specialist", LEVEL_2_PATH[config.strategy]] if routed else [config.strategy]
+    first = "route" if routed else paths[0]
+
+    graph = StateGraph(AgentState)
+    for name in (["extract_target"] if config.uses_extractor else []) + (["route"] if routed else []) + paths:
+        graph.add_node(name, nodes[name])
+    graph.add_node("finish", nodes["finish"])
+    if config.uses_extractor:
+        graph.add_edge(START, "extract_target")
+        graph.add_edge("extract_target", first)
+    else:
+        graph.add_edge(START, first)
+    if routed:
+        graph.add_conditional_edges("route", _by_level(paths), {path: path for path in paths})
+    for path in paths:
+        graph.add_edge(path, "finish")
+    graph.add_edge("finish", END)
+    return graph.compile()
+
+
+def _by_level(paths: list[str]):
+    fast, slow = paths
+
+    def next_step(state: AgentState) -> str:
+        return fast if state["level"] == 1 else slow
+
+    return next_step
+
+
+def mermaid(config: Configuration) -> str:
+    """The graph of ``config`` as a Mermaid diagram (no models are loaded)."""
+    from .backends import Backends
+    from .nodes import make_nodes
+
+    return build_graph(make_nodes(Backends(config), config), config).get_graph().draw_mermaid()

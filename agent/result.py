@@ -1,0 +1,66 @@
+"""``Result``: what ``Agent.locate`` returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tools.detections import Detections
+from tools.mllm.selection import Selection
+
+
+@dataclass(frozen=True, eq=False)
+class Result:
+    """The boxes an expression refers to, and how the agent found them.
+
+    ``boxes`` are ``[x1, y1, x2, y2]`` pixels of the input image, best first; empty when
+    the agent concluded the target is absent. ``level`` is the SFA difficulty level (1
+    or 2; ``None`` when the strategy does not route); ``path`` is the path that answered
+    ("specialist", "mllm" or "crs"). ``trace`` lists the nodes visited, ``timings``
+    their wall time in seconds, ``fallbacks`` every documented fallback taken.
+    """
+
+    expression: str
+    image_size: tuple[int, int]
+    strategy: str
+    detections: Detections
+    level: int | None = None
+    path: str | None = None
+    target: str | None = None
+    target_span: tuple[int, int] | None = None
+    target_source: str | None = None
+    selection: Selection | None = None
+    trace: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    fallbacks: list[str] = field(default_factory=list)
+
+    @property
+    def boxes(self) -> list[list[float]]:
+        return self.detections.boxes.tolist()
+
+    @property
+    def scores(self) -> list[float]:
+        return self.detections.scores.tolist()
+
+    @property
+    def found(self) -> bool:
+        return len(self.detections) > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary (no image, no model objects)."""
+        return {
+            "expression": self.expression,
+            "image_size": list(self.image_size),
+            "strategy": self.strategy,
+            "boxes": self.boxes,
+            "scores": self.scores,
+            "level": self.level,
+            "path": self.path,
+            "target": self.target,
+            "target_span": None if self.target_span is None else list(self.target_span),
+            "target_source": self.target_source,
+            "selection": None if self.selection is None else self.selection.to_dict(),
+            "trace": list(self.trace),
+            "timings": dict(self.timings),
+            "fallbacks": list(self.fallbacks),
+        }

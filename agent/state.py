@@ -1,0 +1,42 @@
+"""The typed state that flows through the graph, one per query."""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, TypedDict
+
+from PIL import Image
+
+from tools.detections import Detections
+from tools.mllm.selection import Selection
+
+
+def merge(left: dict, right: dict) -> dict:
+    """Reducer: later nodes add keys to a dict instead of replacing it."""
+    return {**left, **right}
+
+
+class AgentState(TypedDict, total=False):
+    # Inputs (set once by the agent; the image is decoded once per query)
+    image: Image.Image
+    expression: str
+    # Target extraction
+    target: str | None
+    target_span: tuple[int, int] | None
+    target_source: str | None  # "model", "heuristic" or "plug-in"
+    # Routing (SFA)
+    instance_count: int | None
+    level: int | None
+    # CRS
+    candidates: Detections | None
+    selection: Selection | None
+    # The answer of the path taken, before the finishing policy (allow_none / multi)
+    path: str | None
+    answer: Detections
+    # The final answer
+    detections: Detections
+    # Bookkeeping: detector outputs by (text, focus span) so no text is detected twice
+    detector_memo: Annotated[dict[tuple[str, Any], Detections], merge]
+    trace: Annotated[list[str], operator.add]
+    timings: Annotated[dict[str, float], merge]
+    fallbacks: Annotated[list[str], operator.add]
