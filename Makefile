@@ -22,7 +22,7 @@ test: install
 
 demo: install
 	mkdir -p outputs
-	$(VENV)/bin/agent-cli detect $(DEMO_IMAGE) "$(DEMO_TEXT)" --save outputs/demo.png
+	$(VENV)/bin/agent-cli locate $(DEMO_IMAGE) "$(DEMO_TEXT)" --save outputs/demo.png
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

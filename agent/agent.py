@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Sequence
 
@@ -20,9 +21,11 @@ class Agent:
 
     Settings come from ``Configuration.load`` (defaults, config file, ``REX_*``
     environment) overridden by keyword arguments, e.g.
-    ``Agent(strategy="crs", allow_none=True)``. Pass ``detector=``, ``mllm=`` or
-    ``extractor=`` objects to plug in your own backends; models you do not pass are
-    loaded on first use from the settings, once, and only if the strategy needs them.
+    ``Agent(strategy="crs", allow_none=True)``. ``detector=`` and ``mllm=`` take a
+    checkpoint (Hub id or folder; ``mllm="openai:MODEL"`` for a server) or a plug-in
+    object; ``extractor=`` takes an ``llm`` setting ("heuristic", "openai:MODEL", ...)
+    or a plug-in. Models are loaded on first use, once, and only if the strategy
+    needs them.
     """
 
     def __init__(
@@ -37,6 +40,13 @@ class Agent:
         config_file: str | None = None,
         **settings: Any,
     ) -> None:
+        # Strings name checkpoints (settings); other objects are plug-in backends.
+        if isinstance(detector, (str, os.PathLike)):
+            settings["detector"], detector = os.fspath(detector), None
+        if isinstance(mllm, (str, os.PathLike)):
+            settings["mllm"], mllm = os.fspath(mllm), None
+        if isinstance(extractor, str):
+            settings["llm"], extractor = extractor, None
         base = config or Configuration.load(config_file)
         overrides = {key: value for key, value in dict(strategy=strategy, focus=focus, **settings).items() if value is not None}
         self.config = Configuration.load(env={}, **{**base.to_dict(), **overrides}) if overrides else base

@@ -123,7 +123,7 @@ class QwenVL:
         """
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-        path = resolve_checkpoint(name_or_path, revision=revision)
+        path = resolve_checkpoint(name_or_path, revision=revision, hint="or pass --mllm PATH")
         # A resolved local folder is already the requested revision.
         hub = {} if os.path.isdir(path) else {"revision": revision}
         try:
@@ -355,7 +355,7 @@ def _explain_out_of_memory(name, device, max_pixels) -> Iterator[None]:
 def _merge_adapter(model, adapter: str):
     from peft import PeftModel
 
-    adapter_path = resolve_checkpoint(adapter)
+    adapter_path = resolve_checkpoint(adapter, hint="or pass --adapter PATH")
     # Merged, so inference runs at base-model speed and self.model stays a transformers model.
     return PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
 
