@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from tools.detectors.grounding_dino import DEFAULT_DETECTOR
 from tools.errors import UserInputError
+from tools.mllm.qwen import DEFAULT_CHECKPOINT as DEFAULT_MLLM
 
 STRATEGIES = ("specialist", "mllm", "sfa", "crs", "sfa+crs")
-DEFAULT_MLLM = "Qwen/Qwen2-VL-7B-Instruct"
 ENV_PREFIX = "REX_"
 
 
@@ -31,7 +32,7 @@ class Configuration:
     allow_none: bool = False
     multi: bool = False
     # Models (Hub ids or local paths) and where they run
-    detector: str = "openmmlab-community/mm_grounding_dino_large_all"
+    detector: str = DEFAULT_DETECTOR
     mllm: str = DEFAULT_MLLM
     llm: str = "auto"
     adapter: str | None = None
