@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
 from typing import Any, Sequence
+
+from PIL import Image
 
 from tools.detectors.base import check_text
 from tools.images import ImageInput, load_image
@@ -81,10 +84,29 @@ class Agent:
         )
 
     def locate_batch(self, images: Sequence[ImageInput], expressions: Sequence[str]) -> list[Result]:
-        """``locate`` for many queries; the models are loaded once and shared."""
+        """``locate`` for many queries; the models are loaded once and shared.
+
+        An image file named by several queries in a row (datasets list several
+        expressions per image) is decoded once: the last few decoded files are kept.
+        """
         if len(images) != len(expressions):
             raise ValueError(f"{len(images)} images but {len(expressions)} expressions")
-        return [self.locate(image, expression) for image, expression in zip(images, expressions)]
+        recent: OrderedDict[str, Image.Image] = OrderedDict()
+        return [self.locate(_decode_once(image, recent), expression) for image, expression in zip(images, expressions)]
 
     def __repr__(self) -> str:
         return f"Agent(strategy={self.config.strategy!r}, focus={self.config.focus})"
+
+
+def _decode_once(source: ImageInput, recent: "OrderedDict[str, Image.Image]", keep: int = 8) -> ImageInput:
+    """Decode an image file at most once while it stays among the ``keep`` most recent ones."""
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    key = os.fspath(source)
+    if key in recent:
+        recent.move_to_end(key)
+    else:
+        recent[key] = load_image(source)
+        if len(recent) > keep:
+            recent.popitem(last=False)
+    return recent[key]

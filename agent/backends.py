@@ -73,6 +73,14 @@ class Backends:
     def detect(self, image: Image.Image, text: str, focus: tuple[int, int] | None) -> Detections:
         return as_detections(self.detector.detect(image, text, focus=focus), "detector.detect")
 
+    def detect_many(self, image: Image.Image, queries: Sequence[tuple[str, tuple[int, int] | None]]) -> list[Detections]:
+        """Several ``(text, focus)`` queries on one image; batched when the detector has ``detect_many``."""
+        if len(queries) > 1 and hasattr(self.detector, "detect_many"):
+            texts, focuses = zip(*queries)
+            answers = self.detector.detect_many(image, list(texts), list(focuses))
+            return [as_detections(answer, "detector.detect_many") for answer in answers]
+        return [self.detect(image, text, focus) for text, focus in queries]
+
     def ground(self, image: Image.Image, expression: str, focus: str | None) -> Detections:
         return as_detections(self.mllm.ground(image, expression, focus=focus), "mllm.ground")
 

@@ -37,14 +37,17 @@ def timed(name: str, node: Node) -> Node:
 def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
     """The graph's nodes, bound to ``backends`` and ``config``."""
 
-    def detect(state: AgentState, text: str, span: tuple[int, int] | None) -> tuple[Detections, dict]:
-        """The detector's answer for ``text``, computed at most once per query."""
-        key = (text, span)
+    def detect_all(state: AgentState, queries: list[tuple[str, tuple[int, int] | None]]) -> tuple[list, dict]:
+        """The detector's answers for ``(text, focus)`` queries: each computed at most once per
+        query, the missing ones in one batched call. Returns the answers and the memo update."""
         memo = state.get("detector_memo", {})
-        if key in memo:
-            return memo[key], {}
-        detections = backends.detect(state["image"], text, span)
-        return detections, {key: detections}
+        missing = [query for query in dict.fromkeys(queries) if query not in memo]
+        computed = dict(zip(missing, backends.detect_many(state["image"], missing))) if missing else {}
+        return [computed[query] if query in computed else memo[query] for query in queries], computed
+
+    def detect(state: AgentState, text: str, span: tuple[int, int] | None) -> tuple[Detections, dict]:
+        (detections,), memo = detect_all(state, [(text, span)])
+        return detections, memo
 
     def focus_span(state: AgentState) -> tuple[int, int] | None:
         return state.get("target_span") if config.focus else None
@@ -57,7 +60,11 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
         return update
 
     def route(state: AgentState) -> dict[str, Any]:
-        detections, memo = detect(state, state["target"], None)
+        queries = [(state["target"], None)]
+        if config.strategy == "sfa+crs":
+            # Both paths after routing need the full expression too: one batched forward.
+            queries.append((state["expression"], focus_span(state)))
+        (detections, *_), memo = detect_all(state, queries)
         thresholds = RoutingThresholds(config.router_top_k, config.router_score_threshold, config.router_iou_threshold)
         count = count_instances(detections, thresholds)
         return {"instance_count": count, "level": difficulty_level(count), "detector_memo": memo}

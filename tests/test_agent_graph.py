@@ -232,3 +232,43 @@ def test_models_a_strategy_does_not_use_are_never_loaded(image):
 def test_unknown_strategy_is_a_clear_error():
     with pytest.raises(UserInputError, match="unknown strategy 'fast'"):
         Agent("fast", config=Configuration())
+
+
+def test_sfa_plus_crs_detects_target_and_expression_in_one_batched_call(image):
+    class Batching(FakeDetector):
+        def __init__(self):
+            super().__init__(instances=2)
+            self.batches = []
+
+        def detect_many(self, image, texts, focuses):
+            self.batches.append(list(zip(texts, focuses)))
+            return [self.detect(image, text, focus) for text, focus in zip(texts, focuses)]
+
+    detector = Batching()
+    agent, _, _, _ = make("sfa+crs", detector=detector)
+    result = agent.locate(image, EXPRESSION)
+    assert detector.batches == [[(TARGET, None), (EXPRESSION, (0, len(TARGET)))]]
+    assert len(detector.calls) == 2 and result.path == "crs"
+    # SFA needs the full expression only on Level 1, so it does not batch.
+    detector = Batching()
+    make("sfa", detector=detector)[0].locate(image, EXPRESSION)
+    assert detector.batches == [] and detector.calls == [(TARGET, None)]
+
+
+def test_locate_batch_decodes_each_image_file_once(tmp_path, image, monkeypatch):
+    import agent.agent as agent_module
+
+    path = tmp_path / "scene.png"
+    image.save(path)
+    decoded = []
+    real_load = agent_module.load_image
+
+    def counting_load(source):
+        if not isinstance(source, Image.Image):
+            decoded.append(str(source))
+        return real_load(source)
+
+    monkeypatch.setattr(agent_module, "load_image", counting_load)
+    agent, _, _, _ = make("specialist", focus=False)
+    results = agent.locate_batch([path, path, str(path)], ["a", "b", "c"])
+    assert decoded == [str(path)] and len(results) == 3
