@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+import unicodedata
 from collections import OrderedDict
 from typing import Any, Sequence
 
 from PIL import Image
 
 from tools.detectors.base import check_text
+from tools.errors import UserInputError
 from tools.images import ImageInput, load_image
 
 from .backends import Backends
@@ -58,9 +60,9 @@ class Agent:
 
     def locate(self, image: ImageInput, expression: str) -> Result:
         """Find what ``expression`` refers to in ``image`` (a path, PIL image or uint8 array)."""
-        check_text(expression)
+        expression = clean_expression(expression)
         start = time.perf_counter()
-        picture = load_image(image)
+        picture = load_image(image, max_pixels=self.config.max_image_pixels)
         decode_time = time.perf_counter() - start
         state = self.graph.invoke(
             {"image": picture, "expression": expression, "trace": [], "timings": {}, "fallbacks": [],
@@ -92,13 +94,24 @@ class Agent:
         if len(images) != len(expressions):
             raise ValueError(f"{len(images)} images but {len(expressions)} expressions")
         recent: OrderedDict[str, Image.Image] = OrderedDict()
-        return [self.locate(_decode_once(image, recent), expression) for image, expression in zip(images, expressions)]
+        limit = self.config.max_image_pixels
+        return [self.locate(_decode_once(image, recent, limit), text) for image, text in zip(images, expressions)]
 
     def __repr__(self) -> str:
         return f"Agent(strategy={self.config.strategy!r}, focus={self.config.focus})"
 
 
-def _decode_once(source: ImageInput, recent: "OrderedDict[str, Image.Image]", keep: int = 8) -> ImageInput:
+def clean_expression(expression: str) -> str:
+    """The expression with control characters replaced by spaces (one for one, so character
+    spans keep their meaning); an empty or blank expression is a ``UserInputError``."""
+    if not isinstance(expression, str):
+        raise UserInputError(f"the expression must be text, got {type(expression).__name__}")
+    cleaned = "".join(" " if unicodedata.category(c) == "Cc" else c for c in expression)
+    check_text(cleaned)
+    return cleaned
+
+
+def _decode_once(source: ImageInput, recent: "OrderedDict[str, Image.Image]", max_pixels: int, keep: int = 8):
     """Decode an image file at most once while it stays among the ``keep`` most recent ones."""
     if not isinstance(source, (str, os.PathLike)):
         return source
@@ -106,7 +119,7 @@ def _decode_once(source: ImageInput, recent: "OrderedDict[str, Image.Image]", ke
     if key in recent:
         recent.move_to_end(key)
     else:
-        recent[key] = load_image(source)
+        recent[key] = load_image(source, max_pixels=max_pixels)
         if len(recent) > keep:
             recent.popitem(last=False)
     return recent[key]

@@ -98,18 +98,18 @@ def locate(
 ) -> None:
     """Find what EXPRESSION refers to in IMAGE."""
     from agent import Agent, Configuration
-    from tools.detectors import check_text
+    from agent.agent import clean_expression
     from tools.devices import resolve_device
     from tools.drawing import draw_detections
     from tools.images import load_image
 
     # Inputs and settings are checked before any model loads, so mistakes are answered at once.
-    picture = load_image(image)
-    check_text(expression)
     settings = Configuration.load(
         config, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi, detector=detector, mllm=mllm,
         llm=llm, adapter=adapter, device=device, dtype=dtype, max_pixels=max_pixels,
     )  # fmt: skip
+    picture = load_image(image, max_pixels=settings.max_image_pixels)
+    expression = clean_expression(expression)
     resolve_device(settings.device)
     result = Agent(config=settings).locate(picture, expression)
     if save is not None:

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from tools.detectors.grounding_dino import DEFAULT_DETECTOR
 from tools.errors import UserInputError
+from tools.images import DEFAULT_MAX_IMAGE_PIXELS
 from tools.mllm.qwen import DEFAULT_CHECKPOINT as DEFAULT_MLLM
 
 STRATEGIES = ("specialist", "mllm", "sfa", "crs", "sfa+crs")
@@ -40,6 +41,8 @@ class Configuration:
     dtype: str = "auto"
     min_pixels: int | None = None
     max_pixels: int | None = None
+    # Image files with more pixels are refused before decoding (decompression bombs).
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     # SFA routing (the paper's values)
     router_top_k: int = 10
     router_score_threshold: float = 0.2

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tools.detections import Detections
+from tools.errors import ModelOutputError
 from tools.routing import RoutingThresholds, count_instances, difficulty_level
 
 from .backends import Backends
@@ -75,24 +76,37 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
 
     def mllm_ground(state: AgentState) -> dict[str, Any]:
         focus = state.get("target") if config.focus else None
-        answer = backends.ground(state["image"], state["expression"], focus).sorted()
-        update: dict[str, Any] = {"path": "mllm", "answer": answer}
+        update: dict[str, Any] = {"path": "mllm"}
+        try:
+            answer = backends.ground(state["image"], state["expression"], focus).sorted()
+        except ModelOutputError as error:
+            answer = Detections.empty()
+            update["fallbacks"] = [f"the MLLM's answer was unusable: {error}"]
+        update["answer"] = answer
         if len(answer) == 0 and config.uses_detector and not config.allow_none:
             # The MLLM wrote no usable box: the specialist's best box is the documented fallback.
             detections, memo = detect(state, state["expression"], focus_span(state))
             update.update(answer=detections.sorted()[:1], detector_memo=memo)
-            update["fallbacks"] = ["the MLLM gave no usable box: used the specialist's top box"]
+            update["fallbacks"] = update.get("fallbacks", []) + ["the MLLM gave no usable box: used the specialist's top box"]
         return update
 
     def crs(state: AgentState) -> dict[str, Any]:
         detections, memo = detect(state, state["expression"], focus_span(state))
         candidates = detections.top_k(config.crs_top_k).nms(config.crs_iou_threshold)
-        selection = backends.select(state["image"], state["expression"], candidates, config.allow_none)
-        return {"path": "crs", "candidates": candidates, "selection": selection, "detector_memo": memo}
+        update: dict[str, Any] = {"path": "crs", "candidates": candidates, "detector_memo": memo}
+        try:
+            update["selection"] = backends.select(state["image"], state["expression"], candidates, config.allow_none)
+        except ModelOutputError as error:
+            # No option could be read: the specialist's best candidate answers instead.
+            update.update(selection=None, answer=candidates[:1])
+            update["fallbacks"] = [f"the MLLM's CRS answer was unusable ({error}): used the top candidate"]
+        return update
 
     def finish(state: AgentState) -> dict[str, Any]:
-        if state["path"] == "crs":
+        if state["path"] == "crs" and state.get("selection") is not None:
             return {"detections": finish_selection(state["selection"], config)}
+        if state["path"] == "crs":
+            return {"detections": state["answer"]}
         threshold = config.specialist_threshold if state["path"] == "specialist" else config.mllm_threshold
         return {"detections": finish_boxes(state["answer"], config, threshold)}
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from agent import Agent, Configuration
 from tools import Detections
-from tools.errors import UserInputError
+from tools.errors import ModelOutputError, UserInputError
 from tools.mllm import Selection
 
 EXPRESSION = "the long snowboard to the right of the skis"
@@ -186,6 +186,37 @@ def test_unusable_mllm_answer_falls_back_to_the_specialist(image):
     assert any("specialist's top box" in note for note in result.fallbacks)
 
 
+def test_unreadable_crs_answer_falls_back_to_the_top_candidate(image):
+    class Mute(FakeMLLM):
+        def select(self, image, expression, candidates, allow_none=False):
+            raise ModelOutputError("the reply names no option: 'I think so'")
+
+    agent, _, _, _ = make("crs", mllm=Mute())
+    result = agent.locate(image, EXPRESSION)
+    assert result.boxes == [BOX_A] and result.selection is None
+    assert any("CRS answer was unusable" in note for note in result.fallbacks)
+
+
+def test_unparseable_grounding_falls_back_to_the_specialist(image):
+    class Garbled(FakeMLLM):
+        def ground(self, image, expression, focus=None):
+            raise ModelOutputError("no box in '(12, 3'")
+
+    agent, _, _, _ = make("sfa", detector=FakeDetector(instances=2), mllm=Garbled())
+    result = agent.locate(image, EXPRESSION)
+    assert result.boxes == [BOX_A] and len(result.fallbacks) == 2
+    agent, _, _, _ = make("mllm", mllm=Garbled(), focus=False)
+    result = agent.locate(image, EXPRESSION)
+    assert result.boxes == [] and "unusable" in result.fallbacks[0]
+
+
+def test_control_characters_become_spaces_keeping_spans(image):
+    agent, detector, _, _ = make("specialist")
+    result = agent.locate(image, "the long\tsnowboard\x00 to the right of the skis")
+    assert result.expression == "the long\tsnowboard  to the right of the skis".replace("\t", " ")
+    assert detector.calls[0][1] == (0, len(TARGET))
+
+
 def test_unalignable_target_falls_back_to_the_heuristic(image):
     agent, _, _, _ = make("specialist", extractor=FakeExtractor("a purple giraffe"))
     result = agent.locate(image, EXPRESSION)
@@ -263,10 +294,10 @@ def test_locate_batch_decodes_each_image_file_once(tmp_path, image, monkeypatch)
     decoded = []
     real_load = agent_module.load_image
 
-    def counting_load(source):
+    def counting_load(source, **options):
         if not isinstance(source, Image.Image):
             decoded.append(str(source))
-        return real_load(source)
+        return real_load(source, **options)
 
     monkeypatch.setattr(agent_module, "load_image", counting_load)
     agent, _, _, _ = make("specialist", focus=False)

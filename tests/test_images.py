@@ -44,3 +44,18 @@ def test_zero_size_and_wrong_type():
         load_image(Image.new("RGB", (0, 5)))
     with pytest.raises(ImageLoadError, match="int"):
         load_image(42)
+
+
+def test_pixel_limit_refuses_before_decoding(tmp_path):
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (3000, 2000)).save(path)
+    with pytest.raises(ImageLoadError, match=r"wide.png: 3000x2000 is 6,000,000 pixels, over the limit of 1,000,000"):
+        load_image(path, max_pixels=1_000_000)
+    assert load_image(path, max_pixels=None).size == (3000, 2000)
+
+
+def test_empty_file_is_named(tmp_path):
+    path = tmp_path / "empty.jpg"
+    path.touch()
+    with pytest.raises(ImageLoadError, match="empty.jpg: empty file"):
+        load_image(path)

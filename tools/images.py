@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -12,20 +13,27 @@ from .errors import ImageLoadError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
+# Files with more pixels are refused before decoding (decompression bombs). The default
+# is PIL's own warning limit; PIL itself refuses files over twice its
+# ``Image.MAX_IMAGE_PIXELS``, so raise that too to go beyond 179 megapixels.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
-def load_image(source: ImageInput) -> Image.Image:
+
+def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Return ``source`` as an RGB ``PIL.Image`` with EXIF orientation applied.
 
     Paths are opened and fully decoded here, so a corrupt file fails at once with an
-    ``ImageLoadError`` naming it. Arrays must be ``(H, W)``, ``(H, W, 3)`` or
-    ``(H, W, 4)`` ``uint8`` (RGB order).
+    ``ImageLoadError`` naming it; a file of more than ``max_pixels`` pixels is refused
+    before decoding (``None``: no limit). Every PIL mode (L, LA, P, RGBA, CMYK, I;16,
+    ...) is converted to RGB. Arrays must be ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)``
+    ``uint8`` (RGB order).
     """
     if isinstance(source, Image.Image):
         image = source
     elif isinstance(source, np.ndarray):
         image = _from_array(source)
     elif isinstance(source, (str, Path)):
-        image = _open(Path(source))
+        image = _open(Path(source), max_pixels)
     else:
         raise ImageLoadError(f"cannot read an image from a {type(source).__name__}; pass a path, PIL image or array")
     if image.width == 0 or image.height == 0:
@@ -34,15 +42,30 @@ def load_image(source: ImageInput) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, max_pixels: int | None) -> Image.Image:
     if not path.exists():
         raise ImageLoadError(f"{path}: no such file")
     if path.is_dir():
         raise ImageLoadError(f"{path}: is a directory, not an image")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(f"{path}: empty file")
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            return opened
+        with warnings.catch_warnings():
+            # Our own limit below replaces PIL's decompression-bomb warning and error.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                pixels = opened.width * opened.height
+                if max_pixels is not None and pixels > max_pixels:
+                    raise ImageLoadError(
+                        f"{path}: {opened.width}x{opened.height} is {pixels:,} pixels, over the limit of "
+                        f"{max_pixels:,} (raise max_image_pixels to allow it)"
+                    )
+                opened.load()
+                return opened
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(f"{path}: {error} (PIL.Image.MAX_IMAGE_PIXELS sets that limit)") from None
     except UnidentifiedImageError:
         raise ImageLoadError(f"{path}: not an image file PIL can read") from None
     except (OSError, SyntaxError, ValueError) as error:
