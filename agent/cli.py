@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.score_cli import score
 from tools.detectors.grounding_dino import DEFAULT_DETECTOR
 from tools.errors import RexError, UserInputError
 
@@ -146,6 +147,9 @@ def graph(
     from agent.graph import mermaid
 
     typer.echo(mermaid(Configuration.load(strategy=strategy, focus=focus)))
+
+
+app.command("score")(score)
 
 
 def find_phrase(text: str, phrase: str) -> tuple[int, int]:

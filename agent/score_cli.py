@@ -36,7 +36,9 @@ def score(
         ..., "--annotations", help="Annotation file; for grefcoco grefs(unc).json, with instances.json beside it."
     ),
     predictions: Path = typer.Option(
-        ..., "--predictions", help='JSON Lines, one {"id", "boxes", "scores"} per sample (id: the image entry id).'
+        ...,
+        "--predictions",
+        help='JSON Lines, one {"id", "boxes", "scores"} per sample; id: the image entry id (grefcoco: the sent_id).',
     ),
     split: Optional[str] = typer.Option(None, "--split", help="gRefCOCO split (grefcoco only), e.g. val."),
     allow_missing: bool = typer.Option(
@@ -73,9 +75,8 @@ def score(
     if as_json:
         stdout.print_json(json.dumps({"format": dataset_format, **result}))
         return
-    title = f"{dataset_format}: {predictions}"
+    stdout.print(f"{dataset_format}: {predictions} on {annotations}", markup=False, soft_wrap=True)
     for table in {"finecops": _finecops_tables, "refcoco": _refcoco_tables, "grec": _grec_tables}[scorer](result):
-        table.title = f"{title}\n{table.title}"
         stdout.print(table)
     notes = [f"{count} {description}" for description, count in _notes(result["counts"]) if count]
     if notes:

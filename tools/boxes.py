@@ -133,7 +133,7 @@ def nms(boxes, scores, iou_threshold: float) -> np.ndarray:
     order = np.argsort(-s, kind="stable")
     # Strictly decreasing stand-in scores make torchvision's own ordering follow ours.
     rank_scores = torch.arange(len(order), 0, -1, dtype=torch.float64)
-    kept = torchvision.ops.nms(torch.from_numpy(b[order]), rank_scores, float(iou_threshold))
+    kept = torchvision.ops.nms(torch.tensor(b[order]), rank_scores, float(iou_threshold))
     return order[np.sort(kept.numpy())]
 
 
@@ -141,7 +141,8 @@ def _pairwise(op, boxes_a, boxes_b) -> np.ndarray:
     a, b = as_boxes(boxes_a), as_boxes(boxes_b)
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)), dtype=np.float64)
-    return op(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    # torch.tensor copies, so read-only arrays (frozen Detections) raise no warning.
+    return op(torch.tensor(a), torch.tensor(b)).numpy()
 
 
 def _check_size(width: float, height: float) -> None:

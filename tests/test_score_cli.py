@@ -1,0 +1,141 @@
+"""``agent-cli score`` through the real entry point, on the hand-computed cases of test_metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent.cli import app, main
+from agent.score_cli import score
+from tests.test_datasets import annotation, grefcoco_files, image_entry, write_json
+from tests.test_metrics import FINECOPS_COCO, FINECOPS_PREDICTIONS
+
+
+@pytest.fixture(scope="module", autouse=True)
+def score_command():
+    """Register ``score`` on the app unless ``agent/cli.py`` already does."""
+    if not any(info.name == "score" or info.callback is score for info in app.registered_commands):
+        app.command("score")(score)
+
+
+def write_lines(tmp_path, records):
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def finecops_files(tmp_path):
+    return write_json(tmp_path, "finecops.json", FINECOPS_COCO), write_lines(tmp_path, FINECOPS_PREDICTIONS)
+
+
+def test_finecops_json(capsys, finecops_files):
+    annotations, predictions = finecops_files
+    code, out, _ = run(capsys, "score", "--format", "finecops-ref", "--annotations", annotations,
+                       "--predictions", predictions, "--json")  # fmt: skip
+    assert code == 0
+    result = json.loads(out)
+    assert result["format"] == "finecops-ref"
+    assert result["precision_at_1"] == {"1": 0.0, "2": 100.0, "3": 0.0, "all": pytest.approx(100 / 3)}
+    assert result["recall_at_1"] == {"attribute/1/text": 50.0, "replace/1/image": 0.0}
+    assert result["auroc"] == pytest.approx(75.0)
+    assert result["crs_accuracy"]["negative"] == 25.0
+
+
+def test_finecops_tables(capsys, finecops_files):
+    annotations, predictions = finecops_files
+    code, out, _ = run(capsys, "score", "--format", "finecops-ref", "--annotations", annotations,
+                       "--predictions", predictions)  # fmt: skip
+    assert code == 0
+    for fragment in ("Precision@k", "Recall@k", "attribute/1/text", "33.33", "AUROC", "75.00", "CRS accuracy"):
+        assert fragment in out
+
+
+def test_grec_json_and_settings(capsys, tmp_path):
+    data = {
+        "images": [image_entry(0, "both cups"), image_entry(1, "the flying cup")],
+        "annotations": [annotation(0, 0, [0, 0, 10, 10]), annotation(1, 0, [20, 0, 10, 10]),
+                        annotation(2, 1, [0, 0, 0, 0], category_id=-1)],
+    }  # fmt: skip
+    annotations = write_json(tmp_path, "grec.json", data)
+    predictions = write_lines(tmp_path, [
+        {"id": 0, "boxes": [[0, 0, 10, 10], [20, 0, 30, 10]], "scores": [0.9, 0.8]},
+        {"id": 1, "boxes": [[5, 5, 9, 9]], "scores": [0.6]},
+    ])  # fmt: skip
+    args = ["score", "--format", "grec", "--annotations", annotations, "--predictions", predictions, "--json"]
+    code, out, _ = run(capsys, *args)
+    assert code == 0
+    result = json.loads(out)
+    assert (result["f1_precision"], result["n_acc"], result["t_acc"]) == (100.0, 100.0, 100.0)
+    code, out, _ = run(capsys, *args, "--score-threshold", "0.5", "--matching", "iou")
+    result = json.loads(out)
+    assert result["f1_precision"] == 50.0 and result["n_acc"] == 0.0
+    assert result["settings"] == {"score_threshold": 0.5, "iou_threshold": 0.5, "matching": "iou"}
+
+
+def test_grefcoco_release_with_a_split(capsys, tmp_path):
+    refs = grefcoco_files(tmp_path)  # val: sentences 10 and 11 (two targets), 12 (no target)
+    predictions = write_lines(tmp_path, [
+        {"id": 10, "boxes": [[0, 0, 10, 10], [5, 5, 6, 7]], "scores": [0.9, 0.9]},
+        {"id": 11, "boxes": [[0, 0, 10, 10]], "scores": [0.9]},
+        {"id": 12, "boxes": [], "scores": []},
+    ])  # fmt: skip
+    code, out, _ = run(capsys, "score", "--format", "grefcoco", "--split", "val", "--annotations", refs,
+                       "--predictions", predictions, "--json")  # fmt: skip
+    assert code == 0
+    result = json.loads(out)
+    assert result["f1_precision"] == pytest.approx(200 / 3) and result["n_acc"] == 100.0 and result["t_acc"] == 100.0
+
+
+def test_refcoco_table(capsys, tmp_path):
+    annotations = write_json(tmp_path, "refcoco.json", {"images": [image_entry(0), image_entry(1)],
+                                                        "annotations": [annotation(0, 0, [0, 0, 10, 10]),
+                                                                        annotation(1, 1, [0, 0, 10, 10])]})  # fmt: skip
+    predictions = write_lines(tmp_path, [{"id": 0, "boxes": [[0, 0, 10, 10]], "scores": [0.9]},
+                                         {"id": 1, "boxes": [[5, 5, 9, 9]], "scores": [0.9]}])  # fmt: skip
+    code, out, _ = run(capsys, "score", "--format", "refcoco", "--annotations", annotations,
+                       "--predictions", predictions)  # fmt: skip
+    assert code == 0 and "Acc@0.5" in out and "50.00" in out
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--format", "coco"], "unknown format 'coco'"),
+        (["--format", "finecops-ref", "--matching", "iou"], "apply to grec and grefcoco only"),
+        (["--format", "finecops-ref", "--split", "val"], "a split applies to 'grefcoco' only"),
+        (["--format", "grec", "--matching", "dice"], "unknown matching 'dice'"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(capsys, finecops_files, extra, fragment):
+    annotations, predictions = finecops_files
+    code, _, err = run(capsys, "score", "--annotations", annotations, "--predictions", predictions, *extra)
+    assert code == 2
+    assert fragment in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_predictions_exit_2_unless_allowed(capsys, tmp_path, finecops_files):
+    annotations, _ = finecops_files
+    predictions = write_lines(tmp_path, FINECOPS_PREDICTIONS[1:])
+    args = ["score", "--format", "finecops-ref", "--annotations", annotations, "--predictions", predictions]
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "1 of 7 samples have no prediction (ids 1)" in err
+    code, out, _ = run(capsys, *args, "--allow-missing")
+    assert code == 0 and "1 samples without a prediction (scored as empty)" in out
+
+
+def test_torn_predictions_file_still_scores(capsys, finecops_files):
+    annotations, predictions = finecops_files
+    with predictions.open("a") as handle:
+        handle.write('{"id": 99, "bo')
+    with pytest.warns(UserWarning, match="torn last line"):
+        code, out, _ = run(capsys, "score", "--format", "finecops-ref", "--annotations", annotations,
+                           "--predictions", predictions, "--json")  # fmt: skip
+    assert code == 0 and json.loads(out)["counts"]["unmatched_predictions"] == 0

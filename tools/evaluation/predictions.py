@@ -1,0 +1,179 @@
+"""Predictions files: JSON Lines, one object per sample, appended durably.
+
+A line is ``{"id": <sample id>, "boxes": [[x1, y1, x2, y2], ...], "scores": [...], ...}``
+with pixel ``xyxy`` boxes and one score per box; any other field (``level``, ``path``,
+``target``, ``timings``, ``confidence``, ...) is kept in :attr:`Prediction.fields`.
+``confidence`` has a meaning to the FineCops-Ref metrics: the sample-level confidence
+of an answer *without* boxes (e.g. ``1 - P(None)`` of a CRS rejection).
+
+:class:`PredictionWriter` flushes and fsyncs every line, so a crash loses at most the
+line being written; :func:`read_predictions` ignores such a torn last line with a
+warning, and the writer cuts it off before appending, so a run can resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..detections import Detections
+from ..errors import UserInputError
+
+RESERVED_FIELDS = ("id", "boxes", "scores")
+# Fields of an agent result that are worth keeping next to the boxes.
+RESULT_FIELDS = ("level", "path", "target", "timings")
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """The boxes a method answered for one sample, plus free-form ``fields``; no box means "no target"."""
+
+    id: int | str
+    detections: Detections
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def boxes(self) -> np.ndarray:
+        return self.detections.boxes
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.detections.scores
+
+    @classmethod
+    def from_result(cls, sample_id: int | str, result: Any, **extra: Any) -> "Prediction":
+        """From an agent ``Result`` (anything with ``to_dict()``): its boxes, scores, level, path, target, timings."""
+        data = result.to_dict()
+        fields = {name: data[name] for name in RESULT_FIELDS if data.get(name) not in (None, {}, [])}
+        return cls(sample_id, Detections(data["boxes"], data["scores"]), {**fields, **extra})
+
+    @classmethod
+    def from_record(cls, record: Any, where: str = "prediction") -> "Prediction":
+        """Check and convert one parsed JSON line; problems name ``where`` and the field."""
+        if not isinstance(record, dict):
+            raise UserInputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        sample_id = record.get("id")
+        if isinstance(sample_id, bool) or not isinstance(sample_id, (int, str)) or sample_id == "":
+            raise UserInputError(f"{where}: field 'id' must be an integer or a non-empty string, got {sample_id!r:.60}")
+        boxes, scores = record.get("boxes"), record.get("scores")
+        if not isinstance(boxes, list) or not all(_is_numbers(box, 4) for box in boxes):
+            raise UserInputError(f"{where}: field 'boxes' must be a list of [x1, y1, x2, y2] finite numbers")
+        if not _is_numbers(scores, len(boxes)):
+            raise UserInputError(f"{where}: field 'scores' must be {len(boxes)} finite numbers, one per box")
+        confidence = record.get("confidence")
+        if confidence is not None and not _is_numbers([confidence], 1):
+            raise UserInputError(f"{where}: field 'confidence' must be a finite number, got {confidence!r:.60}")
+        fields = {name: value for name, value in record.items() if name not in RESERVED_FIELDS}
+        return cls(sample_id, Detections(np.array(boxes, dtype=np.float64).reshape(-1, 4), scores), fields)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"id": self.id, "boxes": self.boxes.tolist(), "scores": self.scores.tolist(), **self.fields}
+
+
+def read_predictions(path: str | Path) -> list[Prediction]:
+    """All predictions of a JSON Lines file, in file order.
+
+    Blank lines are skipped. A last line that does not end in a newline and does not
+    parse is a write interrupted by a crash: it is ignored with a warning. Any other
+    bad line, or an id given twice, is a ``UserInputError`` naming the line.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{path}: is a directory, expected a JSON Lines predictions file")
+    predictions: list[Prediction] = []
+    first_line: dict[str, int] = {}
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise UserInputError(f"{path}: no such file") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}: line {number}"
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                if not line.endswith(b"\n"):
+                    warnings.warn(f"{where}: ignoring a torn last line (an interrupted write)", stacklevel=2)
+                    break
+                raise UserInputError(f"{where}: not valid JSON ({error})") from None
+            prediction = Prediction.from_record(record, where)
+            key = str(prediction.id)
+            if key in first_line:
+                earlier = first_line[key]
+                raise UserInputError(f"{where}: id {prediction.id!r} already has a prediction on line {earlier}")
+            first_line[key] = number
+            predictions.append(prediction)
+    return predictions
+
+
+class PredictionWriter:
+    """Appends predictions to a JSON Lines file; each line is flushed and fsynced before ``write`` returns.
+
+    Opening repairs a file whose last line was torn by a crash (see :func:`read_predictions`):
+    a complete record that only lacks its newline gets one, anything else is cut off.
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _repair_tail(self.path)
+        self._handle = self.path.open("a", encoding="utf-8")
+
+    def write(self, prediction: Prediction) -> None:
+        line = json.dumps(prediction.to_record(), allow_nan=False, default=_json_default) + "\n"
+        self._handle.write(line)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "PredictionWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _repair_tail(path: Path) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if data.endswith(b"\n"):
+            return
+        start = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[start:])
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            warnings.warn(f"{path}: cutting off a torn last line ({len(data) - start} bytes)", stacklevel=3)
+            handle.truncate(start)
+        else:
+            handle.write(b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _is_numbers(values: Any, count: int) -> bool:
+    return (
+        isinstance(values, list)
+        and len(values) == count
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    )
+
+
+def _json_default(value: Any) -> Any:
+    # Fields often hold numpy scalars or arrays (timings, probabilities).
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
