@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.score_cli import score
+from finetune.cli import finetune
 from tools.detectors.grounding_dino import DEFAULT_DETECTOR
 from tools.errors import RexError, UserInputError
 
@@ -150,6 +151,7 @@ def graph(
 
 
 app.command("score")(score)
+app.command("finetune")(finetune)
 
 
 def find_phrase(text: str, phrase: str) -> tuple[int, int]:

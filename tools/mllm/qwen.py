@@ -89,7 +89,7 @@ class QwenVL:
         self.name = name or self.family.title
         image_processor = processor.image_processor
         self.patch_size = int(getattr(image_processor, "patch_size", None) or self.family.patch_size)
-        default_min, default_max = _pixel_budget(image_processor)
+        default_min, default_max = pixel_budget(image_processor)
         self.min_pixels = int(min_pixels or default_min or 0)
         self.max_pixels = int(max_pixels or default_max or 0)
         if not 0 < self.min_pixels <= self.max_pixels:
@@ -360,7 +360,7 @@ def _merge_adapter(model, adapter: str):
     return PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
 
 
-def _pixel_budget(image_processor) -> tuple[int | None, int | None]:
+def pixel_budget(image_processor) -> tuple[int | None, int | None]:
     """The processor's (min_pixels, max_pixels): transformers 5 keeps them in ``size``."""
     size = getattr(image_processor, "size", None) or {}
     read = size.get if isinstance(size, dict) else lambda key: getattr(size, key, None)

@@ -1,0 +1,159 @@
+"""Batches of CRS samples: tokens, images and labels that supervise only the answer.
+
+A row is the chat template's rendering of the user turn with the generation prompt (the
+exact text ``QwenVL.select`` feeds the model) followed by the answer letter and the
+end-of-turn token, e.g. ``...<|im_start|>assistant\\nB<|im_end|>``. Rows are padded on the
+left, as at inference, so every row ends at the last column: the answer tokens are the
+last ``answer_length`` columns and only they carry labels (-100 elsewhere). The logits
+that predict them are therefore the last ``answer_length + 1`` columns, which is all the
+model has to project onto the vocabulary (``logits_to_keep``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tools.errors import UserInputError
+from tools.images import load_image
+from tools.mllm.crs import letter_token_ids, option_probabilities
+from tools.mllm.qwen import pixel_budget  # the same default budget as inference
+
+from .samples import CRSSample, sample_conversation
+
+IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
+
+
+@dataclass
+class CRSBatch:
+    """Model inputs of a batch plus what training and evaluation need to read the answer."""
+
+    inputs: dict[str, torch.Tensor]  # input_ids, attention_mask, pixel_values, image_grid_thw
+    labels: torch.Tensor  # (rows, length): IGNORE_INDEX except the answer tokens
+    answer_length: int  # supervised tokens per row: the letter, then the end-of-turn token
+    option_token_ids: list[list[list[int]]]  # per row, per option: the ids that spell its letter
+    answer_options: list[int]  # per row: index of the right option
+
+    def __len__(self) -> int:
+        return len(self.answer_options)
+
+    def to(self, device: torch.device | str) -> "CRSBatch":
+        inputs = {name: value.to(device) for name, value in self.inputs.items()}
+        return CRSBatch(inputs, self.labels.to(device), self.answer_length, self.option_token_ids,
+                        self.answer_options)
+
+
+class CRSCollator:
+    """Turns a list of ``CRSSample`` into a ``CRSBatch`` (usable as a DataLoader ``collate_fn``).
+
+    Images are loaded as at inference and resized by ``qwen_vl_utils`` within
+    ``min_pixels``/``max_pixels`` (default: the processor's budget, as ``QwenVL`` uses).
+    """
+
+    def __init__(self, processor, *, min_pixels: int | None = None, max_pixels: int | None = None,
+                 prompts_dir: str | None = None) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        image_processor = processor.image_processor
+        self.patch_size = int(image_processor.patch_size)
+        default_min, default_max = pixel_budget(image_processor)
+        self.min_pixels = int(min_pixels or default_min)
+        self.max_pixels = int(max_pixels or default_max)
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise UserInputError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels} and {self.max_pixels}")
+        self.prompts_dir = prompts_dir
+        self._letter_ids: dict[tuple[str, ...], list[list[int]]] = {}
+
+    def __call__(self, samples: Sequence[CRSSample]) -> CRSBatch:
+        from qwen_vl_utils import process_vision_info
+
+        conversations, texts, answer_ids = [], [], []
+        for sample in samples:
+            picture = load_image(sample.image)
+            if picture.size != sample.image_size:
+                raise UserInputError(f"sample {sample.id!r}: image {sample.image} is {picture.size[0]}x"
+                                     f"{picture.size[1]}, but its image_size says {sample.image_size}")
+            conversation = sample_conversation(sample, picture, min_pixels=self.min_pixels,
+                                               max_pixels=self.max_pixels, prompts_dir=self.prompts_dir)
+            prompt, answer = self._split_answer(conversation, sample)
+            conversations.append(conversation)
+            texts.append(prompt + answer)
+            answer_ids.append(self._token_ids(answer))
+        answer_length = len(answer_ids[0])
+        if any(len(ids) != answer_length for ids in answer_ids):
+            raise ValueError("answers of one batch tokenize to different lengths: " + str(answer_ids))
+        images, _ = process_vision_info(conversations, image_patch_size=self.patch_size)
+        # Already resized within our budget; resizing again would apply the processor's own.
+        encoded = self.processor(text=texts, images=images, padding=True, return_tensors="pt", do_resize=False)
+        input_ids = encoded["input_ids"]
+        expected = torch.tensor(answer_ids, dtype=input_ids.dtype)
+        if not torch.equal(input_ids[:, -answer_length:], expected):
+            raise ValueError("the answer tokens merged with the prompt's last token; cannot mask labels")
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        labels[:, -answer_length:] = expected
+        return CRSBatch(
+            inputs=dict(encoded),
+            labels=labels,
+            answer_length=answer_length,
+            option_token_ids=[self._letter_token_ids(sample.letters) for sample in samples],
+            answer_options=[sample.answer_index for sample in samples],
+        )
+
+    def _split_answer(self, conversation: list[dict], sample: CRSSample) -> tuple[str, str]:
+        """The prompt as at inference, and the supervised continuation (letter + end of turn).
+
+        The chat template renders the assistant turn; what follows the end-of-turn token
+        (Qwen writes a newline) is left out, since generation stops at that token.
+        """
+        prompt = self.processor.apply_chat_template(conversation[:1], tokenize=False, add_generation_prompt=True)
+        full = self.processor.apply_chat_template(conversation, tokenize=False)
+        answer = full[len(prompt):].rstrip()
+        if not full.startswith(prompt) or not answer.startswith(sample.answer) or answer == sample.answer:
+            raise UserInputError(
+                f"the chat template does not render the answer right after the generation prompt "
+                f"(got {full[len(prompt) - 20:]!r}); CRS training needs the letter as the first answer token"
+            )
+        return prompt, answer
+
+    def _token_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _letter_token_ids(self, letters: Sequence[str]) -> list[list[int]]:
+        key = tuple(letters)
+        if key not in self._letter_ids:
+            self._letter_ids[key] = letter_token_ids(self.tokenizer, key)
+        return self._letter_ids[key]
+
+
+def answer_logits(model, batch: CRSBatch) -> torch.Tensor:
+    """``(rows, answer_length, vocab)`` logits, position ``j`` predicting answer token ``j``.
+
+    One forward pass; only the last columns are projected onto the vocabulary.
+    """
+    outputs = model(**batch.inputs, logits_to_keep=batch.answer_length + 1, use_cache=False)
+    return outputs.logits[:, :-1]
+
+
+def answer_loss_sum(logits: torch.Tensor, batch: CRSBatch) -> torch.Tensor:
+    """Summed cross-entropy over the answer tokens (divide by their count for the mean)."""
+    targets = batch.labels[:, -batch.answer_length:]
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                           reduction="sum")
+
+
+def option_hits(logits: torch.Tensor, batch: CRSBatch) -> list[bool]:
+    """Per row: does the most probable option letter at the answer position match the answer?
+
+    The same reading as ``QwenVL.select``: option probabilities from the next-token logits
+    of the letters (all their spellings), argmax.
+    """
+    letter_logits = logits[:, 0]
+    return [
+        int(np.argmax(option_probabilities(letter_logits[row], batch.option_token_ids[row]))) == answer
+        for row, answer in enumerate(batch.answer_options)
+    ]

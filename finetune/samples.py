@@ -1,0 +1,265 @@
+"""CRS instruction samples: the JSONL format, its conversion to chat turns, and LLaMA-Factory export.
+
+One JSON object per line::
+
+    {"id": "refcocog-123-0", "image": "images/123.jpg", "expression": "the man in red",
+     "candidates": [[10, 20, 110, 220], [150, 30, 200, 90]], "image_size": [640, 480],
+     "allow_none": false, "answer": "A", "meta": {"iou": 0.83}}
+
+``candidates`` are ``xyxy`` pixel boxes of the original image, in option order (A, B, ...);
+with ``allow_none`` one more option, the last letter, means "None". ``meta`` is optional
+free-form provenance that training ignores. A relative ``image`` path is relative to the
+JSONL file's folder.
+
+The user turn is built with ``crs_prompt``, exactly as ``QwenVL.select`` asks at inference,
+so the model is trained on the very question it will be asked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from tools.detections import Detections
+from tools.errors import UserInputError
+from tools.mllm.crs import crs_prompt, option_letters
+
+REQUIRED_FIELDS = ("id", "image", "expression", "candidates", "image_size", "allow_none", "answer")
+OPTIONAL_FIELDS = ("meta",)
+# LLaMA-Factory replaces this placeholder in a user message with the image's vision tokens.
+LLAMA_FACTORY_IMAGE = "<image>"
+
+
+@dataclass(frozen=True)
+class CRSSample:
+    """One multiple-choice question: which candidate box does ``expression`` refer to?"""
+
+    id: str
+    image: str  # path of the image file
+    expression: str
+    candidates: tuple[tuple[float, float, float, float], ...]  # xyxy pixels, option order
+    image_size: tuple[int, int]  # (w, h) of the original image
+    allow_none: bool
+    answer: str  # an option letter; the last one means "None" when allow_none
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def letters(self) -> list[str]:
+        """The option letters offered, the "None" letter last when ``allow_none``."""
+        return option_letters(len(self.candidates), self.allow_none)
+
+    @property
+    def answer_index(self) -> int:
+        """Position of the answer among the options."""
+        return self.letters.index(self.answer)
+
+    def detections(self) -> Detections:
+        """The candidates as ``Detections`` (scores play no part in the prompt)."""
+        boxes = np.asarray(self.candidates, dtype=np.float64).reshape(-1, 4)
+        return Detections(boxes, np.ones(len(boxes)))
+
+    def prompt(self, prompts_dir: str | None = None) -> str:
+        """The CRS question text, identical to what ``QwenVL.select`` sends."""
+        text, _ = crs_prompt(self.expression, self.detections(), self.image_size, self.allow_none,
+                             prompts_dir=prompts_dir)
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSONL object (``meta`` only when not empty)."""
+        record = {
+            "id": self.id,
+            "image": self.image,
+            "expression": self.expression,
+            "candidates": [list(box) for box in self.candidates],
+            "image_size": list(self.image_size),
+            "allow_none": self.allow_none,
+            "answer": self.answer,
+        }
+        if self.meta:
+            record["meta"] = dict(self.meta)
+        return record
+
+
+def parse_sample(record: Any, where: str = "sample") -> CRSSample:
+    """Validate one decoded JSON object; errors name ``where`` and the offending field."""
+
+    def fail(name: str, problem: str) -> UserInputError:
+        return UserInputError(f"{where}: field {name!r} {problem}")
+
+    if not isinstance(record, dict):
+        raise UserInputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for name in REQUIRED_FIELDS:
+        if name not in record:
+            raise fail(name, "is missing")
+    unknown = sorted(set(record) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS))
+    if unknown:
+        raise UserInputError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; extra data goes in 'meta'")
+    sample_id = record["id"]
+    if isinstance(sample_id, bool) or not isinstance(sample_id, (str, int)) or str(sample_id) == "":
+        raise fail("id", "must be a non-empty string or an integer")
+    for name in ("image", "expression"):
+        if not isinstance(record[name], str) or not record[name].strip():
+            raise fail(name, "must be a non-empty string")
+    size = record["image_size"]
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
+        raise fail("image_size", f"must be [width, height] in positive integers, got {size!r}")
+    candidates = record["candidates"]
+    if not isinstance(candidates, list):
+        raise fail("candidates", "must be a list of [x1, y1, x2, y2] boxes")
+    for i, box in enumerate(candidates):
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            raise fail("candidates", f"item {i} is not four finite numbers: {box!r}")
+        if not (box[0] < box[2] and box[1] < box[3]):
+            raise fail("candidates", f"item {i} is not x1 < x2 and y1 < y2: {box!r}")
+    if not isinstance(record["allow_none"], bool):
+        raise fail("allow_none", "must be true or false")
+    letters = option_letters(len(candidates), record["allow_none"])
+    # With one option or none, inference answers without asking the model: nothing to learn.
+    if len(letters) < 2:
+        raise fail("candidates", f"give at least 2 options, got {len(letters)}")
+    if record["answer"] not in letters:
+        raise fail("answer", f"must be one of {', '.join(letters)}, got {record['answer']!r}")
+    meta = record.get("meta", {})
+    if not isinstance(meta, dict):
+        raise fail("meta", "must be a JSON object")
+    return CRSSample(
+        id=str(sample_id),
+        image=record["image"],
+        expression=record["expression"],
+        candidates=tuple(tuple(float(v) for v in box) for box in candidates),
+        image_size=(int(size[0]), int(size[1])),
+        allow_none=record["allow_none"],
+        answer=record["answer"],
+        meta=meta,
+    )
+
+
+def read_samples(path: str | os.PathLike) -> list[CRSSample]:
+    """Read and validate a CRS JSONL file; relative image paths become absolute (from its folder).
+
+    Blank lines are skipped. Any problem raises ``UserInputError`` naming the line and field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"no CRS sample file {str(path)!r}")
+    samples: list[CRSSample] = []
+    seen: dict[str, int] = {}
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserInputError(f"{where}: not valid JSON ({error.msg})") from None
+            sample = parse_sample(record, where)
+            if sample.id in seen:
+                raise UserInputError(f"{where}: field 'id' {sample.id!r} repeats line {seen[sample.id]}")
+            seen[sample.id] = number
+            image = Path(sample.image).expanduser()
+            if not image.is_absolute():
+                image = path.parent / image
+            samples.append(replace(sample, image=str(image)))
+    if not samples:
+        raise UserInputError(f"{path}: no samples")
+    return samples
+
+
+def write_samples(samples: Iterable[CRSSample], path: str | os.PathLike) -> Path:
+    """Write ``samples`` as JSONL (image paths as they are in the samples); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for sample in samples:
+            out.write(json.dumps(sample.to_dict(), ensure_ascii=False) + "\n")
+    return path
+
+
+def sample_conversation(
+    sample: CRSSample,
+    image: Image.Image | str | None = None,
+    *,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    prompts_dir: str | None = None,
+) -> list[dict]:
+    """The chat turns of ``sample``: user = image + CRS question, assistant = the answer letter.
+
+    The user turn has the layout of ``QwenVL.select`` (image item with its pixel budget, then
+    the text), so ``qwen_vl_utils.process_vision_info`` resizes the image the same way.
+    ``image`` defaults to the sample's path.
+    """
+    image_item: dict[str, Any] = {"type": "image", "image": sample.image if image is None else image}
+    if min_pixels is not None:
+        image_item["min_pixels"] = min_pixels
+    if max_pixels is not None:
+        image_item["max_pixels"] = max_pixels
+    return [
+        {"role": "user", "content": [image_item, {"type": "text", "text": sample.prompt(prompts_dir)}]},
+        {"role": "assistant", "content": [{"type": "text", "text": sample.answer}]},
+    ]
+
+
+def export_llama_factory(
+    samples: Sequence[CRSSample],
+    output_dir: str | os.PathLike,
+    dataset_name: str = "rex_crs",
+    *,
+    relative_images: bool = False,
+    prompts_dir: str | None = None,
+) -> Path:
+    """Write ``samples`` for LLaMA-Factory SFT and register them in ``dataset_info.json``.
+
+    The format is LLaMA-Factory's multimodal ShareGPT ("OpenAI") layout, as in its
+    ``data/mllm_demo.json`` and ``data/dataset_info.json`` entry ``mllm_demo``: a JSON list of
+    ``{"messages": [{"role": "user", "content": "<image>QUESTION"}, {"role": "assistant",
+    "content": "B"}], "images": [PATH]}``, one ``<image>`` per image. With its ``qwen2_vl``
+    template (default system prompt, ``<image>`` expanded to the vision tokens) the user turn
+    renders as ``QwenVL.select`` asks it; set its ``image_max_pixels`` to the inference
+    budget so images are resized alike. An existing
+    ``dataset_info.json`` keeps its other entries. ``relative_images`` writes image paths
+    relative to ``output_dir`` (LLaMA-Factory resolves them against its ``media_dir``, by
+    default the dataset folder). Returns the dataset file.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for sample in samples:
+        image = os.path.abspath(sample.image)
+        if relative_images:
+            image = os.path.relpath(image, output_dir.resolve())
+        records.append({
+            "messages": [
+                {"role": "user", "content": LLAMA_FACTORY_IMAGE + sample.prompt(prompts_dir)},
+                {"role": "assistant", "content": sample.answer},
+            ],
+            "images": [image],
+        })
+    data_file = output_dir / f"{dataset_name}.json"
+    data_file.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+    info_file = output_dir / "dataset_info.json"
+    info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
+    info[dataset_name] = {
+        "file_name": data_file.name,
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+    }
+    info_file.write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return data_file
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

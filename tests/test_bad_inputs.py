@@ -1,0 +1,222 @@
+"""The bad-input table: every kind of bad input gets its documented answer.
+
+Exit codes and messages through the real CLI entry point; fallbacks through the agent,
+recorded in ``Result.fallbacks``; remote failures against a real local socket.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from agent import Agent, Configuration
+from agent.cli import main
+from tools import Detections, ImageLoadError, load_image
+from tools.errors import ModelOutputError, RemoteServiceError, RexError
+from tools.mllm import QWEN2_VL
+from tools.mllm.openai_compat import ChatCompletionsClient
+
+EXPRESSION = "the red car to the left of the green car"
+
+
+# ---------------------------------------------------------------- CLI: files, expressions, settings
+
+@pytest.fixture
+def files(tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(good)
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    empty = tmp_path / "empty.png"
+    empty.touch()
+    config = tmp_path / "broken.toml"
+    config.write_text("strategy = ")
+    return {"{good}": good, "{text}": text, "{cut}": truncated, "{empty}": empty, "{dir}": tmp_path,
+            "{missing}": tmp_path / "missing.png", "{config}": config}  # fmt: skip
+
+
+CLI_CASES = [
+    # (arguments, environment, exit code, message fragment)
+    (["locate", "{missing}", EXPRESSION], {}, 2, "missing.png: no such file"),
+    (["locate", "{dir}", EXPRESSION], {}, 2, "is a directory"),
+    (["locate", "{text}", EXPRESSION], {}, 2, "notes.png: not an image file"),
+    (["locate", "{cut}", EXPRESSION], {}, 2, "cut.png: corrupt or truncated"),
+    (["locate", "{empty}", EXPRESSION], {}, 2, "empty.png: empty file"),
+    (["locate", "{good}", EXPRESSION], {"REX_MAX_IMAGE_PIXELS": "1000"}, 2, "over the limit of 1,000"),
+    (["locate", "{good}", ""], {}, 2, "the expression is empty"),
+    (["locate", "{good}", " \t\n "], {}, 2, "the expression is empty"),
+    (["locate", "{good}", "\x00\x07"], {}, 2, "the expression is empty"),
+    (["locate", "{good}", EXPRESSION, "--strategy", "fast"], {}, 2, "unknown strategy 'fast'"),
+    (["locate", "{good}", EXPRESSION, "--device", "tpu"], {}, 2, "unknown device 'tpu'"),
+    (["locate", "{good}", EXPRESSION, "--dtype", "fp8", "--strategy", "specialist", "--no-focus"], {}, 2,
+     "unknown dtype 'fp8'"),
+    (["locate", "{good}", EXPRESSION, "--detector", "./nowhere", "--strategy", "specialist", "--no-focus"], {}, 2,
+     "'./nowhere': no such file or folder"),
+    (["locate", "{good}", EXPRESSION, "--config", "{missing}"], {}, 2, "missing.png: no such file"),
+    (["locate", "{good}", EXPRESSION, "--config", "{config}"], {}, 2, "config file"),
+    (["locate", "{good}", EXPRESSION], {"REX_MULTI": "maybe"}, 2, "REX_MULTI='maybe' is not a boolean"),
+    (["locate", "{good}", EXPRESSION], {"REX_CRS_TOP_K": "lots"}, 2, "crs_top_k='lots' is not a valid int"),
+    (["locate", "{good}", EXPRESSION, "--bogus"], {}, 2, "No such option: --bogus"),
+    (["detect", "{good}", EXPRESSION, "--focus", "bicycle"], {}, 2, "does not occur"),
+]
+
+
+@pytest.mark.parametrize("args, env, code, fragment", CLI_CASES, ids=[c[3][:30] for c in CLI_CASES])
+def test_cli_bad_inputs(capsys, monkeypatch, files, args, env, code, fragment):
+    if "--device" in args and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main([str(files.get(a, a)) for a in args]) == code
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+    if "No such option" not in fragment:
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_without_gpu_names_the_setting_that_helps(capsys, files):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["locate", str(files["{good}"]), EXPRESSION, "--device", "cuda"]) == 2
+    assert "no CUDA GPU is available; use --device cpu" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- images in Python
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "1", "F"])
+def test_every_pil_mode_becomes_rgb(mode):
+    assert load_image(Image.new(mode, (5, 4))).mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    "array, fragment",
+    [
+        (np.zeros((4, 5, 3), np.float32), "must be uint8"),
+        (np.zeros((4, 5, 2), np.uint8), "(H, W, 3)"),
+        (np.zeros((4, 5, 3, 1), np.uint8), "(H, W, 3)"),
+        (np.zeros((0, 5, 3), np.uint8), "zero size"),
+    ],
+)
+def test_bad_arrays(array, fragment):
+    with pytest.raises(ImageLoadError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        load_image(array)
+
+
+# ---------------------------------------------------------------- model output, through the agent
+
+class Detector:
+    def detect(self, image, text, focus=None):
+        return Detections([[10, 10, 50, 40], [60, 10, 100, 40]], [0.9, 0.5])
+
+
+class WritingMLLM:
+    """Answers grounding with the given raw text, read by the real Qwen2-VL parser."""
+
+    def __init__(self, answer: str):
+        self.answer = answer
+
+    def ground(self, image, expression, focus=None):
+        return QWEN2_VL.parse_answer(self.answer, image.size).to_detections()
+
+    def select(self, image, expression, candidates, allow_none=False):
+        raise ModelOutputError(f"no option letter in {self.answer!r}")
+
+
+class Extractor:
+    def __init__(self, reply):
+        self.reply = reply
+
+    def extract(self, expressions):
+        return [self.reply for _ in expressions]
+
+
+def run_agent(strategy, answer="<|box_start|>(100,200),(500,800)<|box_end|>", extracted="the red car", **settings):
+    agent = Agent(strategy, detector=Detector(), mllm=WritingMLLM(answer), extractor=Extractor(extracted),
+                  config=Configuration(), **settings)  # fmt: skip
+    return agent.locate(Image.new("RGB", (200, 100)), EXPRESSION)
+
+
+MODEL_OUTPUT_CASES = [
+    # (strategy, answer, extracted target, expected boxes, fallback fragment or None).
+    # The detector sees two separate instances, so "sfa" routes to the MLLM (Level 2).
+    ("sfa", "I cannot see it.", "the red car", [[10, 10, 50, 40]], "specialist's top box"),
+    ("sfa", "<|box_start|>(12,3", "the red car", [[10, 10, 50, 40]], "unusable"),
+    ("sfa", "<|box_start|>(10,20),(1500,30)<|box_end|>", "the red car", [[10, 10, 50, 40]], "unusable"),
+    ("sfa", "<|box_start|>(500,800),(100,200)<|box_end|>", "the red car", [[20, 20, 100, 80]], None),
+    ("sfa", "(100,200),(500,800) and (600,100),(900,300)", "the red car", [[20, 20, 100, 80]], None),
+    ("crs", "Maybe the left one?", "the red car", [[10, 10, 50, 40]], "CRS answer was unusable"),
+    ("specialist", "", "{{{ nonsense", [[10, 10, 50, 40]], "used the heuristic target"),
+    ("specialist", "", "a purple giraffe", [[10, 10, 50, 40]], "used the heuristic target"),
+    ("specialist", "", None, [[10, 10, 50, 40]], "used the heuristic target"),
+]
+
+
+@pytest.mark.parametrize("strategy, answer, extracted, boxes, fallback", MODEL_OUTPUT_CASES)
+def test_model_output_fallbacks(strategy, answer, extracted, boxes, fallback):
+    result = run_agent(strategy, answer, extracted)
+    assert result.path == {"sfa": "mllm"}.get(strategy, strategy)
+    assert result.boxes == boxes
+    if fallback is None:
+        assert result.fallbacks == []
+    else:
+        assert any(fallback in note for note in result.fallbacks), result.fallbacks
+
+
+def test_unicode_and_emoji_expressions_work():
+    result = run_agent("specialist", extracted=None, focus=True)
+    assert result.target is not None
+    agent = Agent("specialist", detector=Detector(), extractor="heuristic", config=Configuration())
+    result = agent.locate(Image.new("RGB", (200, 100)), "le chien 🐶 à gauche de la voiture")
+    assert result.target in result.expression and result.boxes == [[10, 10, 50, 40]]
+
+
+def test_very_long_expression_is_truncated_with_a_warning(tiny_mm_grounding_dino):
+    agent = Agent("specialist", detector=str(tiny_mm_grounding_dino), extractor="heuristic", config=Configuration())
+    with pytest.warns(UserWarning, match="over the detector's limit"):
+        result = agent.locate(Image.new("RGB", (64, 48)), "the dog " + "near the big red car " * 40)
+    assert len(result.boxes) == 1
+
+
+# ---------------------------------------------------------------- remote endpoints and resources
+
+def test_dropped_connections_are_retried_then_reported():
+    accepted = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def drop_every_connection():
+        while len(accepted) < 3:
+            connection, _ = listener.accept()
+            accepted.append(1)
+            connection.recv(65536)
+            connection.close()  # no HTTP response at all
+
+    thread = threading.Thread(target=drop_every_connection, daemon=True)
+    thread.start()
+    client = ChatCompletionsClient(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", "sk-test",
+                                   max_retries=2, backoff=0.01, timeout=2.0)  # fmt: skip
+    with pytest.raises(RemoteServiceError, match="on each of 3 attempts"):
+        client.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+    thread.join(timeout=5)
+    listener.close()
+    assert len(accepted) == 3
+
+
+def test_gpu_out_of_memory_names_the_settings_that_help(tiny_qwen2_vl, monkeypatch):
+    from tools.mllm import QwenVL
+
+    mllm = QwenVL.from_pretrained(str(tiny_qwen2_vl), device="cpu")
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(mllm.model, "forward", out_of_memory)
+    candidates = Detections([[0, 0, 10, 10], [5, 5, 20, 20]], [0.9, 0.8])
+    with pytest.raises(RexError, match="ran out of GPU memory.*lower max_pixels.*fp16/bf16.*device cpu"):
+        mllm.select(Image.new("RGB", (64, 48)), "a dog", candidates)
