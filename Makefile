@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_IMAGE ?= examples/images/snow.png
 DEMO_TEXT ?= the long snowboard to the right of the skis
 
-.PHONY: install test demo clean
+.PHONY: install test lint demo clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(PYTHON) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check agent tools finetune prompts tests examples benchmarks
 
 demo: install
 	mkdir -p outputs

@@ -1,9 +1,4 @@
-"""``agent-cli``: the terminal front end.
-
-User mistakes (bad path, empty expression, missing weights) exit with code 2 and one
-line on stderr; unexpected failures exit with code 1 and a hint to rerun with
-``--debug``, which shows the traceback instead.
-"""
+"""``agent-cli``: the terminal front end (error contract: ``agent/cli_runner.py``)."""
 
 from __future__ import annotations
 
@@ -16,10 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.cli_runner import run_app
 from agent.score_cli import score
 from finetune.cli import finetune
+from finetune.build_cli import finetune_data
 from tools.detectors.grounding_dino import DEFAULT_DETECTOR
-from tools.errors import RexError, UserInputError
+from tools.errors import UserInputError
 
 app = typer.Typer(
     name="agent-cli",
@@ -72,8 +69,8 @@ def detect(
         stdout.print_json(json.dumps({"image": str(image), "text": text, "focus": span, **detections.to_dict()}))
         return
     table = Table("rank", "x1", "y1", "x2", "y2", "score", title=f"{text!r} in {image}")
-    for rank, (box, score) in enumerate(detections, start=1):
-        table.add_row(str(rank), *(f"{v:.1f}" for v in box), f"{score:.3f}")
+    for rank, (box, confidence) in enumerate(detections, start=1):
+        table.add_row(str(rank), *(f"{v:.1f}" for v in box), f"{confidence:.3f}")
     stdout.print(table)
     if save is not None:
         stdout.print(f"saved {save}")
@@ -126,8 +123,8 @@ def locate(
         summary += f", target {result.target!r}"
     if result.found:
         table = Table("rank", "x1", "y1", "x2", "y2", "score", title=f"{expression!r} in {image}")
-        for rank, (box, score) in enumerate(result.detections, start=1):
-            table.add_row(str(rank), *(f"{v:.1f}" for v in box), f"{score:.3f}")
+        for rank, (box, confidence) in enumerate(result.detections, start=1):
+            table.add_row(str(rank), *(f"{v:.1f}" for v in box), f"{confidence:.3f}")
         stdout.print(table)
     else:
         stdout.print("no target found", markup=False)
@@ -152,6 +149,7 @@ def graph(
 
 app.command("score")(score)
 app.command("finetune")(finetune)
+app.command("finetune-data")(finetune_data)
 
 
 def find_phrase(text: str, phrase: str) -> tuple[int, int]:
@@ -164,29 +162,7 @@ def find_phrase(text: str, phrase: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
-    try:
-        app(args=args, prog_name="agent-cli", standalone_mode=False)
-        return 0
-    except typer.Exit as done:
-        return done.exit_code
-    except typer.TyperException as usage:  # bad flags or missing arguments
-        usage.show()
-        return 2
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("interrupted", err=True)
-        return 130
-    except RexError as error:
-        if debug:
-            raise
-        typer.echo(f"error: {error}", err=True)
-        return 2 if isinstance(error, (UserInputError, OSError)) else 1
-    except Exception as error:  # noqa: BLE001 - the one place that turns crashes into a message
-        if debug:
-            raise
-        typer.echo(f"internal error: {type(error).__name__}: {error} (rerun with --debug for details)", err=True)
-        return 1
+    return run_app(app, argv, "agent-cli")
 
 
 if __name__ == "__main__":

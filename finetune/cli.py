@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from tools.errors import RexError, UserInputError
 
 from .train import DEFAULT_LORA_TARGET, SCHEDULERS, TrainConfig
 
@@ -73,17 +71,9 @@ def finetune(
 
 
 def run_standalone(argv: list[str] | None = None) -> int:
-    """Run ``finetune`` as its own command; user mistakes exit 2 with one line on stderr."""
+    """Run ``finetune`` as its own command (``python -m finetune.train``), with agent-cli's error contract."""
+    from agent.cli_runner import run_app
+
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(finetune)
-    try:
-        app(args=list(sys.argv[1:] if argv is None else argv), prog_name="finetune", standalone_mode=False)
-        return 0
-    except typer.Exit as done:
-        return done.exit_code
-    except typer.TyperException as usage:  # bad flags or missing options
-        usage.show()
-        return 2
-    except RexError as error:
-        typer.echo(f"error: {error}", err=True)
-        return 2 if isinstance(error, (UserInputError, OSError)) else 1
+    return run_app(app, argv, "finetune")

@@ -1,0 +1,41 @@
+"""Running a typer app with REX Agent's error contract.
+
+User mistakes (``UserInputError``, missing files or weights) exit with code 2 and one
+line on stderr; other failures exit with code 1 and a hint to rerun with ``--debug``,
+which shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from tools.errors import RexError, UserInputError
+
+
+def run_app(app: typer.Typer, argv: list[str] | None, prog_name: str) -> int:
+    """Run ``app`` on ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name=prog_name, standalone_mode=False)
+        return 0
+    except typer.Exit as done:
+        return done.exit_code
+    except typer.TyperException as usage:  # bad flags or missing arguments
+        usage.show()
+        return 2
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        return 130
+    except RexError as error:
+        if debug:
+            raise
+        typer.echo(f"error: {error}", err=True)
+        return 2 if isinstance(error, (UserInputError, OSError)) else 1
+    except Exception as error:  # noqa: BLE001 - the one place that turns crashes into a message
+        if debug:
+            raise
+        typer.echo(f"internal error: {type(error).__name__}: {error} (rerun with --debug for details)", err=True)
+        return 1
