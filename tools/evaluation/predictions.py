@@ -126,7 +126,7 @@ class PredictionWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _repair_tail(self.path)
+        repair_torn_tail(self.path)
         self._handle = self.path.open("a", encoding="utf-8")
 
     def write(self, prediction: Prediction) -> None:
@@ -145,7 +145,7 @@ class PredictionWriter:
         self.close()
 
 
-def _repair_tail(path: Path) -> None:
+def repair_torn_tail(path: Path) -> None:
     if not path.exists() or path.stat().st_size == 0:
         return
     with path.open("rb+") as handle:

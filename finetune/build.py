@@ -1,0 +1,389 @@
+"""Building CRS instruction samples from a REC dataset and the specialist's candidates (paper §III-D).
+
+For each expression the specialist's candidates are its top-10 boxes on the full expression,
+computed with a detector or read from a candidates file: JSON Lines ``{"id", "boxes",
+"scores"}``, the predictions-file format (:func:`tools.evaluation.read_predictions`), ``id``
+being the dataset's sample id. The options are then built exactly as CRS builds them at
+inference (``Detections.top_k(top_k).nms(nms_iou)``, boxes clipped to the image first, empty
+boxes dropped), and shuffled.
+
+Decisions (each drop is counted under its reason, see ``DROP_REASONS``):
+
+- Positives: kept when the option with the highest IoU to the ground truth exceeds
+  ``min_iou`` (0.5, the paper's filter); that option is the answer. Several ground-truth
+  boxes (gRefCOCO) are skipped as ``multi-target``: CRS answers one letter, and with several
+  right letters any single answer would teach an arbitrary choice.
+- Negatives (FineCops-Ref negatives, gRefCOCO no-target expressions) answer the "None" letter.
+- The "None" option goes on *every* sample, positives included, whenever negatives are
+  included (``none_option=None``, the default): were it offered to negatives only, its mere
+  presence would give the answer away. This is the paper's "None" variant (10,000 positives,
+  2,500 negatives); ``none_option=True`` also offers it without negatives.
+- Options are shuffled with a generator seeded from (``seed``, sample id), and samples are
+  visited in an order drawn from the same two, so a sample's options, and which samples
+  fill the ``positives`` / ``negatives`` quotas, depend neither on the file's order nor on
+  what else is in it. Samples left once a quota is full are ``sampled-out``.
+
+The output folder holds ``samples.jsonl`` (our format, :mod:`finetune.samples`),
+``<dataset_name>.json`` with ``dataset_info.json`` (LLaMA-Factory), ``report.json`` (counts
+per outcome), ``build.json`` (the settings) and, with a detector, ``candidates.jsonl`` (its
+top-10 boxes per sample, usable as ``--candidates`` to rebuild with other settings without
+the detector). Kept samples and detector candidates are appended and fsynced one by one, so
+an interrupted build reruns with the same settings and continues where it stopped, with
+the same final files as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tools import boxes as box_ops
+from tools.datasets import Sample, read_dataset
+from tools.detections import Detections
+from tools.detectors import Detector
+from tools.errors import ImageLoadError, UserInputError
+from tools.evaluation import Prediction, PredictionWriter, read_predictions
+# The predictions writer's torn-last-line repair serves the samples file just as well.
+from tools.evaluation.predictions import repair_torn_tail
+from tools.images import load_image
+from tools.mllm.crs import option_letters
+
+from .samples import CRSSample, export_llama_factory, read_samples
+
+# The paper offers CRS the specialist's ten best boxes on the full expression.
+DETECTOR_TOP_K = 10
+SAMPLES_FILE = "samples.jsonl"
+DETECTOR_CANDIDATES_FILE = "candidates.jsonl"
+SETTINGS_FILE = "build.json"
+REPORT_FILE = "report.json"
+POSITIVE, NEGATIVE = "positive", "negative"
+
+MULTI_TARGET = "multi-target"
+UNREADABLE_IMAGE = "unreadable-image"
+MISSING_CANDIDATES = "missing-candidates"  # the candidates file has no line for the sample
+NO_CANDIDATES = "no-candidates"
+NO_CANDIDATE_OVER_IOU = "no-candidate-over-iou"
+SINGLE_OPTION = "single-option"  # inference answers a lone option without asking: nothing to learn
+SAMPLED_OUT = "sampled-out"  # its quota was full when its turn came
+DROP_REASONS = (MULTI_TARGET, UNREADABLE_IMAGE, MISSING_CANDIDATES, NO_CANDIDATES, NO_CANDIDATE_OVER_IOU,
+                SINGLE_OPTION, SAMPLED_OUT)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything a build depends on; give exactly one of ``detector`` and ``candidates_file``."""
+
+    dataset_format: str  # a format of tools.datasets.read_dataset
+    annotations: str
+    output_dir: str
+    image_root: str | None = None
+    split: str | None = None  # gRefCOCO only
+    detector: str | None = None  # Hub id or folder of a Grounding DINO / MM-Grounding-DINO
+    candidates_file: str | None = None
+    positives: int | None = None  # None: every usable positive
+    negatives: int | None = 0  # None: every usable negative
+    top_k: int = 5
+    nms_iou: float = 0.7
+    min_iou: float = 0.5
+    seed: int = 0
+    none_option: bool | None = None  # None: on exactly when negatives are included
+    dataset_name: str = "rex_crs"
+    prompts_dir: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+    @property
+    def allow_none(self) -> bool:
+        """Whether every sample offers the "None" option (see the module docstring)."""
+        return self.none_option if self.none_option is not None else self.negatives != 0
+
+
+@dataclass
+class BuildReport:
+    """How many samples were read, kept and dropped per reason; ``read == kept + sum(dropped)``."""
+
+    read: int = 0
+    kept_positives: int = 0
+    kept_negatives: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    output_dir: str = ""
+
+    @property
+    def kept(self) -> int:
+        return self.kept_positives + self.kept_negatives
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"read": self.read, "kept": self.kept, "kept_positives": self.kept_positives,
+                "kept_negatives": self.kept_negatives,
+                "dropped": {reason: self.dropped[reason] for reason in DROP_REASONS if self.dropped[reason]}}
+
+
+class SampleDropped(Exception):
+    """A sample yields no CRS question; ``reason`` is one of ``DROP_REASONS``."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def build_crs_data(config: BuildConfig, *, detector: Detector | None = None, progress: bool = True) -> BuildReport:
+    """Build (or resume building) the CRS samples ``config`` describes; returns the counts.
+
+    ``detector`` replaces loading ``config.detector`` (any :class:`~tools.detectors.Detector`).
+    The LLaMA-Factory export is written only when some sample was kept.
+    """
+    from tqdm.auto import tqdm
+
+    _check_config(config)
+    output = Path(config.output_dir)
+    _claim_output_dir(output, config)
+    samples = list(read_dataset(config.dataset_format, config.annotations, config.image_root, config.split))
+    report = BuildReport(read=len(samples), output_dir=str(output))
+    walk = _visiting_order(samples, config.seed, report)
+    quotas = {POSITIVE: config.positives, NEGATIVE: config.negatives}
+    usable = Counter(_kind(sample) for sample in walk)
+    target = sum(usable[kind] if quota is None else min(quota, usable[kind]) for kind, quota in quotas.items())
+    kept = Counter()
+    samples_file = output / SAMPLES_FILE
+    written = _written_ids(samples_file)
+    with _CandidateSource(config, output, detector) as candidates, _DurableLines(samples_file) as out, \
+            tqdm(total=target, desc="CRS samples kept", unit="sample", disable=not progress) as bar:
+        for sample in walk:
+            kind = _kind(sample)
+            if quotas[kind] is not None and kept[kind] >= quotas[kind]:
+                report.dropped[SAMPLED_OUT] += 1
+                continue
+            if str(sample.id) not in written:
+                try:
+                    out.write(make_crs_sample(sample, *candidates.for_sample(sample), config).to_dict())
+                except SampleDropped as dropped:
+                    report.dropped[dropped.reason] += 1
+                    bar.set_postfix(dropped=sum(report.dropped.values()), refresh=False)
+                    continue
+            kept[kind] += 1
+            bar.update()
+    report.kept_positives, report.kept_negatives = kept[POSITIVE], kept[NEGATIVE]
+    if report.kept:
+        export_llama_factory(read_samples(samples_file), output, config.dataset_name, prompts_dir=config.prompts_dir)
+    (output / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def make_crs_sample(sample: Sample, candidates: Detections, image_size: tuple[int, int],
+                    config: BuildConfig) -> CRSSample:
+    """The CRS question of ``sample`` given the specialist's ``candidates`` on its image of ``image_size``.
+
+    Raises :class:`SampleDropped` when the sample yields no useful question.
+    """
+    if len(sample.boxes) > 1:
+        raise SampleDropped(MULTI_TARGET)
+    usable = candidates.clip(*image_size)
+    usable = usable[box_ops.is_valid(usable.boxes)]
+    options = usable.top_k(config.top_k).nms(config.nms_iou)
+    if not len(options):
+        raise SampleDropped(NO_CANDIDATES)
+    meta: dict[str, Any] = {"level": sample.level} if sample.level is not None else {}
+    best = None  # the answer's position among the options, in detector order; None answers "None"
+    if sample.has_target:
+        ious = box_ops.box_iou(options.boxes, sample.boxes)[:, 0]
+        best = int(np.argmax(ious))
+        if ious[best] <= config.min_iou:
+            raise SampleDropped(NO_CANDIDATE_OVER_IOU)
+        meta["iou"] = round(float(ious[best]), 4)
+    else:
+        meta["negative"] = sample.negative_key or "no-target"
+    if len(options) + config.allow_none < 2:
+        raise SampleDropped(SINGLE_OPTION)
+    order = list(range(len(options)))
+    random.Random(_stable_int(config.seed, "options", sample.id)).shuffle(order)
+    letters = option_letters(len(options), config.allow_none)
+    answer = letters[-1] if best is None else letters[order.index(best)]
+    meta["detector_ranks"] = order  # option i is the detector's order[i]-th box, for analysis
+    return CRSSample(
+        id=str(sample.id),
+        # Absolute: a relative path would be read against the samples file's folder.
+        image=os.path.abspath(sample.image_path),
+        expression=sample.expression,
+        candidates=tuple(tuple(float(v) for v in options.boxes[i]) for i in order),
+        image_size=image_size,
+        allow_none=config.allow_none,
+        answer=answer,
+        meta=meta,
+    )
+
+
+class _CandidateSource:
+    """A sample's top-10 candidates and image size, from the candidates file or the detector.
+
+    Detector results are appended to ``candidates.jsonl`` in the output folder as they come,
+    and read back from there on a resumed build instead of running the detector again.
+    """
+
+    def __init__(self, config: BuildConfig, output: Path, detector: Detector | None):
+        self.detector = detector
+        self.config = config
+        self.cache_writer: PredictionWriter | None = None
+        if config.candidates_file:
+            known = read_predictions(config.candidates_file)
+        else:
+            cache = output / DETECTOR_CANDIDATES_FILE
+            self.cache_writer = PredictionWriter(cache)  # opened first: it repairs a torn last line
+            known = read_predictions(cache)
+        self.known = {str(prediction.id): prediction.detections for prediction in known}
+
+    def for_sample(self, sample: Sample) -> tuple[Detections, tuple[int, int]]:
+        try:
+            image = load_image(sample.image_path)
+        except ImageLoadError:
+            raise SampleDropped(UNREADABLE_IMAGE) from None
+        key = str(sample.id)
+        if key not in self.known:
+            if self.cache_writer is None:
+                raise SampleDropped(MISSING_CANDIDATES)
+            found = self._detector().detect(image, sample.expression).top_k(DETECTOR_TOP_K)
+            self.cache_writer.write(Prediction(sample.id, found))
+            self.known[key] = found
+        return self.known[key], image.size
+
+    def _detector(self) -> Detector:
+        if self.detector is None:  # loaded on first need: a fully cached resume never loads it
+            from tools.detectors import GroundingDinoDetector
+
+            config = self.config
+            self.detector = GroundingDinoDetector.from_pretrained(config.detector, device=config.device,
+                                                                  dtype=config.dtype)
+        return self.detector
+
+    def __enter__(self) -> "_CandidateSource":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.cache_writer is not None:
+            self.cache_writer.close()
+
+
+class _DurableLines:
+    """Appends JSON lines, each flushed and fsynced, after repairing a torn last line."""
+
+    def __init__(self, path: Path):
+        repair_torn_tail(path)
+        self._handle = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        # The line write_samples writes, so the file reads back with read_samples.
+        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def __enter__(self) -> "_DurableLines":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._handle.close()
+
+
+def _kind(sample: Sample) -> str:
+    """Positive (one target) or negative (FineCops-Ref negative, gRefCOCO no-target): two quotas."""
+    return POSITIVE if sample.has_target else NEGATIVE
+
+
+def _visiting_order(samples: list[Sample], seed: int, report: BuildReport) -> list[Sample]:
+    """The samples worth a candidate look, in the seeded order the quotas are filled in.
+
+    Multi-target samples are counted as dropped here, before any image is opened.
+    """
+    seen: set[str] = set()
+    walk = []
+    for sample in samples:
+        if str(sample.id) in seen:  # resuming and quotas go by id, so an id must name one sample
+            raise UserInputError(f"{sample.id!r} names two samples; ids must be unique")
+        seen.add(str(sample.id))
+        if len(sample.boxes) > 1:
+            report.dropped[MULTI_TARGET] += 1
+        else:
+            walk.append(sample)
+    return sorted(walk, key=lambda sample: (_stable_int(seed, "order", sample.id), str(sample.id)))
+
+
+def _stable_int(seed: int, purpose: str, sample_id: int | str) -> int:
+    """A 64-bit number fixed by its arguments (Python's ``hash`` changes between runs)."""
+    digest = hashlib.sha256(f"{seed}/{purpose}/{sample_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def _written_ids(path: Path) -> set[str]:
+    """Ids of the samples a previous run of this build already wrote (a torn last line ignored)."""
+    if not path.exists():
+        return set()
+    ids = set()
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                ids.add(str(json.loads(line)["id"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                if line.endswith("\n"):
+                    raise UserInputError(f"{path}: a line is not a CRS sample; rebuild in a new folder") from None
+    return ids
+
+
+def _claim_output_dir(output: Path, config: BuildConfig) -> None:
+    """Record the settings in ``build.json``, or check that a resumed build uses the same ones."""
+    settings = _result_settings(config)
+    settings_file = output / SETTINGS_FILE
+    if settings_file.exists():
+        previous = json.loads(settings_file.read_text(encoding="utf-8"))
+        changed = sorted(name for name in settings.keys() | previous.keys()
+                         if settings.get(name) != previous.get(name))
+        if changed:
+            raise UserInputError(f"{output} holds a build with other settings ({', '.join(changed)}); "
+                                 "resume with the same settings or choose a new --output")
+        return
+    if (output / SAMPLES_FILE).exists():
+        raise UserInputError(f"{output / SAMPLES_FILE} exists without {SETTINGS_FILE}; choose a new --output")
+    output.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+
+def _result_settings(config: BuildConfig) -> dict[str, Any]:
+    """The settings the samples depend on (not the device, the dtype or the export's name)."""
+    settings = asdict(config)
+    for name in ("output_dir", "dataset_name", "prompts_dir", "device", "dtype"):
+        del settings[name]
+    for name in ("annotations", "image_root", "candidates_file", "detector"):
+        # Paths compare absolute, so a resume from another working folder still matches.
+        if settings[name] is not None and os.path.exists(settings[name]):
+            settings[name] = os.path.abspath(settings[name])
+    settings["none_option"] = config.allow_none
+    return settings
+
+
+def _check_config(config: BuildConfig) -> None:
+    if (config.detector is None) == (config.candidates_file is None):
+        raise UserInputError("give either a detector or a candidates file")
+    if config.top_k < 1 or config.top_k > DETECTOR_TOP_K:
+        raise UserInputError(f"top_k must be between 1 and {DETECTOR_TOP_K}, got {config.top_k}")
+    if not 0 <= config.nms_iou <= 1 or not 0 <= config.min_iou < 1:
+        raise UserInputError("nms_iou must lie in [0, 1] and min_iou in [0, 1)")
+    if any(quota is not None and quota < 0 for quota in (config.positives, config.negatives)):
+        raise UserInputError("positives and negatives must be at least 0")
+    if config.none_option is False and config.negatives != 0:
+        raise UserInputError("negatives answer 'None': they need the None option (drop --no-none-option)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m finetune.build``: the same options as ``agent-cli finetune-data``."""
+    from .build_cli import run_standalone
+
+    return run_standalone(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
