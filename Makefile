@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_IMAGE ?= examples/images/snow.png
 DEMO_TEXT ?= the long snowboard to the right of the skis
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint bench demo clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,9 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check agent tools finetune prompts tests examples benchmarks
+
+bench: install
+	$(PYTHON) -m benchmarks.run --out outputs/bench
 
 demo: install
 	mkdir -p outputs
