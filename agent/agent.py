@@ -53,7 +53,8 @@ class Agent:
         if isinstance(extractor, str):
             settings["llm"], extractor = extractor, None
         base = config or Configuration.load(config_file)
-        overrides = {key: value for key, value in dict(strategy=strategy, focus=focus, **settings).items() if value is not None}
+        given = dict(strategy=strategy, focus=focus, **settings)
+        overrides = {key: value for key, value in given.items() if value is not None}
         self.config = Configuration.load(env={}, **{**base.to_dict(), **overrides}) if overrides else base
         self.backends = Backends(self.config, detector=detector, mllm=mllm, extractor=extractor)
         self.graph = build_graph(make_nodes(self.backends, self.config), self.config)

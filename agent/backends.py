@@ -8,12 +8,16 @@ last when allowed); ``extract`` -> one phrase (or ``None``) per expression.
 
 from __future__ import annotations
 
+import hashlib
+import re
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
 from tools.detections import Detections
+from tools.detectors.base import Span
 from tools.errors import ModelOutputError, UserInputError
 from tools.extraction import ExtractedTarget, HeuristicExtractor, LocalChatExtractor, OpenAIChatExtractor
 from tools.extraction import align_target, heuristic_extraction
@@ -37,9 +41,16 @@ class Backends:
         if self._detector is None:
             from tools.detectors import GroundingDinoDetector
 
-            self._detector = GroundingDinoDetector.from_pretrained(
+            detector = GroundingDinoDetector.from_pretrained(
                 self.config.detector, device=self.config.device, dtype=self.config.dtype
             )
+            if self.config.cache_dir:
+                from tools.detectors.cache import CachedDetector
+
+                # The dtype changes the answers; the device only by rounding.
+                model_name = f"{self.config.detector} dtype={self.config.dtype}"
+                detector = CachedDetector(detector, Path(self.config.cache_dir) / "detections", model_name)
+            self._detector = detector
         return self._detector
 
     @property
@@ -63,17 +74,30 @@ class Backends:
         if choice == "mllm":
             if not hasattr(self.mllm, "generate_text"):
                 return HeuristicExtractor()  # e.g. a remote MLLM: no text-only generation here
-            return LocalChatExtractor(self.mllm)
+            model = self.config.mllm + (f" adapter={self.config.adapter}" if self.config.adapter else "")
+            return LocalChatExtractor(self.mllm, cache=self._extraction_cache(model))
         if choice.startswith(OPENAI_PREFIX):
-            return OpenAIChatExtractor(choice[len(OPENAI_PREFIX) :])
+            return OpenAIChatExtractor(choice[len(OPENAI_PREFIX) :], cache=self._extraction_cache(choice))
         raise UserInputError(f"unknown llm {choice!r}; use auto, mllm, heuristic or openai:MODEL")
+
+    def _extraction_cache(self, model: str) -> Path | None:
+        """The answers file of extraction ``model`` under ``cache_dir`` (``None`` without one).
+
+        One file per model, named after it (readable part + hash), so answers of
+        different models never mix.
+        """
+        if not self.config.cache_dir:
+            return None
+        readable = re.sub(r"[^A-Za-z0-9.-]+", "_", model).strip("_")[-60:]
+        digest = hashlib.sha256(model.encode("utf-8")).hexdigest()[:8]
+        return Path(self.config.cache_dir) / f"extraction-{readable}-{digest}.json"
 
     # Calls that accept plug-ins' plain return values.
 
     def detect(self, image: Image.Image, text: str, focus: tuple[int, int] | None) -> Detections:
         return as_detections(self.detector.detect(image, text, focus=focus), "detector.detect")
 
-    def detect_many(self, image: Image.Image, queries: Sequence[tuple[str, tuple[int, int] | None]]) -> list[Detections]:
+    def detect_many(self, image: Image.Image, queries: Sequence[tuple[str, Span | None]]) -> list[Detections]:
         """Several ``(text, focus)`` queries on one image; batched when the detector has ``detect_many``."""
         if len(queries) > 1 and hasattr(self.detector, "detect_many"):
             texts, focuses = zip(*queries)

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.cli_runner import run_app
+from agent.eval_cli import evaluate
 from agent.score_cli import score
 from finetune.cli import finetune
 from finetune.build_cli import finetune_data
@@ -148,6 +149,7 @@ def graph(
 
 
 app.command("score")(score)
+app.command("eval")(evaluate)
 app.command("finetune")(finetune)
 app.command("finetune-data")(finetune_data)
 

@@ -19,8 +19,10 @@ def run_app(app: typer.Typer, argv: list[str] | None, prog_name: str) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        app(args=args, prog_name=prog_name, standalone_mode=False)
-        return 0
+        # Without standalone mode typer returns, rather than exits with, a command's code
+        # (typer.Exit(n), or 130 after Ctrl-C), so it must be passed on.
+        code = app(args=args, prog_name=prog_name, standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except typer.Exit as done:
         return done.exit_code
     except typer.TyperException as usage:  # bad flags or missing arguments

@@ -43,6 +43,9 @@ class Configuration:
     max_pixels: int | None = None
     # Image files with more pixels are refused before decoding (decompression bombs).
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    # A folder keeping detector answers and extracted targets across runs, so strategies
+    # compared on the same data do not recompute them (none: nothing is kept).
+    cache_dir: str | None = None
     # SFA routing (the paper's values)
     router_top_k: int = 10
     router_score_threshold: float = 0.2

@@ -87,7 +87,8 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
             # The MLLM wrote no usable box: the specialist's best box is the documented fallback.
             detections, memo = detect(state, state["expression"], focus_span(state))
             update.update(answer=detections.sorted()[:1], detector_memo=memo)
-            update["fallbacks"] = update.get("fallbacks", []) + ["the MLLM gave no usable box: used the specialist's top box"]
+            note = "the MLLM gave no usable box: used the specialist's top box"
+            update["fallbacks"] = update.get("fallbacks", []) + [note]
         return update
 
     def crs(state: AgentState) -> dict[str, Any]:

@@ -76,14 +76,14 @@ def score(
         stdout.print_json(json.dumps({"format": dataset_format, **result}))
         return
     stdout.print(f"{dataset_format}: {predictions} on {annotations}", markup=False, soft_wrap=True)
-    for table in {"finecops": _finecops_tables, "refcoco": _refcoco_tables, "grec": _grec_tables}[scorer](result):
+    for table in {"finecops": finecops_tables, "refcoco": refcoco_tables, "grec": grec_tables}[scorer](result):
         stdout.print(table)
     notes = [f"{count} {description}" for description, count in _notes(result["counts"]) if count]
     if notes:
         stdout.print("; ".join(notes), markup=False)
 
 
-def _finecops_tables(result: dict[str, Any]) -> list[Table]:
+def finecops_tables(result: dict[str, Any]) -> list[Table]:
     counts = result["counts"]
     precision = Table("level", "P@1", "P@5", "P@10", "positives", title="Precision@k (%)")
     for level in result["precision_at_1"]:
@@ -112,14 +112,14 @@ def _finecops_tables(result: dict[str, Any]) -> list[Table]:
     return tables
 
 
-def _refcoco_tables(result: dict[str, Any]) -> list[Table]:
+def refcoco_tables(result: dict[str, Any]) -> list[Table]:
     table = Table("Acc@0.5", "P@5", "P@10", "samples", title="RefCOCO accuracy (%)")
     table.add_row(*map(_pct, (result["accuracy"], result["precision_at_5"], result["precision_at_10"])),
                   str(result["counts"]["samples"]))  # fmt: skip
     return [table]
 
 
-def _grec_tables(result: dict[str, Any]) -> list[Table]:
+def grec_tables(result: dict[str, Any]) -> list[Table]:
     settings = result["settings"]
     title = f"GREC (%), {settings['matching']} >= {settings['iou_threshold']}, score >= {settings['score_threshold']}"
     table = Table("Pr@(F1=1, IoU>=0.5)", "N-acc", "T-acc", "samples", "no-target", title=title)

@@ -49,10 +49,10 @@ from tools import boxes as box_ops
 from tools.datasets import Sample, read_dataset
 from tools.detections import Detections
 from tools.detectors import Detector
+from tools.files import JsonLinesAppender
 from tools.errors import ImageLoadError, UserInputError
 from tools.evaluation import Prediction, PredictionWriter, read_predictions
 # The predictions writer's torn-last-line repair serves the samples file just as well.
-from tools.evaluation.predictions import repair_torn_tail
 from tools.images import load_image
 from tools.mllm.crs import option_letters
 
@@ -154,7 +154,7 @@ def build_crs_data(config: BuildConfig, *, detector: Detector | None = None, pro
     kept = Counter()
     samples_file = output / SAMPLES_FILE
     written = _written_ids(samples_file)
-    with _CandidateSource(config, output, detector) as candidates, _DurableLines(samples_file) as out, \
+    with _CandidateSource(config, output, detector) as candidates, JsonLinesAppender(samples_file) as out, \
             tqdm(total=target, desc="CRS samples kept", unit="sample", disable=not progress) as bar:
         for sample in walk:
             kind = _kind(sample)
@@ -268,26 +268,6 @@ class _CandidateSource:
     def __exit__(self, *exc_info: object) -> None:
         if self.cache_writer is not None:
             self.cache_writer.close()
-
-
-class _DurableLines:
-    """Appends JSON lines, each flushed and fsynced, after repairing a torn last line."""
-
-    def __init__(self, path: Path):
-        repair_torn_tail(path)
-        self._handle = path.open("a", encoding="utf-8")
-
-    def write(self, record: dict[str, Any]) -> None:
-        # The line write_samples writes, so the file reads back with read_samples.
-        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-
-    def __enter__(self) -> "_DurableLines":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._handle.close()
 
 
 def _kind(sample: Sample) -> str:

@@ -53,7 +53,8 @@ class GroundingDinoDetector:
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device, half_on_gpu=False)
-        source = resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir, hint="or pass --detector PATH")
+        hint = "or pass --detector PATH"
+        source = resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir, hint=hint)
         processor = AutoProcessor.from_pretrained(source, revision=revision, cache_dir=cache_dir)
         model = AutoModelForZeroShotObjectDetection.from_pretrained(
             source, revision=revision, cache_dir=cache_dir, dtype=torch_dtype

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..detections import Detections
+from ..files import JsonLinesAppender
 from ..errors import UserInputError
 
 RESERVED_FIELDS = ("id", "boxes", "scores")
@@ -125,43 +125,19 @@ class PredictionWriter:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        repair_torn_tail(self.path)
-        self._handle = self.path.open("a", encoding="utf-8")
+        self._lines = JsonLinesAppender(self.path, default=_json_default)
 
     def write(self, prediction: Prediction) -> None:
-        line = json.dumps(prediction.to_record(), allow_nan=False, default=_json_default) + "\n"
-        self._handle.write(line)
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        self._lines.write(prediction.to_record())
 
     def close(self) -> None:
-        self._handle.close()
+        self._lines.close()
 
     def __enter__(self) -> "PredictionWriter":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def repair_torn_tail(path: Path) -> None:
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with path.open("rb+") as handle:
-        data = handle.read()
-        if data.endswith(b"\n"):
-            return
-        start = data.rfind(b"\n") + 1
-        try:
-            json.loads(data[start:])
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            warnings.warn(f"{path}: cutting off a torn last line ({len(data) - start} bytes)", stacklevel=3)
-            handle.truncate(start)
-        else:
-            handle.write(b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _is_numbers(values: Any, count: int) -> bool:

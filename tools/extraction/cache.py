@@ -10,11 +10,10 @@ are not told apart.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from ..errors import UserInputError
+from ..files import write_atomically
 from .base import ExtractedTarget
 
 FORMAT_VERSION = 1
@@ -54,17 +53,7 @@ class ExtractionCache:
             "version": FORMAT_VERSION,
             "entries": {expression: target.to_dict() for expression, target in self._entries.items()},
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as file:
-                json.dump(payload, file, ensure_ascii=False, indent=0)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomically(self.path, json.dumps(payload, ensure_ascii=False, indent=0))
 
     def __repr__(self) -> str:
         return f"ExtractionCache({len(self)} entries, path={str(self.path) if self.path else None!r})"

@@ -115,7 +115,8 @@ class ChatCompletionsClient:
         return text.replace(self._secret, "***") if self._secret != PLACEHOLDER_API_KEY else text
 
     def __repr__(self) -> str:
-        return f"ChatCompletionsClient(base_url={self.base_url!r}, timeout={self.timeout:g}, max_retries={self.max_retries})"
+        settings = f"timeout={self.timeout:g}, max_retries={self.max_retries}"
+        return f"ChatCompletionsClient(base_url={self.base_url!r}, {settings})"
 
 
 def _retry_after(error: openai.APIStatusError) -> float | None:
@@ -312,4 +313,5 @@ def parse_option_letter(reply: str, letters: Sequence[str], allow_none: bool = F
     for match in re.finditer(r"\b([A-Z])\b", reply):
         if match.group(1) in letters:
             return match.group(1)
-    raise ModelOutputError(f"the model answered {reply.strip()[:80]!r}, which names none of the options {''.join(letters)}")
+    options = "".join(letters)
+    raise ModelOutputError(f"the model answered {reply.strip()[:80]!r}, which names none of the options {options}")

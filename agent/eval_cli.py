@@ -1,0 +1,179 @@
+"""``agent-cli eval``: run the agent over a benchmark, then score it and write the report.
+
+Registered on the ``agent-cli`` app with ``app.command("eval")(evaluate)``. One process::
+
+    agent-cli eval --format finecops-ref --annotations finecops_test.json --image-root images/ \\
+        --output runs/sfa --strategy sfa --cache-dir runs/cache
+
+An interrupted run (Ctrl-C, a crash, ``kill -9``) resumes with the same command: the
+samples already in ``predictions.jsonl`` are skipped. Ctrl-C stops after the current
+sample (exit code 130; a second Ctrl-C stops at once). A sample that cannot be answered
+(unreadable image, empty expression) is recorded with an ``error`` field and scored as
+an empty answer. A second strategy with the same ``--cache-dir`` reuses the detector's
+answers and the extracted targets, and ``--compare`` (repeatable) charts runs side by side::
+
+    agent-cli eval ... --output runs/crs --strategy crs --cache-dir runs/cache --compare runs/sfa
+
+Shards, e.g. on two machines: ``--shard 0/2`` and ``--shard 1/2`` with the same
+``--output``; each writes ``predictions.shard-i-of-n.jsonl`` and **the process that
+completes the last shard merges** them into ``predictions.jsonl`` (dataset order) and
+writes the report. One process per GPU, sharded by ``RANK``/``WORLD_SIZE``, each on
+``cuda:{LOCAL_RANK}`` when ``--device`` is auto::
+
+    accelerate launch --multi_gpu --num_processes 4 -m agent.eval_cli --format finecops-ref ... --output runs/sfa
+
+(``accelerate launch --multi_gpu --num_processes 4 --no_python agent-cli eval ...`` and
+``torchrun --nproc-per-node 4 -m agent.eval_cli ...`` work the same way.)
+
+Output folder: ``run.json`` (settings; resuming with others is an error unless
+``--force``), ``predictions.jsonl`` (+ shard files), ``metrics.json``, ``metrics.csv``,
+``report.png``. ``--cache-dir`` holds ``detections/`` (one ``.npz`` per detector query)
+and ``extraction-<model>.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+stdout = Console()
+# A run stopped by Ctrl-C exits as a process killed by SIGINT would.
+INTERRUPTED_EXIT_CODE = 130
+
+
+def evaluate(
+    dataset_format: str = typer.Option(
+        ..., "--format", help="finecops-ref, ref-adv, ref-reasoning, refcoco, grec (COCO-style) or grefcoco (released)."
+    ),
+    annotations: Path = typer.Option(..., "--annotations", help="Annotation file of the benchmark."),
+    image_root: Optional[Path] = typer.Option(None, "--image-root", help="Folder the annotations' file names are in."),
+    split: Optional[str] = typer.Option(None, "--split", help="gRefCOCO split (grefcoco only), e.g. val."),
+    output: Path = typer.Option(..., "--output", help="Run folder: predictions, settings, metrics and report."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="specialist, mllm, sfa, crs or sfa+crs."),
+    focus: Optional[bool] = typer.Option(None, "--focus/--no-focus", help="Target-focus matching and prompt."),
+    allow_none: Optional[bool] = typer.Option(None, "--allow-none/--no-allow-none", help="Allow 'no target'."),
+    multi: Optional[bool] = typer.Option(None, "--multi/--no-multi", help="Allow several targets."),
+    detector: Optional[str] = typer.Option(None, "--detector", help="Detector Hub id or local folder."),
+    mllm: Optional[str] = typer.Option(None, "--mllm", help="Qwen VL Hub id or folder, or openai:MODEL."),
+    llm: Optional[str] = typer.Option(None, "--llm", help="Target extraction: auto, mllm, heuristic, openai:MODEL."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="PEFT LoRA adapter folder for the MLLM."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, fp32, fp16 or bf16."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Pixel budget of the MLLM's image."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Settings file (TOML or JSON)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N samples only."),
+    shard: Optional[str] = typer.Option(
+        None, "--shard", help="i/n: every n-th sample from the i-th; default: RANK/WORLD_SIZE of a launcher, else all."
+    ),
+    cache_dir: Optional[Path] = typer.Option(
+        None, "--cache-dir", help="Keep detector answers and extracted targets here, for other runs on the same data."
+    ),
+    compare: list[Path] = typer.Option(
+        [], "--compare", help="Another run folder to chart next to this one (repeat the option for several)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Continue a run folder even though its settings differ."),
+) -> None:
+    """Run the agent over a benchmark (resumable), score it and write the report into OUTPUT."""
+    from tqdm import tqdm
+
+    from agent.agent import Agent
+    from agent.configuration import Configuration
+    from agent.evaluate import PREDICTIONS_FILE, DatasetSpec, GracefulInterrupt, Shard, completed_ids, load_models
+    from agent.evaluate import local_device, merge_shards, record_run, run_samples, run_settings
+    from agent.report import read_compared
+    from tools.devices import resolve_device
+    from tools.evaluation import PredictionWriter
+
+    # Everything the user typed is checked before any model loads.
+    settings = Configuration.load(
+        config, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi, detector=detector, mllm=mllm,
+        llm=llm, adapter=adapter, device=device, dtype=dtype, max_pixels=max_pixels,
+        cache_dir=None if cache_dir is None else str(cache_dir),
+    )  # fmt: skip
+    part = Shard.parse(shard) if shard is not None else Shard.from_environment()
+    settings = dataclasses.replace(settings, device=local_device(settings.device))
+    resolve_device(settings.device)
+    dataset = DatasetSpec(dataset_format, annotations, image_root, split, limit)
+    samples = dataset.read()
+    mine = part.select(samples) if part else samples
+    compared = read_compared(compare, dataset_format)
+    output.mkdir(parents=True, exist_ok=True)
+    overridden = record_run(output, run_settings(dataset, settings), force)
+    if overridden:
+        typer.echo(f"warning: continuing {output} with other settings (--force): {overridden}", err=True)
+
+    path = output / (part.file_name if part else PREDICTIONS_FILE)
+    done = completed_ids(path)
+    todo = [sample for sample in mine if str(sample.id) not in done]
+    if todo:
+        agent = Agent(config=settings)
+        load_models(agent)
+        label = f"{settings.strategy}" + (f" shard {part}" if part else "")
+        with GracefulInterrupt() as stop, PredictionWriter(path) as writer, tqdm(
+            total=len(mine), initial=len(mine) - len(todo), unit="sample", desc=label, dynamic_ncols=True,
+            position=part.index if part else None,  # one line per process under a launcher
+        ) as progress:  # fmt: skip
+            written = run_samples(agent, todo, writer, progress, stop)
+        reused = getattr(agent.backends.detector, "hits", None) if settings.uses_detector else None
+        if reused is not None:  # a CachedDetector (--cache-dir)
+            stdout.print(f"detector cache: {reused} answers reused, {agent.backends.detector.misses} computed")
+        if written < len(todo):
+            finished = len(mine) - len(todo) + written
+            typer.echo(f"interrupted: {finished} of {len(mine)} samples done, in {path}; "
+                       "run the same command to resume", err=True)  # fmt: skip
+            raise typer.Exit(INTERRUPTED_EXIT_CODE)
+
+    if part and merge_shards(output, samples, part.count) is None:
+        stdout.print(f"shard {part}: {len(mine)} samples done, in {path}; the process that completes the "
+                     "last shard merges them and writes the report", markup=False, soft_wrap=True)  # fmt: skip
+        return
+    run = {**run_settings(dataset, settings), "device": settings.device, "cache_dir": settings.cache_dir,
+           "limit": dataset.limit, "shards": part.count if part else None, "samples": len(samples)}  # fmt: skip
+    _score_and_report(dataset, samples, output, run, compared)
+
+
+def _score_and_report(dataset, samples, output: Path, run: dict, compared: list) -> None:
+    """Score ``output/predictions.jsonl``, write metrics and chart, print tables and where files went."""
+    from agent.evaluate import PREDICTIONS_FILE, RUN_FILE, score_run
+    from agent.report import REPORT_PNG, build_metrics, finecops_confidences, print_report, run_label
+    from agent.report import write_metrics, write_plot
+    from agent.score_cli import SCORERS
+    from tools.evaluation import read_predictions
+
+    wanted = {str(sample.id) for sample in samples}
+    # A longer earlier run may have answered more samples than this one covers.
+    predictions = [p for p in read_predictions(output / PREDICTIONS_FILE) if str(p.id) in wanted]
+    result, left_out = score_run(dataset, samples, predictions)
+    metrics = build_metrics(dataset.format, result, predictions, run)
+    json_path, csv_path = write_metrics(output, metrics)
+    confidences = None
+    if SCORERS[dataset.format] == "finecops" and metrics["counts"]["negatives"]:
+        confidences = finecops_confidences(samples, predictions)
+    runs = [(run_label(metrics, output), metrics), *compared]
+    png_path = write_plot(output / REPORT_PNG, runs, confidences)
+
+    print_report(stdout, metrics, compared)
+    notes = []
+    if metrics["errors"]:
+        notes.append(f"{metrics['errors']} samples could not be answered (scored as empty; see their 'error' field)")
+    if left_out:
+        notes.append(f"{left_out} negatives left out of the scores: their positive lies beyond --limit")
+    for note in notes:
+        stdout.print(note, markup=False, soft_wrap=True)
+    for name, file in (("settings", output / RUN_FILE), ("predictions", output / PREDICTIONS_FILE),
+                       ("metrics", json_path), ("metrics csv", csv_path), ("chart", png_path)):  # fmt: skip
+        stdout.print(f"{name}: {file}", markup=False, soft_wrap=True)
+
+
+if __name__ == "__main__":  # accelerate launch -m agent.eval_cli ... / python -m agent.eval_cli ...
+    from agent.cli import main
+
+    arguments = sys.argv[1:]
+    # --debug belongs to the agent-cli app, before the command name.
+    debug = ["--debug"] if "--debug" in arguments else []
+    sys.exit(main([*debug, "eval", *(a for a in arguments if a != "--debug")]))

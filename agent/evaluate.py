@@ -1,0 +1,280 @@
+"""Running the agent over a benchmark: durable, resumable, shardable.
+
+``agent-cli eval`` (``agent/eval_cli.py``) is the front end; this module holds the
+pieces it is made of, each usable on its own:
+
+- :class:`DatasetSpec` reads the samples of a run (optionally the first ``limit``);
+- :func:`record_run` keeps the run's settings in ``run.json`` and refuses to resume a
+  run with other settings, so two strategies never share a predictions file;
+- :func:`run_samples` answers samples one by one, each prediction written durably
+  (fsync per line) before the next starts; :func:`completed_ids` tells a resumed run
+  what to skip. A first Ctrl-C (:class:`GracefulInterrupt`) stops after the current sample;
+- :class:`Shard` splits a dataset over processes (``--shard i/n`` or the ``RANK`` /
+  ``WORLD_SIZE`` that ``accelerate launch`` and ``torchrun`` set); the process that
+  completes the last shard merges them (:func:`merge_shards`) into ``predictions.jsonl``;
+- :func:`score_run` scores the predictions with the benchmark's metric.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from tools.datasets import Sample, read_dataset
+from tools.detections import Detections
+from tools.errors import ModelOutputError, UserInputError
+from tools.evaluation import Prediction, PredictionWriter, read_predictions
+from tools.evaluation import score_finecops_ref, score_grec, score_refcoco
+from tools.files import replaced_atomically, write_atomically
+
+from .agent import Agent
+from .configuration import Configuration
+from .score_cli import SCORERS
+
+PREDICTIONS_FILE = "predictions.jsonl"
+RUN_FILE = "run.json"
+RUN_FORMAT_VERSION = 1
+# Settings that change where a run executes or what it may reuse, never its answers:
+# a run may resume with other values.
+RUNTIME_SETTINGS = ("device", "cache_dir")
+# Failures that concern one sample (its image, its expression, a model's answer to it)
+# are recorded as that sample's empty answer. Anything else (missing weights, a server
+# outage) stops the run, which can be resumed once it is fixed.
+SAMPLE_ERRORS = (UserInputError, ModelOutputError)
+SCORE_FUNCTIONS = {"finecops": score_finecops_ref, "refcoco": score_refcoco, "grec": score_grec}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Which samples a run answers: a benchmark file in ``format``, optionally its first ``limit`` samples."""
+
+    format: str
+    annotations: Path
+    image_root: Path | None = None
+    split: str | None = None
+    limit: int | None = None
+
+    def read(self) -> list[Sample]:
+        if self.format not in SCORERS:
+            raise UserInputError(f"unknown format {self.format!r}; choose one of {', '.join(SCORERS)}")
+        samples = list(read_dataset(self.format, self.annotations, self.image_root, self.split))
+        samples = samples[: self.limit] if self.limit is not None else samples
+        if not samples:
+            raise UserInputError(f"{self.annotations}: no samples to evaluate")
+        return samples
+
+    def to_dict(self) -> dict[str, Any]:
+        """What identifies the data (``limit`` does not: a longer run may continue a shorter one)."""
+        return {
+            "format": self.format,
+            "annotations": str(Path(self.annotations).resolve()),
+            "image_root": None if self.image_root is None else str(Path(self.image_root).resolve()),
+            "split": self.split,
+        }
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Every ``count``-th sample starting at ``index`` (dataset order), written to its own file."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise UserInputError(f"shard {self.index}/{self.count}: need 0 <= i < n")
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        """``"i/n"``, e.g. ``"0/4"``."""
+        index, slash, count = text.partition("/")
+        if not (slash and index.strip().isdigit() and count.strip().isdigit()):
+            raise UserInputError(f"--shard takes i/n (e.g. 0/4), got {text!r}")
+        return cls(int(index), int(count))
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str] | None = None) -> "Shard | None":
+        """This process's shard under ``accelerate launch`` or ``torchrun`` (``RANK`` of ``WORLD_SIZE``)."""
+        env = os.environ if env is None else env
+        try:
+            world_size, rank = int(env.get("WORLD_SIZE", "1")), int(env.get("RANK", "0"))
+        except ValueError:
+            raise UserInputError(
+                f"RANK={env.get('RANK')!r} / WORLD_SIZE={env.get('WORLD_SIZE')!r} are not integers"
+            ) from None
+        return cls(rank, world_size) if world_size > 1 else None
+
+    def select(self, samples: list[Sample]) -> list[Sample]:
+        return samples[self.index :: self.count]
+
+    @property
+    def file_name(self) -> str:
+        return f"predictions.shard-{self.index}-of-{self.count}.jsonl"
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def local_device(device: str, env: Mapping[str, str] | None = None) -> str:
+    """``device``, except that ``"auto"`` under a multi-process launcher with CUDA present becomes
+    ``cuda:{LOCAL_RANK}``: each process gets its own GPU (shared round-robin when there are
+    more processes than GPUs)."""
+    env = os.environ if env is None else env
+    if device != "auto" or "LOCAL_RANK" not in env or int(env.get("WORLD_SIZE", "1")) < 2:
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return device
+    return f"cuda:{int(env['LOCAL_RANK']) % torch.cuda.device_count()}"
+
+
+def run_settings(dataset: DatasetSpec, config: Configuration) -> dict[str, Any]:
+    """The settings that decide a run's answers, as ``run.json`` records them."""
+    agent = {name: value for name, value in config.to_dict().items() if name not in RUNTIME_SETTINGS}
+    return {"version": RUN_FORMAT_VERSION, "dataset": dataset.to_dict(), "agent": agent}
+
+
+def record_run(output: Path, settings: dict[str, Any], force: bool = False) -> str | None:
+    """Write ``output/run.json``; a run there with other settings is a ``UserInputError`` unless ``force``.
+
+    Returns a description of the differences that ``force`` overrode (``None`` if none).
+    """
+    path = output / RUN_FILE
+    differences = None
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise UserInputError(f"{path}: not valid JSON ({error}); remove it or use another --output") from None
+        differences = _differences(previous, settings) or None
+        if differences is None:
+            return None
+        if not force:
+            raise UserInputError(
+                f"{output} holds a run with other settings ({differences}); use another --output, "
+                "or --force to continue it with these settings"
+            )
+    write_atomically(path, json.dumps(settings, indent=2) + "\n")
+    return differences
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
+    changes = []
+    for section in ("dataset", "agent"):
+        old, new = before.get(section) or {}, now[section]
+        changes += [f"{name}: {old.get(name)!r} there, {new.get(name)!r} now"
+                    for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]  # fmt: skip
+    return "; ".join(changes)
+
+
+def completed_ids(path: Path) -> set[str]:
+    """Ids (as text) already answered in predictions file ``path``; a torn last line does not count."""
+    return {str(prediction.id) for prediction in read_predictions(path)} if path.exists() else set()
+
+
+def load_models(agent: Agent) -> None:
+    """Load every model the strategy needs now, so a bad checkpoint or setting stops the run
+    before the first sample instead of being recorded as every sample's error."""
+    config = agent.config
+    needed = {"detector": config.uses_detector, "mllm": config.uses_mllm, "extractor": config.uses_extractor}
+    for backend in (name for name, used in needed.items() if used):
+        getattr(agent.backends, backend)
+
+
+def predict(agent: Agent, sample: Sample) -> Prediction:
+    """The agent's answer to ``sample``; a sample error (see ``SAMPLE_ERRORS``) gives an empty
+    answer with an ``error`` field."""
+    try:
+        result = agent.locate(sample.image_path, sample.expression)
+    except SAMPLE_ERRORS as error:
+        return Prediction(sample.id, Detections.empty(), {"error": f"{type(error).__name__}: {error}"})
+    extra = {}
+    selection = result.selection
+    if not result.found and selection is not None and selection.none_probability is not None:
+        # A CRS "None" still says how likely a target is: FineCops-Ref's AUROC reads it.
+        extra["confidence"] = 1.0 - selection.none_probability
+    return Prediction.from_result(sample.id, result, **extra)
+
+
+class GracefulInterrupt:
+    """While active, a first Ctrl-C only sets :attr:`requested` (the loop stops after the current
+    sample); a second one raises ``KeyboardInterrupt`` at once. Outside the main thread, where
+    signal handlers cannot be set, Ctrl-C keeps its usual effect."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> "GracefulInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._request)
+            self._installed = True
+        return self
+
+    def _request(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._installed:
+            # None: the previous handler was not set from Python; the default is the best guess.
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self._previous is None else self._previous)
+
+
+def run_samples(
+    agent: Agent, samples: Iterable[Sample], writer: PredictionWriter, progress, stop: GracefulInterrupt
+) -> int:
+    """Answer ``samples`` in order, each written durably before the next; returns how many were
+    written (fewer than given when ``stop`` was requested). ``progress`` is a tqdm-like bar."""
+    written = 0
+    for sample in samples:
+        if stop.requested:
+            break
+        prediction = predict(agent, sample)
+        writer.write(prediction)
+        written += 1
+        progress.update(1)
+    return written
+
+
+def merge_shards(output: Path, samples: list[Sample], count: int) -> Path | None:
+    """Merge the ``count`` shard files into ``output/predictions.jsonl`` in dataset order, once
+    every sample has a prediction; ``None`` (nothing written) while some shard is unfinished.
+
+    The merged file is written under a temporary name and renamed, so two shards finishing
+    at the same moment each put the same complete file in place.
+    """
+    by_id: dict[str, Prediction] = {}
+    for index in range(count):
+        path = output / Shard(index, count).file_name
+        if path.exists():
+            by_id.update((str(prediction.id), prediction) for prediction in read_predictions(path))
+    if any(str(sample.id) not in by_id for sample in samples):
+        return None
+    target = output / PREDICTIONS_FILE
+    with replaced_atomically(target) as temporary, PredictionWriter(temporary) as writer:
+        for sample in samples:
+            writer.write(by_id[str(sample.id)])
+    return target
+
+
+def score_run(dataset: DatasetSpec, samples: list[Sample], predictions: list[Prediction]) -> tuple[dict[str, Any], int]:
+    """The benchmark's numbers for ``predictions`` on ``samples`` and how many samples were left out.
+
+    Only a ``limit`` leaves samples out: FineCops-Ref negatives whose positive lies beyond
+    the limit cannot be paired with it and are not scored.
+    """
+    scorer = SCORERS[dataset.format]
+    left_out = 0
+    if scorer == "finecops" and dataset.limit is not None:
+        positives = {str(sample.id) for sample in samples if not sample.is_negative}
+        kept = [s for s in samples if not s.is_negative or str(s.negative["positive_id"]) in positives]
+        samples, left_out = kept, len(samples) - len(kept)
+    return SCORE_FUNCTIONS[scorer](samples, predictions), left_out

@@ -1,0 +1,93 @@
+"""Writing files so that a crash (even ``kill -9``) never leaves half of one.
+
+Whole files go through a temporary file and one rename (``write_atomically``,
+``replaced_atomically``); JSON Lines logs append one fsynced line at a time
+(``JsonLinesAppender``) and repair a torn last line when reopened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+@contextmanager
+def replaced_atomically(path: str | os.PathLike) -> Iterator[Path]:
+    """A fresh temporary path next to ``path`` that replaces ``path`` in one rename when the
+    block ends without error: readers (and a crash) see the old file or the whole new one.
+    Whatever writes the temporary file must flush and fsync it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not mkstemp: its files are private (0600); these follow the umask like any other output,
+    # and the random suffix keeps concurrent writers (shards, processes) apart.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` through a fsynced temporary file and a rename."""
+    with replaced_atomically(path) as temporary, temporary.open("xb") as out:
+        out.write(data.encode("utf-8") if isinstance(data, str) else data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+class JsonLinesAppender:
+    """Appends JSON objects to a JSON Lines file, each line flushed and fsynced before ``write`` returns.
+
+    Opening repairs a file whose last line was torn by a crash (``repair_torn_tail``).
+    Use as a context manager, or call ``close``.
+    """
+
+    def __init__(self, path: str | os.PathLike, default: Callable[[Any], Any] | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._default = default
+        repair_torn_tail(self.path)
+        self._handle = self.path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False, allow_nan=False, default=self._default)
+        self._handle.write(line + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "JsonLinesAppender":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def repair_torn_tail(path: str | os.PathLike) -> None:
+    """Make a JSON Lines file end with a complete line: a last record that only lacks its
+    newline gets one; anything else after the last newline (an interrupted write) is cut off."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if data.endswith(b"\n"):
+            return
+        start = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[start:])
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            warnings.warn(f"{path}: cutting off a torn last line ({len(data) - start} bytes)", stacklevel=3)
+            handle.truncate(start)
+        else:
+            handle.write(b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
