@@ -19,9 +19,11 @@ from PIL import Image
 from tools.detections import Detections
 from tools.detectors.base import Span
 from tools.errors import ModelOutputError, UserInputError
-from tools.extraction import ExtractedTarget, HeuristicExtractor, LocalChatExtractor, OpenAIChatExtractor
+from tools.extraction import ChatExtractor, ExtractedTarget, HeuristicExtractor, LocalChatExtractor
+from tools.extraction import OpenAIChatExtractor
 from tools.extraction import align_target, heuristic_extraction
 from tools.mllm.crs import option_letters
+from tools.mllm.openai_compat import OpenAICompatibleMLLM
 from tools.mllm.selection import Selection
 
 from .configuration import Configuration
@@ -72,8 +74,12 @@ class Backends:
         if choice == "heuristic":
             return HeuristicExtractor()
         if choice == "mllm":
+            if isinstance(self.mllm, OpenAICompatibleMLLM):  # the same served model, as a chat model
+                name = f"{OPENAI_PREFIX}{self.mllm.model}"
+                return OpenAIChatExtractor(self.mllm.model, base_url=self.mllm.client.base_url,
+                                           cache=self._extraction_cache(name))  # fmt: skip
             if not hasattr(self.mllm, "generate_text"):
-                return HeuristicExtractor()  # e.g. a remote MLLM: no text-only generation here
+                return HeuristicExtractor()  # a plug-in MLLM without text-only generation
             model = self.config.mllm + (f" adapter={self.config.adapter}" if self.config.adapter else "")
             return LocalChatExtractor(self.mllm, cache=self._extraction_cache(model))
         if choice.startswith(OPENAI_PREFIX):
@@ -112,6 +118,13 @@ class Backends:
         answer = self.mllm.select(image, expression, candidates, allow_none=allow_none)
         return as_selection(answer, candidates, allow_none)
 
+    def prefetch_targets(self, expressions: Sequence[str]) -> None:
+        """Ask a model-backed extractor about many expressions at once (it batches them, 8 per
+        prompt by default, and caches the answers), so later one-by-one ``extract`` calls are
+        served from its cache."""
+        if self.config.uses_extractor and isinstance(self.extractor, ChatExtractor):
+            self.extractor.extract_spans(list(dict.fromkeys(expressions)))
+
     def extract(self, expression: str) -> tuple[ExtractedTarget, str | None]:
         """The target of ``expression`` and, when a fallback was needed, why."""
         if hasattr(self.extractor, "extract_spans"):
@@ -123,7 +136,7 @@ class Backends:
         if target.span is None:
             fallback = heuristic_extraction(expression, target.answer)
             return fallback, f"target extraction gave {target.answer!r}: used the heuristic target"
-        if target.source == "heuristic" and target.answer is not None:
+        if target.source == "heuristic" and not isinstance(self.extractor, HeuristicExtractor):
             return target, f"target extraction gave {target.answer!r}: used the heuristic target"
         return target, None
 
@@ -131,8 +144,8 @@ class Backends:
 def load_mllm(config: Configuration):
     """The MLLM named by ``config.mllm``: ``openai:MODEL`` for a server, else a Qwen VL checkpoint."""
     if config.mllm.startswith(OPENAI_PREFIX):
-        from tools.mllm import OpenAICompatibleMLLM
-
+        if config.adapter:
+            raise UserInputError("--adapter applies to local models; load it into the server for openai:MODEL")
         return OpenAICompatibleMLLM(
             config.mllm[len(OPENAI_PREFIX) :], min_pixels=config.min_pixels, max_pixels=config.max_pixels
         )

@@ -155,11 +155,13 @@ app.command("finetune-data")(finetune_data)
 
 
 def find_phrase(text: str, phrase: str) -> tuple[int, int]:
-    """Character span of ``phrase`` in ``text`` (first case-insensitive match)."""
-    start = text.lower().find(phrase.strip().lower())
-    if not phrase.strip() or start < 0:
+    """Character span of ``phrase`` in ``text``, aligned as extracted targets are."""
+    from tools.extraction import align_target
+
+    span = align_target(text, phrase) if phrase.strip() else None
+    if span is None:
         raise UserInputError(f"focus phrase {phrase!r} does not occur in {text!r}")
-    return start, start + len(phrase.strip())
+    return span
 
 
 def main(argv: list[str] | None = None) -> int:

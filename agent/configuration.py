@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from tools.detectors.grounding_dino import DEFAULT_DETECTOR
 from tools.errors import UserInputError
 from tools.images import DEFAULT_MAX_IMAGE_PIXELS
+from tools.mllm.crs import LETTERS
 from tools.mllm.qwen import DEFAULT_CHECKPOINT as DEFAULT_MLLM
 
 STRATEGIES = ("specialist", "mllm", "sfa", "crs", "sfa+crs")
@@ -66,6 +67,12 @@ class Configuration:
             raise UserInputError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if self.crs_top_k < 1 or self.router_top_k < 1:
             raise UserInputError("crs_top_k and router_top_k must be at least 1")
+        if self.crs_top_k + self.allow_none > len(LETTERS):
+            raise UserInputError(f"CRS offers at most {len(LETTERS)} options: crs_top_k={self.crs_top_k} is too many")
+        for name in ("router_score_threshold", "router_iou_threshold", "crs_iou_threshold",
+                     "specialist_threshold", "mllm_threshold", "multi_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UserInputError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
 
     @property
     def uses_detector(self) -> bool:

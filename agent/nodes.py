@@ -63,7 +63,8 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
     def route(state: AgentState) -> dict[str, Any]:
         queries = [(state["target"], None)]
         if config.strategy == "sfa+crs":
-            # Both paths after routing need the full expression too: one batched forward.
+            # Both paths after routing need the full expression too: one batched detector call
+            # (it saves a round trip, not the image backbone, which runs once per text).
             queries.append((state["expression"], focus_span(state)))
         (detections, *_), memo = detect_all(state, queries)
         thresholds = RoutingThresholds(config.router_top_k, config.router_score_threshold, config.router_iou_threshold)

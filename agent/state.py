@@ -23,7 +23,7 @@ class AgentState(TypedDict, total=False):
     # Target extraction
     target: str | None
     target_span: tuple[int, int] | None
-    target_source: str | None  # "model", "heuristic" or "plug-in"
+    target_source: str | None  # "model" (an extractor's answer, plug-ins included) or "heuristic"
     # Routing (SFA)
     instance_count: int | None
     level: int | None

@@ -65,7 +65,7 @@ def detector_caption(text: str) -> str:
     """The caption Grounding DINO sees: ``text`` stripped and ending with "." (as the detector does)."""
     from tools.detectors.base import caption_and_focus_tokens
 
-    caption, _ = caption_and_focus_tokens(text, None, _WholeWordTokenizer(), kept_tokens=10**6)
+    caption, _ = caption_and_focus_tokens(text, None, _WholeWordTokenizer(), max_tokens=10**6)
     return caption
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from tools.files import write_atomically
 from tools.errors import UserInputError
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -48,9 +49,12 @@ def save_checkpoint(folder: Path, *, step: int, model, optimizer, scheduler, acc
         accelerator.unwrap_model(model).save_pretrained(target)
         torch.save(optimizer.state_dict(), target / "optimizer.pt")
         torch.save(scheduler.state_dict(), target / "scheduler.pt")
-        (target / STATE_FILE).write_text(json.dumps({"step": step, "data_order": data_order}, indent=2))
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), target / f"rng_state_{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        # Written last and atomically: its presence is what marks the checkpoint complete.
+        write_atomically(target / STATE_FILE, json.dumps({"step": step, "data_order": data_order}, indent=2))
     accelerator.wait_for_everyone()
     return target
 

@@ -303,3 +303,25 @@ def test_locate_batch_decodes_each_image_file_once(tmp_path, image, monkeypatch)
     agent, _, _, _ = make("specialist", focus=False)
     results = agent.locate_batch([path, path, str(path)], ["a", "b", "c"])
     assert decoded == [str(path)] and len(results) == 3
+
+
+def test_prefetched_targets_are_asked_in_batches_then_served_from_the_cache(image):
+    import json as json_module
+
+    from tools.extraction import LocalChatExtractor
+
+    class Generator:
+        prompts = 0
+
+        def generate_text(self, prompt, max_new_tokens=512):
+            Generator.prompts += 1
+            asked = json_module.loads(prompt.rsplit("Expressions: ", 1)[1].splitlines()[0])
+            return json_module.dumps({key: "the dog" for key in asked})
+
+    expressions = [f"the dog number {i}" for i in range(10)]
+    agent = Agent("specialist", detector=FakeDetector(), extractor=LocalChatExtractor(Generator()),
+                  config=Configuration())  # fmt: skip
+    agent.backends.prefetch_targets(expressions)
+    assert Generator.prompts == 2  # 8 + 2 expressions
+    result = agent.locate(image, expressions[3])
+    assert Generator.prompts == 2 and result.target == "the dog" and result.fallbacks == []

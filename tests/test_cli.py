@@ -88,5 +88,6 @@ def test_console_script_is_installed():
     assert done.returncode == 0 and "detect" in done.stdout
 
 
-def test_find_phrase_is_case_insensitive():
+def test_find_phrase_is_case_insensitive_and_matches_whole_words():
     assert find_phrase("The Red car", "red CAR") == (4, 11)
+    assert find_phrase("the woman next to the man", "man") == (22, 25)

@@ -299,3 +299,14 @@ def test_align_target_gives_a_valid_span_or_none(expression, phrase):
 def test_heuristic_target_is_always_a_piece_of_the_expression(expression):
     phrase, (start, end) = heuristic_target(expression)
     assert phrase and phrase == expression[start:end]
+
+
+def test_cache_files_shared_by_two_writers_keep_both_writers_entries(tmp_path):
+    from tools.extraction import ExtractedTarget, ExtractionCache
+
+    path = tmp_path / "shared.json"
+    first, second = ExtractionCache(path), ExtractionCache(path)
+    first.update({"the dog": ExtractedTarget("the dog", (0, 7), "model")})
+    second.update({"a cat": ExtractedTarget("a cat", (0, 5), "model")})
+    reloaded = ExtractionCache(path)
+    assert "the dog" in reloaded and "a cat" in reloaded

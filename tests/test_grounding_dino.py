@@ -142,3 +142,15 @@ def test_uncached_hub_id_offline_fails_at_once(monkeypatch, tmp_path):
     with pytest.raises(CheckpointNotFoundError, match="HF_HUB_OFFLINE.*--detector PATH"):
         GroundingDinoDetector.from_pretrained("openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
                                               cache_dir=tmp_path)
+
+
+def test_a_caption_of_exactly_the_limit_is_not_truncated(detector, street_image):
+    tokenizer = detector.processor.tokenizer
+    words = ["dog"] * (detector.max_text_len - 3)  # + [CLS], "." and [SEP]: exactly the limit
+    text = " ".join(words)
+    assert len(tokenizer(text + ".")["input_ids"]) == detector.max_text_len
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        detector.detect(street_image, text)
+    with pytest.warns(UserWarning, match="over the detector's limit"):
+        detector.detect(street_image, text + " dog")

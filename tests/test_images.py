@@ -59,3 +59,8 @@ def test_empty_file_is_named(tmp_path):
     path.touch()
     with pytest.raises(ImageLoadError, match="empty.jpg: empty file"):
         load_image(path)
+
+
+def test_a_loaded_rgb_image_passes_through_unchanged():
+    image = Image.new("RGB", (8, 6))
+    assert load_image(image) is image

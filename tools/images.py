@@ -12,6 +12,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageLoadError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
+_ORIENTATION = 0x0112  # the EXIF tag
 
 # Files with more pixels are refused before decoding (decompression bombs). The default
 # is PIL's own warning limit; PIL itself refuses files over twice its
@@ -38,7 +39,10 @@ def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_IMAGE_PI
         raise ImageLoadError(f"cannot read an image from a {type(source).__name__}; pass a path, PIL image or array")
     if image.width == 0 or image.height == 0:
         raise ImageLoadError(f"image has zero size ({image.width}x{image.height})")
-    image = ImageOps.exif_transpose(image)
+    # exif_transpose copies even when there is nothing to rotate; images passed along a
+    # pipeline (already loaded here) come back unchanged, the same object.
+    if image.getexif().get(_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
     return image if image.mode == "RGB" else image.convert("RGB")
 
 

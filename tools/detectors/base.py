@@ -44,26 +44,28 @@ def check_text(text: str, focus: Span | None = None) -> None:
 
 
 def caption_and_focus_tokens(
-    text: str, focus: Span | None, tokenizer, kept_tokens: int, *, stacklevel: int = 3
+    text: str, focus: Span | None, tokenizer, max_tokens: int, *, keeps_sep: bool = False, stacklevel: int = 3
 ) -> tuple[str, list[int] | None]:
     """The caption Grounding DINO sees and the token positions a query is scored over.
 
     The caption is ``text`` stripped and ending with "." as Grounding DINO was trained.
-    Only the first ``kept_tokens`` tokens reach the model (a warning names what is
-    used when the caption is longer). The positions are the kept tokens whose
-    characters overlap ``focus`` (a span of ``text``); ``None`` means every token,
-    either because there is no focus or because it fell in the truncated part.
+    The model takes ``max_tokens`` tokens, special ones included; a longer caption is cut
+    (with a warning naming what is dropped), ending on ``[SEP]`` again when ``keeps_sep``
+    (transformers' truncation) or simply cut (the original code base). The positions are
+    the kept tokens whose characters overlap ``focus`` (a span of ``text``); ``None``
+    means every token, either because there is no focus or because it fell in the cut part.
     """
     lead = len(text) - len(text.lstrip())
     caption = text.strip()
     if not caption.endswith("."):
         caption += "."
     offsets = tokenizer(caption, return_offsets_mapping=True)["offset_mapping"]
-    kept = offsets[:kept_tokens]
-    if len(offsets) > kept_tokens:
+    kept = offsets
+    if len(offsets) > max_tokens:
+        kept = offsets[: max_tokens - 1] if keeps_sep else offsets[:max_tokens]
         end_char = max(end for _, end in kept)
         warnings.warn(
-            f"expression is {len(offsets)} tokens, over the detector's limit of {kept_tokens}; "
+            f"expression is {len(offsets)} tokens, over the detector's limit of {max_tokens}; "
             f"the text after {caption[max(0, end_char - 20):end_char]!r} is ignored",
             stacklevel=stacklevel,
         )

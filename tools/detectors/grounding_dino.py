@@ -78,9 +78,9 @@ class GroundingDinoDetector:
             raise ValueError(f"{len(texts)} texts but {len(focuses)} focus spans")
         for text, focus in zip(texts, focuses):
             check_text(text, focus)
-        # The last position the model keeps holds [SEP], hence max_text_len - 1 text tokens.
+        tokenizer = self.processor.tokenizer
         captions = [
-            caption_and_focus_tokens(text, focus, self.processor.tokenizer, self.max_text_len - 1, stacklevel=4)
+            caption_and_focus_tokens(text, focus, tokenizer, self.max_text_len, keeps_sep=True, stacklevel=4)
             for text, focus in zip(texts, focuses)
         ]
         logits, pred_boxes = self._forward(image, [caption for caption, _ in captions])

@@ -46,9 +46,12 @@ class ExtractionCache:
             self.save()
 
     def save(self) -> None:
-        """Write every entry to ``path`` atomically."""
+        """Write every entry to ``path`` atomically, keeping entries other processes saved
+        there since (shards and concurrent runs may share one cache file)."""
         if self.path is None:
             raise ValueError("this cache has no file to save to")
+        if self.path.exists():
+            self._entries = {**_load(self.path), **self._entries}
         payload = {
             "version": FORMAT_VERSION,
             "entries": {expression: target.to_dict() for expression, target in self._entries.items()},
