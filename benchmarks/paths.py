@@ -4,7 +4,9 @@ A query answered by SFA costs the router (the detector on the target phrase), th
 target extraction (the LLM text-only) and then, for a share ``p`` of Level-1 queries, the
 specialist (the detector on the full expression), else the MLLM's grounding (with the
 target-focus prompt). ``sfa+crs`` runs the specialist on every query (its boxes are the
-CRS candidates at Level 2) and adds the CRS forward for Level-2 queries. The baseline,
+CRS candidates at Level 2), in the same batched detector call as the router, which computes
+the text-independent image backbone once for both; it adds the CRS forward for Level-2
+queries. The baseline,
 "MLLM-only", is direct grounding with the reference prompt and no extraction.
 """
 
@@ -66,7 +68,8 @@ def path_flops(
         raise ValueError(f"the Level-1 share must lie in [0, 1], got {level1_share}")
     p = level1_share
     sfa = detector.router + p * detector.specialist + (1 - p) * mllm.focus_grounding
-    sfa_crs = detector.router + p * detector.specialist + (1 - p) * (detector.specialist + mllm.crs_prefill)
+    # Router and specialist in one batched call share one backbone pass (GroundingDinoDetector.detect_many).
+    sfa_crs = detector.router + detector.specialist - detector.backbone + (1 - p) * mllm.crs_prefill
     return {
         "specialist": detector.specialist,
         "mllm": mllm.grounding,

@@ -135,7 +135,7 @@ def test_decode_needs_a_prefill():
 
 # ---------------------------------------------------------------- composition and targets
 
-DETECTOR = DetectorFlops("det", router=1.0, specialist=2.0)
+DETECTOR = DetectorFlops("det", router=1.0, specialist=2.0, backbone=0.5)
 MLLM = MllmFlops("mllm", vision=4.0, ground_prefill=10.0, ground_decode=2.0, focus_prefill=11.0, focus_decode=2.0,
                  crs_prefill=12.0, extract_prefill=3.0, extract_decode=1.0)
 
@@ -144,7 +144,8 @@ def test_path_composition_formula():
     paths = path_flops(DETECTOR, MLLM, level1_share=0.5)
     assert paths["mllm"] == 12.0 and paths["specialist"] == 2.0 and paths["crs"] == 14.0
     assert paths["sfa (no extraction)"] == 1.0 + 0.5 * 2.0 + 0.5 * 13.0
-    assert paths["sfa+crs (no extraction)"] == 1.0 + 0.5 * 2.0 + 0.5 * (2.0 + 12.0)
+    # Router and specialist share one backbone pass in sfa+crs.
+    assert paths["sfa+crs (no extraction)"] == 1.0 + 2.0 - 0.5 + 0.5 * 12.0
     assert paths["sfa"] == paths["sfa (no extraction)"] + 4.0
     assert ratios_to_mllm(paths)["sfa"] == pytest.approx(12.5 / 12.0)
     assert path_flops(DETECTOR, MLLM, 1.0)["sfa (no extraction)"] == 3.0  # everything on the fast path

@@ -154,3 +154,20 @@ def test_a_caption_of_exactly_the_limit_is_not_truncated(detector, street_image)
         detector.detect(street_image, text)
     with pytest.warns(UserWarning, match="over the detector's limit"):
         detector.detect(street_image, text + " dog")
+
+
+def test_detect_many_runs_the_image_backbone_once(detector, street_image, monkeypatch):
+    encoder = detector.model.model.backbone.conv_encoder
+    batches = []
+    real_forward = encoder.forward
+
+    def counting(pixel_values, *args, **kwargs):
+        batches.append(pixel_values.shape[0])
+        return real_forward(pixel_values, *args, **kwargs)
+
+    monkeypatch.setattr(encoder, "forward", counting)
+    texts = ["the skis", TEXT, "a red xylophone"]
+    together = detector.detect_many(street_image, texts)
+    assert batches == [1]
+    for one, text in zip(together, texts):
+        np.testing.assert_allclose(one.scores, detector.detect(street_image, text).scores, rtol=1e-4, atol=1e-6)

@@ -29,6 +29,7 @@ class GroundingDinoDetector:
 
     def __init__(self, model, processor, *, max_detections: int | None = None):
         self.model = model.eval()
+        _share_backbone_across_repeated_image(self.model)
         self.processor = processor
         self.max_detections = max_detections
         self.max_text_len = int(model.config.max_text_len)
@@ -72,7 +73,8 @@ class GroundingDinoDetector:
     def detect_many(
         self, image: Image.Image, texts: Sequence[str], focuses: Sequence[Span | None] | None = None
     ) -> list[Detections]:
-        """Several texts on one image in a single batched forward (the image is preprocessed once)."""
+        """Several texts on one image in one batched forward: the image is preprocessed and its
+        (text-independent) backbone features computed once, then shared by every text."""
         focuses = list(focuses) if focuses is not None else [None] * len(texts)
         if len(focuses) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(focuses)} focus spans")
@@ -109,3 +111,30 @@ class GroundingDinoDetector:
             inputs["pixel_mask"] = pixels["pixel_mask"].to(device).expand(batch, -1, -1)
         outputs = self.model(**inputs)
         return outputs.logits.cpu(), outputs.pred_boxes.float().cpu()
+
+
+def _share_backbone_across_repeated_image(model) -> None:
+    """Make the image backbone run once for a batch that repeats one image.
+
+    ``detect_many`` passes one image expanded along the batch (batch stride 0); the Swin
+    backbone and its position embeddings do not depend on the text, so they are computed
+    for the first row and copied to the others. Any other batch runs as before. The
+    instance's ``forward`` is wrapped, so weights and ``state_dict`` keys are untouched.
+    """
+    backbone = getattr(getattr(model, "model", None), "backbone", None)
+    if backbone is None:  # an architecture without the Grounding DINO layout: leave it alone
+        return
+    original = backbone.forward
+
+    def forward(pixel_values, pixel_mask):
+        batch = pixel_values.shape[0]
+        if batch == 1 or pixel_values.stride(0) != 0:
+            return original(pixel_values, pixel_mask)
+        features, positions = original(pixel_values[:1], pixel_mask[:1])
+
+        def repeat(tensor):  # copies, not views: later layers may write in place
+            return tensor.expand(batch, *tensor.shape[1:]).contiguous()
+
+        return [(repeat(feature), repeat(mask)) for feature, mask in features], [repeat(p) for p in positions]
+
+    backbone.forward = forward
