@@ -26,6 +26,7 @@ from rich.table import Table
 from tools.datasets import Sample
 from tools.errors import UserInputError
 from tools.evaluation import Prediction
+from tools.evaluation.finecops import answer_confidence
 from tools.files import write_atomically
 
 from .score_cli import SCORERS, finecops_tables, grec_tables, refcoco_tables
@@ -122,8 +123,7 @@ def read_compared(directories: Sequence[Path], dataset_format: str) -> list[tupl
 def finecops_confidences(samples: Sequence[Sample], predictions: Sequence[Prediction]) -> tuple[list, list]:
     """The confidences behind FineCops-Ref's overall AUROC: level-1 positives, and all negatives.
 
-    As ``tools.evaluation.finecops`` defines it, a sample's confidence is its highest box
-    score or, for an answer without boxes, its ``confidence`` field (0 without one).
+    A sample's confidence is ``tools.evaluation.finecops.answer_confidence``.
     """
     by_id = {str(prediction.id): prediction for prediction in predictions}
     positives, negatives = [], []
@@ -131,9 +131,7 @@ def finecops_confidences(samples: Sequence[Sample], predictions: Sequence[Predic
         prediction = by_id.get(str(sample.id))
         if prediction is None or not (sample.is_negative or sample.level == 1):
             continue
-        scores = prediction.scores
-        confidence = float(scores.max()) if len(scores) else float(prediction.fields.get("confidence") or 0.0)
-        (negatives if sample.is_negative else positives).append(confidence)
+        (negatives if sample.is_negative else positives).append(answer_confidence(prediction))
     return positives, negatives
 
 

@@ -49,7 +49,7 @@ from tools import boxes as box_ops
 from tools.datasets import Sample, read_dataset
 from tools.detections import Detections
 from tools.detectors import Detector
-from tools.files import JsonLinesAppender
+from tools.files import JsonLinesAppender, write_atomically
 from tools.errors import ImageLoadError, UserInputError
 from tools.evaluation import Prediction, PredictionWriter, read_predictions
 # The predictions writer's torn-last-line repair serves the samples file just as well.
@@ -173,7 +173,7 @@ def build_crs_data(config: BuildConfig, *, detector: Detector | None = None, pro
     report.kept_positives, report.kept_negatives = kept[POSITIVE], kept[NEGATIVE]
     if report.kept:
         export_llama_factory(read_samples(samples_file), output, config.dataset_name, prompts_dir=config.prompts_dir)
-    (output / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_atomically(output / REPORT_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
     return report
 
 
@@ -329,7 +329,7 @@ def _claim_output_dir(output: Path, config: BuildConfig) -> None:
     if (output / SAMPLES_FILE).exists():
         raise UserInputError(f"{output / SAMPLES_FILE} exists without {SETTINGS_FILE}; choose a new --output")
     output.mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    write_atomically(settings_file, json.dumps(settings, indent=2) + "\n")
 
 
 def _result_settings(config: BuildConfig) -> dict[str, Any]:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tools.files import write_atomically
+
 
 class TrainingLog:
     """Appends records to ``path``; only the main process writes (``enabled``).
@@ -21,7 +23,7 @@ class TrainingLog:
             return
         kept = [] if resume_step is None else [r for r in read_log(path) if r["step"] <= resume_step]
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        write_atomically(path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from tools.files import write_atomically
 from tools.detections import Detections
 from tools.errors import UserInputError
 from tools.mllm.crs import crs_prompt, option_letters
@@ -244,7 +245,7 @@ def export_llama_factory(
             "images": [image],
         })
     data_file = output_dir / f"{dataset_name}.json"
-    data_file.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_atomically(data_file, json.dumps(records, ensure_ascii=False, indent=1))
     info_file = output_dir / "dataset_info.json"
     info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
     info[dataset_name] = {
@@ -253,7 +254,7 @@ def export_llama_factory(
         "columns": {"messages": "messages", "images": "images"},
         "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
     }
-    info_file.write_text(json.dumps(info, indent=2), encoding="utf-8")
+    write_atomically(info_file, json.dumps(info, indent=2))
     return data_file
 
 

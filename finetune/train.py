@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import torch
 
+from tools.files import write_atomically
 from tools.checkpoints import resolve_checkpoint
 from tools.devices import resolve_dtype
 from tools.errors import UserInputError
@@ -189,7 +190,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     main = accelerator.is_main_process
     log = TrainingLog(output / LOG_FILE, resume_step=step if config.resume else None, enabled=main)
     if main:
-        (output / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+        write_atomically(output / "train_config.json", json.dumps(asdict(config), indent=2))
 
     def save(at_step: int) -> None:
         save_checkpoint(checkpoints_dir, step=at_step, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -296,7 +297,7 @@ def _finish(config, accelerator, model, processor, output: Path, *, start_step, 
         if config.merge:
             unwrapped.merge_and_unload().save_pretrained(output / "merged")
             processor.save_pretrained(output / "merged")
-        (output / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_atomically(output / "summary.json", json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     return summary
 

@@ -104,13 +104,21 @@ def score_finecops_ref(
     return result
 
 
+def answer_confidence(prediction: Prediction) -> float:
+    """A sample's confidence (what AUROC ranks): its best box score or, for an answer without
+    boxes, its ``confidence`` field (0 without one: the reference's zero-area box of score 0)."""
+    if len(prediction.scores):
+        return float(prediction.scores.max())
+    confidence = prediction.fields.get("confidence")
+    return 0.0 if confidence is None else float(confidence)
+
+
 def _answer(sample: Sample, prediction: Prediction) -> _Answer:
     boxes, scores = prediction.boxes, prediction.scores
     empty = len(scores) == 0
     if empty:
         boxes = np.zeros((1, 4))
-        confidence = prediction.fields.get("confidence")
-        scores = np.array([0.0 if confidence is None else float(confidence)])
+        scores = np.array([answer_confidence(prediction)])
     order = finecops_order(scores)
     boxes, scores = boxes[order], scores[order]
     if sample.has_target:
