@@ -51,17 +51,27 @@ def crs_prompt(
     letters = option_letters(len(candidates), allow_none)
     coords = box_ops.pixels_to_qwen(candidates.boxes, *image_size)
     lines = [f"{letter}. {format_box(box)}" for letter, box in zip(letters, coords)]
+    return _question("crs_select", expression, lines, letters, allow_none, prompts_dir), letters
+
+
+def crs_marks_prompt(
+    expression: str, num_candidates: int, allow_none: bool = False, *, prompts_dir: str | None = None
+) -> tuple[str, list[str]]:
+    """The CRS question when the candidates are drawn on the image as lettered marks
+    (Set-of-Mark style, for models that cannot read coordinates): options are letters only."""
+    letters = option_letters(num_candidates, allow_none)
+    lines = list(letters[:num_candidates])
+    return _question("crs_select_marks", expression, lines, letters, allow_none, prompts_dir), letters
+
+
+def _question(template, expression, candidate_lines, letters, allow_none, prompts_dir) -> str:
+    lines = list(candidate_lines)
     if allow_none:
         lines.append(f"{letters[-1]}. {NONE_OPTION}")
     none_instruction = render_prompt("crs_none_instruction", prompts_dir) + "\n" if allow_none else ""
-    prompt = render_prompt(
-        "crs_select",
-        prompts_dir,
-        expression=expression,
-        options="\n".join(lines),
-        none_instruction=none_instruction,
+    return render_prompt(
+        template, prompts_dir, expression=expression, options="\n".join(lines), none_instruction=none_instruction
     )
-    return prompt, letters
 
 
 def letter_token_ids(tokenizer, letters: Sequence[str]) -> list[list[int]]:

@@ -26,12 +26,11 @@ import numpy as np
 import openai
 from PIL import Image, ImageDraw, ImageFont
 
-from prompts import render_prompt
 
 from ..detections import Detections
 from ..errors import ModelOutputError, RemoteServiceError, UserInputError
 from ..images import load_image
-from .crs import NONE_OPTION, crs_prompt, option_letters
+from .crs import NONE_OPTION, crs_marks_prompt, crs_prompt, option_letters
 from .families import INPUT_PIXELS, box_token_confidence, get_family
 from .selection import Selection
 
@@ -214,7 +213,7 @@ class OpenAICompatibleMLLM:
         if len(letters) < 2:
             return Selection(candidates, letters, np.ones(len(letters)), allow_none)
         if self.marks:
-            prompt = self._marks_prompt(expression, letters, allow_none)
+            prompt, letters = crs_marks_prompt(expression, len(candidates), allow_none, prompts_dir=self.prompts_dir)
             image = draw_marks(image, candidates, letters)
         else:
             prompt, letters = crs_prompt(expression, candidates, image.size, allow_none, prompts_dir=self.prompts_dir)
@@ -230,16 +229,6 @@ class OpenAICompatibleMLLM:
             chosen = parse_option_letter(choice.message.content or "", letters, allow_none)
             probabilities = np.eye(len(letters))[letters.index(chosen)]
         return Selection(candidates, letters, probabilities, allow_none)
-
-    def _marks_prompt(self, expression: str, letters: Sequence[str], allow_none: bool) -> str:
-        lines = list(letters[:-1] if allow_none else letters)
-        if allow_none:
-            lines.append(f"{letters[-1]}. {NONE_OPTION}")
-        none_instruction = render_prompt("crs_none_instruction", self.prompts_dir) + "\n" if allow_none else ""
-        return render_prompt(
-            "crs_select_marks", self.prompts_dir,
-            expression=expression, options="\n".join(lines), none_instruction=none_instruction,
-        )  # fmt: skip
 
     def _request(self, image: Image.Image, prompt: str) -> dict[str, Any]:
         content = [
