@@ -167,9 +167,14 @@ def as_detections(value: Any, source: str) -> Detections:
         return value
     if isinstance(value, (tuple, list)) and len(value) == 2:
         try:
-            return Detections(np.asarray(value[0], dtype=float).reshape(-1, 4), value[1])
-        except ValueError as error:
-            raise ModelOutputError(f"{source} returned malformed boxes: {error}") from None
+            boxes = np.asarray(value[0], dtype=float).reshape(-1, 4)
+            scores = np.asarray(value[1], dtype=float).reshape(-1)
+            detections = Detections(boxes, scores)
+        except (TypeError, ValueError) as error:
+            raise ModelOutputError(f"{source} returned malformed boxes or scores: {error}") from None
+        if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+            raise ModelOutputError(f"{source} returned boxes or scores that are not finite numbers")
+        return detections
     raise ModelOutputError(f"{source} must return Detections or (boxes, scores), got {type(value).__name__}")
 
 
@@ -178,9 +183,15 @@ def as_selection(value: Any, candidates: Detections, allow_none: bool) -> Select
     if isinstance(value, Selection):
         return value
     letters = option_letters(len(candidates), allow_none)
-    probabilities = np.asarray(value, dtype=float).reshape(-1) if isinstance(value, Sequence | np.ndarray) else None
-    if probabilities is None or len(probabilities) != len(letters):
-        raise ModelOutputError(f"mllm.select must return a Selection or {len(letters)} option probabilities")
+    expected = f"mllm.select must return a Selection or {len(letters)} option probabilities"
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise ModelOutputError(f"{expected}, got {type(value).__name__}")
+    try:
+        probabilities = np.asarray(value, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        raise ModelOutputError(f"{expected}, got {value!r:.80}") from None
+    if len(probabilities) != len(letters):
+        raise ModelOutputError(f"{expected}, got {len(probabilities)}")
     total = probabilities.sum()
     if not np.isfinite(total) or total <= 0 or (probabilities < 0).any():
         raise ModelOutputError(f"mllm.select returned invalid probabilities {probabilities.tolist()}")

@@ -220,3 +220,50 @@ def test_gpu_out_of_memory_names_the_settings_that_help(tiny_qwen2_vl, monkeypat
     candidates = Detections([[0, 0, 10, 10], [5, 5, 20, 20]], [0.9, 0.8])
     with pytest.raises(RexError, match="ran out of GPU memory.*lower max_pixels.*fp16/bf16.*device cpu"):
         mllm.select(Image.new("RGB", (64, 48)), "a dog", candidates)
+
+
+# ---------------------------------------------------------------- parsers of model output: no surprise exceptions
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from agent.backends import as_detections, as_selection  # noqa: E402
+from tools.mllm.openai_compat import parse_option_letter  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60), st.integers(1, 8), st.booleans())
+def test_option_letter_parser_returns_an_offered_letter_or_a_model_output_error(reply, count, allow_none):
+    letters = [chr(ord("A") + i) for i in range(count + int(allow_none))]
+    try:
+        assert parse_option_letter(reply, letters, allow_none) in letters
+    except ModelOutputError:
+        pass
+
+
+plain_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=5) | st.tuples(children, children),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(plain_values)
+def test_plug_in_answers_become_detections_or_a_model_output_error(value):
+    try:
+        detections = as_detections(value, "plug-in")
+    except ModelOutputError:
+        return
+    assert detections.boxes.shape == (len(detections), 4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(plain_values, st.booleans())
+def test_plug_in_selections_sum_to_one_or_raise_a_model_output_error(value, allow_none):
+    candidates = Detections([[0, 0, 1, 1], [2, 2, 3, 3]], [0.9, 0.5])
+    try:
+        selection = as_selection(value, candidates, allow_none)
+    except ModelOutputError:
+        return
+    assert selection.probabilities.sum() == pytest.approx(1.0)
