@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent import cli_options as opt
 from agent.cli_runner import run_app
 from agent.eval_cli import evaluate
 from agent.score_cli import score
@@ -81,18 +82,18 @@ def detect(
 def locate(
     image: Path = typer.Argument(..., help="Image file."),
     expression: str = typer.Argument(..., help="Referring expression, e.g. 'the long snowboard right of the skis'."),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="specialist, mllm, sfa, crs or sfa+crs."),
-    focus: Optional[bool] = typer.Option(None, "--focus/--no-focus", help="Target-focus matching and prompt."),
-    allow_none: Optional[bool] = typer.Option(None, "--allow-none/--no-allow-none", help="Allow 'no target'."),
-    multi: Optional[bool] = typer.Option(None, "--multi/--no-multi", help="Allow several targets."),
-    detector: Optional[str] = typer.Option(None, "--detector", help="Detector Hub id or local folder."),
-    mllm: Optional[str] = typer.Option(None, "--mllm", help="Qwen VL Hub id or folder, or openai:MODEL."),
-    llm: Optional[str] = typer.Option(None, "--llm", help="Target extraction: auto, mllm, heuristic, openai:MODEL."),
-    adapter: Optional[str] = typer.Option(None, "--adapter", help="PEFT LoRA adapter folder for the MLLM."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, fp32, fp16 or bf16."),
-    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Pixel budget of the MLLM's image."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Settings file (TOML or JSON)."),
+    strategy: opt.Strategy = None,
+    focus: opt.Focus = None,
+    allow_none: opt.AllowNone = None,
+    multi: opt.Multi = None,
+    detector: opt.DetectorName = None,
+    mllm: opt.MllmName = None,
+    llm: opt.LlmName = None,
+    adapter: opt.Adapter = None,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    max_pixels: opt.MaxPixels = None,
+    config: opt.ConfigFile = None,
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
     save: Optional[Path] = typer.Option(None, "--save", help="Write the image with the boxes drawn (PNG/JPEG)."),
 ) -> None:

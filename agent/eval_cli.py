@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from agent import cli_options as opt
 from rich.console import Console
 
 stdout = Console()
@@ -54,18 +56,18 @@ def evaluate(
     image_root: Optional[Path] = typer.Option(None, "--image-root", help="Folder the annotations' file names are in."),
     split: Optional[str] = typer.Option(None, "--split", help="gRefCOCO split (grefcoco only), e.g. val."),
     output: Path = typer.Option(..., "--output", help="Run folder: predictions, settings, metrics and report."),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="specialist, mllm, sfa, crs or sfa+crs."),
-    focus: Optional[bool] = typer.Option(None, "--focus/--no-focus", help="Target-focus matching and prompt."),
-    allow_none: Optional[bool] = typer.Option(None, "--allow-none/--no-allow-none", help="Allow 'no target'."),
-    multi: Optional[bool] = typer.Option(None, "--multi/--no-multi", help="Allow several targets."),
-    detector: Optional[str] = typer.Option(None, "--detector", help="Detector Hub id or local folder."),
-    mllm: Optional[str] = typer.Option(None, "--mllm", help="Qwen VL Hub id or folder, or openai:MODEL."),
-    llm: Optional[str] = typer.Option(None, "--llm", help="Target extraction: auto, mllm, heuristic, openai:MODEL."),
-    adapter: Optional[str] = typer.Option(None, "--adapter", help="PEFT LoRA adapter folder for the MLLM."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, fp32, fp16 or bf16."),
-    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Pixel budget of the MLLM's image."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Settings file (TOML or JSON)."),
+    strategy: opt.Strategy = None,
+    focus: opt.Focus = None,
+    allow_none: opt.AllowNone = None,
+    multi: opt.Multi = None,
+    detector: opt.DetectorName = None,
+    mllm: opt.MllmName = None,
+    llm: opt.LlmName = None,
+    adapter: opt.Adapter = None,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    max_pixels: opt.MaxPixels = None,
+    config: opt.ConfigFile = None,
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N samples only."),
     shard: Optional[str] = typer.Option(
         None, "--shard", help="i/n: every n-th sample from the i-th; default: RANK/WORLD_SIZE of a launcher, else all."
