@@ -89,14 +89,28 @@ class Agent:
     def locate_batch(self, images: Sequence[ImageInput], expressions: Sequence[str]) -> list[Result]:
         """``locate`` for many queries; the models are loaded once and shared.
 
-        An image file named by several queries in a row (datasets list several
-        expressions per image) is decoded once: the last few decoded files are kept.
+        Targets are extracted for all expressions first, in batches; an image file named by
+        several queries in a row (datasets list several expressions per image) is decoded
+        once: the last few decoded files are kept.
         """
         if len(images) != len(expressions):
             raise ValueError(f"{len(images)} images but {len(expressions)} expressions")
+        self.prefetch_targets(expressions)
         recent: OrderedDict[str, Image.Image] = OrderedDict()
         limit = self.config.max_image_pixels
         return [self.locate(_decode_once(image, recent, limit), text) for image, text in zip(images, expressions)]
+
+    def prefetch_targets(self, expressions: Sequence[str]) -> None:
+        """Extract the targets of many expressions at once (a model extractor batches them, 8 per
+        prompt by default, and caches the answers that ``locate`` then reuses). Blank
+        expressions are skipped here; ``locate`` reports them."""
+        cleaned = []
+        for expression in expressions:
+            try:
+                cleaned.append(clean_expression(expression))
+            except UserInputError:
+                continue
+        self.backends.prefetch_targets(cleaned)
 
     def __repr__(self) -> str:
         return f"Agent(strategy={self.config.strategy!r}, focus={self.config.focus})"

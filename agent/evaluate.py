@@ -32,7 +32,7 @@ from tools.evaluation import Prediction, PredictionWriter, read_predictions
 from tools.evaluation import score_finecops_ref, score_grec, score_refcoco
 from tools.files import replaced_atomically, write_atomically
 
-from .agent import Agent, clean_expression
+from .agent import Agent
 from .configuration import Configuration
 from .score_cli import SCORERS
 
@@ -239,9 +239,7 @@ def run_samples(
     for chunk in _chunks(samples, PREFETCH_CHUNK):
         if stop.requested:
             return written
-        agent.backends.prefetch_targets(
-            [expression for expression in (_cleaned(sample.expression) for sample in chunk) if expression]
-        )
+        agent.prefetch_targets([sample.expression for sample in chunk])
         for sample in chunk:
             if stop.requested:
                 return written
@@ -261,14 +259,6 @@ def _chunks(samples: Iterable[Sample], size: int) -> Iterable[list[Sample]]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def _cleaned(expression: str) -> str | None:
-    """The expression as ``Agent.locate`` will see it (the extractor's cache key), or None if blank."""
-    try:
-        return clean_expression(expression)
-    except UserInputError:
-        return None
 
 
 def merge_shards(output: Path, samples: list[Sample], count: int) -> Path | None:

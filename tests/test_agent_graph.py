@@ -321,7 +321,7 @@ def test_prefetched_targets_are_asked_in_batches_then_served_from_the_cache(imag
     expressions = [f"the dog number {i}" for i in range(10)]
     agent = Agent("specialist", detector=FakeDetector(), extractor=LocalChatExtractor(Generator()),
                   config=Configuration())  # fmt: skip
-    agent.backends.prefetch_targets(expressions)
+    agent.prefetch_targets(expressions + ["  "])  # a blank one is left for locate to report
     assert Generator.prompts == 2  # 8 + 2 expressions
     result = agent.locate(image, expressions[3])
     assert Generator.prompts == 2 and result.target == "the dog" and result.fallbacks == []

@@ -24,10 +24,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import openai
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 
 from ..detections import Detections
+from ..drawing import draw_detections
 from ..errors import ModelOutputError, RemoteServiceError, UserInputError
 from ..images import load_image
 from .crs import NONE_OPTION, crs_marks_prompt, crs_prompt, option_letters
@@ -248,20 +249,10 @@ def image_data_url(image: Image.Image, image_format: str = "png") -> str:
 
 
 def draw_marks(image: Image.Image, candidates: Detections, letters: Sequence[str]) -> Image.Image:
-    """A copy of ``image`` with each candidate outlined and labelled with its letter."""
-    marked = image.convert("RGB")
-    draw = ImageDraw.Draw(marked)
-    short_side = min(marked.size)
-    line_width = max(2, round(short_side / 200))
-    font = ImageFont.load_default(size=max(10, short_side // 20))
-    for index, (box, letter) in enumerate(zip(candidates.boxes, letters)):
-        colour = MARK_COLOURS[index % len(MARK_COLOURS)]
-        x1, y1, x2, y2 = (float(v) for v in box)
-        draw.rectangle((x1, y1, x2, y2), outline=colour, width=line_width)
-        left, top, right, bottom = draw.textbbox((x1 + line_width, y1 + line_width), letter, font=font)
-        draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=colour)
-        draw.text((x1 + line_width, y1 + line_width), letter, fill=(0, 0, 0), font=font)
-    return marked
+    """A copy of ``image`` with each candidate outlined in a bright mark colour and labelled with its letter."""
+    font_size = max(10, min(image.size) // 20)
+    return draw_detections(image, candidates, list(letters)[: len(candidates)], palette=MARK_COLOURS,
+                           font_size=font_size, captions_inside=True)  # fmt: skip
 
 
 def option_probabilities(top_logprobs: Sequence[tuple[str, float]], letters: Sequence[str]) -> np.ndarray | None:
