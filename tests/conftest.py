@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
 from PIL import Image
 
 from tests import tiny
+
+# Property tests check behaviour, not speed: no per-example deadline, which a busy
+# 2-core machine would otherwise trip at random.
+settings.register_profile("rex", deadline=None)
+settings.load_profile("rex")
 
 
 @pytest.fixture(scope="session")
