@@ -223,7 +223,8 @@ def test_slow_server_times_out_within_the_total_bound():
         with pytest.raises(RemoteServiceError, match="timed out"):
             ask(fast_client(server, timeout=0.2, total_timeout=0.6, max_retries=10))
         elapsed = time.monotonic() - started
-    assert elapsed < 1.2 and len(server.requests) >= 2
+    # The server would answer after 5 s; the 0.6 s bound (plus slack for a busy machine) wins.
+    assert elapsed < 2.0 and len(server.requests) >= 2
 
 
 def test_refused_connection_is_retried_then_reported():
