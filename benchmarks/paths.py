@@ -2,8 +2,8 @@
 
 A query answered by SFA costs the router (the detector on the target phrase), the
 target extraction (the LLM text-only) and then, for a share ``p`` of Level-1 queries, the
-specialist (the detector on the full expression), else the MLLM's grounding (with the
-target-focus prompt). ``sfa+crs`` runs the specialist on every query (its boxes are the
+specialist (the detector on the full expression, reusing the router's image backbone
+pass on the same image), else the MLLM's grounding (with the target-focus prompt). ``sfa+crs`` runs the specialist on every query (its boxes are the
 CRS candidates at Level 2), in the same batched detector call as the router, which computes
 the text-independent image backbone once for both; it adds the CRS forward for Level-2
 queries. The baseline,
@@ -67,7 +67,8 @@ def path_flops(
     if not 0 <= level1_share <= 1:
         raise ValueError(f"the Level-1 share must lie in [0, 1], got {level1_share}")
     p = level1_share
-    sfa = detector.router + p * detector.specialist + (1 - p) * mllm.focus_grounding
+    # The detector keeps the last image's backbone outputs: the specialist call after the router reuses them.
+    sfa = detector.router + p * (detector.specialist - detector.backbone) + (1 - p) * mllm.focus_grounding
     # Router and specialist in one batched call share one backbone pass (GroundingDinoDetector.detect_many).
     sfa_crs = detector.router + detector.specialist - detector.backbone + (1 - p) * mllm.crs_prefill
     return {

@@ -143,12 +143,12 @@ MLLM = MllmFlops("mllm", vision=4.0, ground_prefill=10.0, ground_decode=2.0, foc
 def test_path_composition_formula():
     paths = path_flops(DETECTOR, MLLM, level1_share=0.5)
     assert paths["mllm"] == 12.0 and paths["specialist"] == 2.0 and paths["crs"] == 14.0
-    assert paths["sfa (no extraction)"] == 1.0 + 0.5 * 2.0 + 0.5 * 13.0
+    assert paths["sfa (no extraction)"] == 1.0 + 0.5 * (2.0 - 0.5) + 0.5 * 13.0
     # Router and specialist share one backbone pass in sfa+crs.
     assert paths["sfa+crs (no extraction)"] == 1.0 + 2.0 - 0.5 + 0.5 * 12.0
     assert paths["sfa"] == paths["sfa (no extraction)"] + 4.0
-    assert ratios_to_mllm(paths)["sfa"] == pytest.approx(12.5 / 12.0)
-    assert path_flops(DETECTOR, MLLM, 1.0)["sfa (no extraction)"] == 3.0  # everything on the fast path
+    assert ratios_to_mllm(paths)["sfa"] == pytest.approx(12.25 / 12.0)
+    assert path_flops(DETECTOR, MLLM, 1.0)["sfa (no extraction)"] == 2.5  # everything on the fast path
     with pytest.raises(ValueError, match="Level-1 share"):
         path_flops(DETECTOR, MLLM, 1.5)
 
@@ -158,7 +158,7 @@ def test_targets_report_values_and_verdicts():
     crs = targets["CRS / grounding prefill <= 1.1"]
     assert crs.value == pytest.approx(1.2) and not crs.met
     sfa = targets["sfa (no extraction) / MLLM-only <= 55%"]
-    assert sfa.value == pytest.approx(8.5 / 12.0) and not sfa.met
+    assert sfa.value == pytest.approx(8.25 / 12.0) and not sfa.met  # 1 + 0.5 * (2 - 0.5) + 0.5 * 13
     cheap = MllmFlops("big", 40.0, 100.0, 20.0, 101.0, 20.0, 100.0, 3.0, 1.0)
     assert all(t.met for t in check_targets(DETECTOR, cheap, level1_share=0.9))
 

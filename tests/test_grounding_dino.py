@@ -156,7 +156,8 @@ def test_a_caption_of_exactly_the_limit_is_not_truncated(detector, street_image)
         detector.detect(street_image, text + " dog")
 
 
-def test_detect_many_runs_the_image_backbone_once(detector, street_image, monkeypatch):
+def test_detect_many_runs_the_image_backbone_once(checkpoint, street_image, monkeypatch):
+    detector = GroundingDinoDetector.from_pretrained(str(checkpoint))  # nothing kept from other tests
     encoder = detector.model.model.backbone.conv_encoder
     batches = []
     real_forward = encoder.forward
@@ -171,3 +172,22 @@ def test_detect_many_runs_the_image_backbone_once(detector, street_image, monkey
     assert batches == [1]
     for one, text in zip(together, texts):
         np.testing.assert_allclose(one.scores, detector.detect(street_image, text).scores, rtol=1e-4, atol=1e-6)
+
+
+def test_the_backbone_of_the_last_image_is_reused_across_calls(checkpoint, street_image, monkeypatch):
+    detector = GroundingDinoDetector.from_pretrained(str(checkpoint))
+    encoder = detector.model.model.backbone.conv_encoder
+    calls = []
+    real_forward = encoder.forward
+    monkeypatch.setattr(encoder, "forward", lambda *a, **k: calls.append(1) or real_forward(*a, **k))
+    router = detector.detect(street_image, "the skis")
+    specialist = detector.detect(street_image, TEXT, focus=SNOWBOARD)
+    assert len(calls) == 1  # SFA's two calls on one image: one backbone pass
+    fresh = GroundingDinoDetector.from_pretrained(str(checkpoint))
+    np.testing.assert_allclose(router.scores, fresh.detect(street_image, "the skis").scores, rtol=1e-5)
+    fresh = GroundingDinoDetector.from_pretrained(str(checkpoint))
+    np.testing.assert_allclose(specialist.scores, fresh.detect(street_image, TEXT, focus=SNOWBOARD).scores, rtol=1e-5)
+    changed = street_image.copy()
+    changed.paste((0, 0, 0), (0, 0, 80, 60))  # other pixels: computed again
+    detector.detect(changed, "the skis")
+    assert len(calls) == 2

@@ -22,7 +22,8 @@ class GroundingDinoDetector:
     """A transformers ``GroundingDinoForObjectDetection`` or ``MMGroundingDinoForObjectDetection``.
 
     ``detect`` returns every query's box (``num_queries``, 900 for released models),
-    best first. Without ``focus`` a query's score is its highest sigmoid logit over
+    best first. The image backbone runs once per image (see
+    ``_share_backbone_across_repeated_image``): the last image's backbone outputs are kept. Without ``focus`` a query's score is its highest sigmoid logit over
     all text tokens, exactly what transformers' ``post_process_grounded_object_detection``
     reports; with ``focus`` only the tokens inside the focus span count.
     """
@@ -114,27 +115,43 @@ class GroundingDinoDetector:
 
 
 def _share_backbone_across_repeated_image(model) -> None:
-    """Make the image backbone run once for a batch that repeats one image.
+    """Make the text-independent image backbone run once per image.
 
-    ``detect_many`` passes one image expanded along the batch (batch stride 0); the Swin
-    backbone and its position embeddings do not depend on the text, so they are computed
-    for the first row and copied to the others. Any other batch runs as before. The
+    Within a call, ``detect_many`` passes one image expanded along the batch (batch
+    stride 0): the Swin backbone and its position embeddings are computed for the first
+    row and copied to the others. Across calls, the last image's outputs are kept and
+    reused when the next call's pixels are equal (SFA's router call on the target phrase,
+    then its specialist call on the expression); the comparison is on the pixel values
+    themselves, so an image changed in place is recomputed. This keeps one image's
+    backbone features in memory. Batches of different images run as before. The
     instance's ``forward`` is wrapped, so weights and ``state_dict`` keys are untouched.
     """
     backbone = getattr(getattr(model, "model", None), "backbone", None)
     if backbone is None:  # an architecture without the Grounding DINO layout: leave it alone
         return
-    original = backbone.forward
+    backbone.forward = _BackboneOncePerImage(backbone.forward)
 
-    def forward(pixel_values, pixel_mask):
+
+class _BackboneOncePerImage:
+    def __init__(self, forward) -> None:
+        self._forward = forward
+        self._last = None  # (pixel_values, pixel_mask, outputs) of the last image, one tuple
+
+    def __call__(self, pixel_values, pixel_mask):
         batch = pixel_values.shape[0]
-        if batch == 1 or pixel_values.stride(0) != 0:
-            return original(pixel_values, pixel_mask)
-        features, positions = original(pixel_values[:1], pixel_mask[:1])
+        if batch > 1 and pixel_values.stride(0) != 0:  # several different images
+            return self._forward(pixel_values, pixel_mask)
+        pixels, mask = pixel_values[:1], pixel_mask[:1]
+        last = self._last
+        if last is not None and last[0].shape == pixels.shape and torch.equal(last[0], pixels) and torch.equal(
+            last[1], mask
+        ):
+            features, positions = last[2]
+        else:
+            features, positions = self._forward(pixels, mask)
+            self._last = (pixels, mask, (features, positions))
 
-        def repeat(tensor):  # copies, not views: later layers may write in place
-            return tensor.expand(batch, *tensor.shape[1:]).contiguous()
+        def copy(tensor):  # copies, never views of the kept outputs: later layers may write in place
+            return tensor.repeat(batch, *([1] * (tensor.dim() - 1)))
 
-        return [(repeat(feature), repeat(mask)) for feature, mask in features], [repeat(p) for p in positions]
-
-    backbone.forward = forward
+        return [(copy(feature), copy(m)) for feature, m in features], [copy(p) for p in positions]
