@@ -19,7 +19,7 @@ from .architectures import (DETECTORS, MLLMS, MM_GDINO_LARGE, QWEN2_VL_7B, Detec
                             build_detector, build_mllm, detector_input_size, image_token_count, qwen_vision_grid)
 from .counting import LanguageModelCounter, detector_flops, vision_flops
 from .paths import DEFAULT_LEVEL1_SHARE, DetectorFlops, MllmFlops, check_targets, path_flops, ratios_to_mllm
-from .report import flops_text, format_table, write_json
+from .report import flops_text, format_table, run_standalone, write_json
 from .tokens import bert_token_count, detector_caption, prompt_token_count, qwen_token_count, typical_answer
 
 # The pair the targets are stated for (the paper's router/specialist and MLLM).
@@ -147,10 +147,7 @@ def _paths_table(pairs: dict, share: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="outputs/bench", help="folder for flops.json (default: %(default)s)")
-    add_arguments(parser)
-    run(parser.parse_args(argv))
+    run_standalone(__doc__, "flops", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from agent.configuration import STRATEGIES
 from tools.detections import Detections
 
 from . import query
-from .report import format_table, write_json
+from .report import format_table, run_standalone, write_json
 
 TARGET_MS = 2.0  # the budget per query
 WARM_UP_QUERIES = 5
@@ -125,10 +125,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="outputs/bench", help="folder for orchestration.json (default: %(default)s)")
-    add_arguments(parser)
-    run(parser.parse_args(argv))
+    run_standalone(__doc__, "orchestration", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -66,3 +66,13 @@ def write_json(out_dir: str | Path, name: str, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
     return path
+
+
+def run_standalone(doc: str | None, name: str, add_arguments, run, argv: list[str] | None = None) -> None:
+    """Command line of one benchmark module run alone (``python -m benchmarks.NAME``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="outputs/bench", help=f"folder for {name}.json (default: %(default)s)")
+    add_arguments(parser)
+    run(parser.parse_args(argv))

@@ -36,7 +36,7 @@ from tools.mllm.families import QWEN2_VL
 from . import query
 from .architectures import QWEN_ROPE, SPATIAL_MERGE, TEMPORAL_PATCH, MllmSpec, build_mllm
 from .counting import LanguageModelCounter, vision_flops
-from .report import format_table, write_json
+from .report import format_table, run_standalone, write_json
 from .tokens import qwen_token_count, typical_answer
 
 # Sizes scaled down from Qwen2-VL-7B with the same proportions: head_dim 128, MLP 5.4x hidden,
@@ -175,10 +175,7 @@ def _flops_of_calls(tokens: dict, grid_thw: tuple[int, int, int]) -> dict[str, i
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="outputs/bench", help="folder for walltime.json (default: %(default)s)")
-    add_arguments(parser)
-    run(parser.parse_args(argv))
+    run_standalone(__doc__, "walltime", add_arguments, run, argv)
 
 
 if __name__ == "__main__":
