@@ -15,7 +15,7 @@ from tools.errors import UserInputError
 from tools.images import ImageInput, load_image
 
 from .backends import Backends
-from .configuration import Configuration
+from .configuration import MODEL_SETTINGS, Configuration
 from .graph import build_graph
 from .nodes import make_nodes
 from .result import Result
@@ -55,12 +55,37 @@ class Agent:
         base = config or Configuration.load(config_file)
         given = dict(strategy=strategy, focus=focus, **settings)
         overrides = {key: value for key, value in given.items() if value is not None}
-        self.config = Configuration.load(env={}, **{**base.to_dict(), **overrides}) if overrides else base
-        self.backends = Backends(self.config, detector=detector, mllm=mllm, extractor=extractor)
-        self.graph = build_graph(make_nodes(self.backends, self.config), self.config)
+        config = base.updated(**overrides) if overrides else base
+        self._bind(config, Backends(config, detector=detector, mllm=mllm, extractor=extractor))
+
+    def _bind(self, config: Configuration, backends: Backends) -> None:
+        self.config, self.backends = config, backends
+        self.graph = build_graph(make_nodes(backends, config), config)
+
+    def with_settings(self, **settings: Any) -> "Agent":
+        """An agent with other method settings (``strategy``, ``focus``, ``allow_none``,
+        thresholds, ...) that shares this agent's models, loaded or not: what either loads,
+        both use. The settings that choose or place a model (``MODEL_SETTINGS``) stay."""
+        changed = sorted(
+            name for name in MODEL_SETTINGS if name in settings and settings[name] != getattr(self.config, name)
+        )
+        if changed:
+            raise UserInputError(f"with_settings cannot change {', '.join(changed)}: they choose the models")
+        config = self.config.updated(**settings)
+        variant = Agent.__new__(Agent)
+        variant._bind(config, self.backends.with_config(config))
+        return variant
+
+    def load_models(self) -> None:
+        """Load every model the strategy needs now (they otherwise load on first use), so a
+        missing checkpoint or bad setting shows before the first query."""
+        needed = {"detector": self.config.uses_detector, "mllm": self.config.uses_mllm,
+                  "extractor": self.config.uses_extractor}  # fmt: skip
+        for backend in (name for name, used in needed.items() if used):
+            getattr(self.backends, backend)
 
     def locate(self, image: ImageInput, expression: str) -> Result:
-        """Find what ``expression`` refers to in ``image`` (a path, PIL image or uint8 array)."""
+        """Find what ``expression`` refers to in ``image`` (a path, encoded file bytes, PIL image or uint8 array)."""
         expression = clean_expression(expression)
         start = time.perf_counter()
         picture = load_image(image, max_pixels=self.config.max_image_pixels)

@@ -32,15 +32,33 @@ OPENAI_PREFIX = "openai:"
 
 
 class Backends:
-    """Detector, MLLM and target extractor of one agent, each loaded on first use and kept."""
+    """Detector, MLLM and target extractor of one agent, each loaded on first use and kept.
+
+    ``with_config`` gives the backends of other method settings (strategy, focus, ...)
+    over the same model slots: a model either of them loads serves both.
+    """
 
     def __init__(self, config: Configuration, *, detector=None, mllm=None, extractor=None) -> None:
         self.config = config
-        self._detector, self._mllm, self._extractor = detector, mllm, extractor
+        given = {"detector": detector, "mllm": mllm, "extractor": extractor}
+        # Slot name -> model. A plug-in extractor fills "extractor"; loaded ones are kept per
+        # resolved ``llm`` choice ("extractor:mllm", ...), since "auto" depends on the strategy.
+        self._models: dict[str, Any] = {name: model for name, model in given.items() if model is not None}
+
+    def with_config(self, config: Configuration) -> "Backends":
+        """Backends for ``config`` sharing these ones' models; ``config`` must name the same models."""
+        shared = Backends(config)
+        shared._models = self._models
+        return shared
+
+    @property
+    def loaded(self) -> set[str]:
+        """The backends loaded or plugged in so far: some of "detector", "mllm", "extractor"."""
+        return {name.split(":")[0] for name in self._models}
 
     @property
     def detector(self):
-        if self._detector is None:
+        if "detector" not in self._models:
             from tools.detectors import GroundingDinoDetector
 
             detector = GroundingDinoDetector.from_pretrained(
@@ -52,25 +70,28 @@ class Backends:
                 # The dtype changes the answers; the device only by rounding.
                 model_name = f"{self.config.detector} dtype={self.config.dtype}"
                 detector = CachedDetector(detector, Path(self.config.cache_dir) / "detections", model_name)
-            self._detector = detector
-        return self._detector
+            self._models["detector"] = detector
+        return self._models["detector"]
 
     @property
     def mllm(self):
-        if self._mllm is None:
-            self._mllm = load_mllm(self.config)
-        return self._mllm
+        if "mllm" not in self._models:
+            self._models["mllm"] = load_mllm(self.config)
+        return self._models["mllm"]
 
     @property
     def extractor(self):
-        if self._extractor is None:
-            self._extractor = self._load_extractor()
-        return self._extractor
-
-    def _load_extractor(self):
+        if "extractor" in self._models:
+            return self._models["extractor"]
         choice = self.config.llm
         if choice == "auto":
             choice = "mllm" if self.config.uses_mllm else "heuristic"
+        slot = f"extractor:{choice}"
+        if slot not in self._models:
+            self._models[slot] = self._load_extractor(choice)
+        return self._models[slot]
+
+    def _load_extractor(self, choice: str):
         if choice == "heuristic":
             return HeuristicExtractor()
         if choice == "mllm":

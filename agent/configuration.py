@@ -22,6 +22,9 @@ from tools.mllm.qwen import DEFAULT_CHECKPOINT as DEFAULT_MLLM
 
 STRATEGIES = ("specialist", "mllm", "sfa", "crs", "sfa+crs")
 ENV_PREFIX = "REX_"
+# The settings that choose, place or feed a model when it loads. Agents sharing models
+# (``Agent.with_settings``) agree on these and may differ in every other one.
+MODEL_SETTINGS = ("detector", "mllm", "llm", "adapter", "device", "dtype", "min_pixels", "max_pixels", "cache_dir")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,10 @@ class Configuration:
     def uses_extractor(self) -> bool:
         """Routing needs the target phrase; so does focus on any strategy."""
         return self.focus or self.strategy in ("sfa", "sfa+crs")
+
+    def updated(self, **settings: Any) -> "Configuration":
+        """These settings with ``settings`` changed, checked and coerced like ``load``'s (no file, no environment)."""
+        return Configuration.load(env={}, **{**self.to_dict(), **settings})
 
     @classmethod
     def load(

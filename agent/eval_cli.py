@@ -85,7 +85,7 @@ def evaluate(
 
     from agent.agent import Agent
     from agent.configuration import Configuration
-    from agent.evaluate import PREDICTIONS_FILE, DatasetSpec, GracefulInterrupt, Shard, completed_ids, load_models
+    from agent.evaluate import PREDICTIONS_FILE, DatasetSpec, GracefulInterrupt, Shard, completed_ids
     from agent.evaluate import local_device, merge_shards, record_run, run_samples, run_settings
     from agent.report import read_compared
     from tools.devices import resolve_device
@@ -114,7 +114,7 @@ def evaluate(
     todo = [sample for sample in mine if str(sample.id) not in done]
     if todo:
         agent = Agent(config=settings)
-        load_models(agent)
+        agent.load_models()
         label = f"{settings.strategy}" + (f" shard {part}" if part else "")
         with GracefulInterrupt() as stop, PredictionWriter(path) as writer, tqdm(
             total=len(mine), initial=len(mine) - len(todo), unit="sample", desc=label, dynamic_ncols=True,

@@ -180,15 +180,6 @@ def completed_ids(path: Path) -> set[str]:
     return {str(prediction.id) for prediction in read_predictions(path)} if path.exists() else set()
 
 
-def load_models(agent: Agent) -> None:
-    """Load every model the strategy needs now, so a bad checkpoint or setting stops the run
-    before the first sample instead of being recorded as every sample's error."""
-    config = agent.config
-    needed = {"detector": config.uses_detector, "mllm": config.uses_mllm, "extractor": config.uses_extractor}
-    for backend in (name for name, used in needed.items() if used):
-        getattr(agent.backends, backend)
-
-
 def predict(agent: Agent, sample: Sample) -> Prediction:
     """The agent's answer to ``sample``; a sample error (see ``SAMPLE_ERRORS``) gives an empty
     answer with an ``error`` field."""

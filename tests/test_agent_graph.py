@@ -257,7 +257,7 @@ def test_models_a_strategy_does_not_use_are_never_loaded(image):
     agent = Agent("specialist", focus=True, detector=FakeDetector(), config=Configuration())
     result = agent.locate(image, EXPRESSION)
     assert result.target_source == "heuristic"  # llm="auto" without an MLLM: the model-free parser
-    assert agent.backends._mllm is None
+    assert agent.backends.loaded == {"detector", "extractor"}
 
 
 def test_unknown_strategy_is_a_clear_error():
@@ -325,3 +325,30 @@ def test_prefetched_targets_are_asked_in_batches_then_served_from_the_cache(imag
     assert Generator.prompts == 2  # 8 + 2 expressions
     result = agent.locate(image, expressions[3])
     assert Generator.prompts == 2 and result.target == "the dog" and result.fallbacks == []
+
+
+def test_with_settings_shares_the_models_and_keeps_the_model_settings(image):
+    base = Agent("specialist", detector=FakeDetector(instances=2), mllm=FakeMLLM(), extractor=FakeExtractor(),
+                 config=Configuration())  # fmt: skip
+    variant = base.with_settings(strategy="sfa+crs", allow_none=True)
+    assert (variant.config.strategy, variant.config.allow_none) == ("sfa+crs", True)
+    assert (base.config.strategy, base.config.allow_none) == ("specialist", False)
+    assert variant.backends.detector is base.backends.detector and variant.backends.mllm is base.backends.mllm
+    assert variant.locate(image, EXPRESSION).path == "crs" and base.locate(image, EXPRESSION).path == "specialist"
+    with pytest.raises(UserInputError, match="cannot change detector, device"):
+        base.with_settings(device="cuda", detector="other", strategy="crs")
+    with pytest.raises(UserInputError, match="unknown strategy"):
+        base.with_settings(strategy="fast")
+
+
+def test_variants_load_each_model_once_and_only_when_needed(image, monkeypatch):
+    from agent import backends as backends_module
+
+    loads = []
+    monkeypatch.setattr(backends_module, "load_mllm", lambda config: loads.append(config.strategy) or FakeMLLM())
+    base = Agent("specialist", detector=FakeDetector(instances=2), config=Configuration(llm="heuristic"))
+    base.locate(image, EXPRESSION)
+    assert base.backends.loaded == {"detector", "extractor"} and loads == []
+    for strategy in ("crs", "mllm", "sfa"):
+        base.with_settings(strategy=strategy).locate(image, EXPRESSION)
+    assert loads == ["crs"] and base.backends.loaded == {"detector", "extractor", "mllm"}

@@ -64,3 +64,20 @@ def test_empty_file_is_named(tmp_path):
 def test_a_loaded_rgb_image_passes_through_unchanged():
     image = Image.new("RGB", (8, 6))
     assert load_image(image) is image
+
+
+def test_encoded_bytes_get_the_checks_of_files():
+    import io
+
+    encoded = io.BytesIO()
+    Image.new("RGB", (40, 30), (9, 8, 7)).save(encoded, "PNG")
+    assert load_image(encoded.getvalue()).size == (40, 30)
+    assert load_image(memoryview(encoded.getvalue())).getpixel((0, 0)) == (9, 8, 7)
+    with pytest.raises(ImageLoadError, match="empty file"):
+        load_image(b"")
+    with pytest.raises(ImageLoadError, match="not an image file"):
+        load_image(b"hello")
+    with pytest.raises(ImageLoadError, match="corrupt or truncated"):
+        load_image(encoded.getvalue()[:60])
+    with pytest.raises(ImageLoadError, match="1,200 pixels, over the limit of 1,000"):
+        load_image(encoded.getvalue(), max_pixels=1000)

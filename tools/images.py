@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import IO, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageLoadError
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray]
+# bytes: an encoded file (PNG, JPEG, ...) held in memory, e.g. an upload.
+ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]
 _ORIENTATION = 0x0112  # the EXIF tag
 
 # Files with more pixels are refused before decoding (decompression bombs). The default
@@ -25,7 +27,8 @@ def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_IMAGE_PI
 
     Paths are opened and fully decoded here, so a corrupt file fails at once with an
     ``ImageLoadError`` naming it; a file of more than ``max_pixels`` pixels is refused
-    before decoding (``None``: no limit). Every PIL mode (L, LA, P, RGBA, CMYK, I;16,
+    before decoding (``None``: no limit). ``bytes`` are an encoded file held in memory
+    (an upload) and get the same checks. Every PIL mode (L, LA, P, RGBA, CMYK, I;16,
     ...) is converted to RGB. Arrays must be ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)``
     ``uint8`` (RGB order).
     """
@@ -35,8 +38,12 @@ def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_IMAGE_PI
         image = _from_array(source)
     elif isinstance(source, (str, Path)):
         image = _open(Path(source), max_pixels)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        image = _decode(io.BytesIO(source), "image data", len(source), max_pixels)
     else:
-        raise ImageLoadError(f"cannot read an image from a {type(source).__name__}; pass a path, PIL image or array")
+        raise ImageLoadError(
+            f"cannot read an image from a {type(source).__name__}; pass a path, bytes, PIL image or array"
+        )
     if image.width == 0 or image.height == 0:
         raise ImageLoadError(f"image has zero size ({image.width}x{image.height})")
     # exif_transpose copies even when there is nothing to rotate; images passed along a
@@ -51,17 +58,22 @@ def _open(path: Path, max_pixels: int | None) -> Image.Image:
         raise ImageLoadError(f"{path}: no such file")
     if path.is_dir():
         raise ImageLoadError(f"{path}: is a directory, not an image")
-    if path.stat().st_size == 0:
-        raise ImageLoadError(f"{path}: empty file")
+    return _decode(path, str(path), path.stat().st_size, max_pixels)
+
+
+def _decode(file: Path | IO[bytes], name: str, size: int, max_pixels: int | None) -> Image.Image:
+    """Decode ``file`` (called ``name`` in errors, ``size`` bytes long) whole, after the pixel check."""
+    if size == 0:
+        raise ImageLoadError(f"{name}: empty file")
     try:
         with warnings.catch_warnings():
             # Our own limit below replaces PIL's decompression-bomb warning and error.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(file) as opened:
                 pixels = opened.width * opened.height
                 if max_pixels is not None and pixels > max_pixels:
                     raise ImageLoadError(
-                        f"{path}: {opened.width}x{opened.height} is {pixels:,} pixels, over the limit of "
+                        f"{name}: {opened.width}x{opened.height} is {pixels:,} pixels, over the limit of "
                         f"{max_pixels:,} (raise max_image_pixels to allow it)"
                     )
                 opened.load()
@@ -69,11 +81,11 @@ def _open(path: Path, max_pixels: int | None) -> Image.Image:
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as error:
-        raise ImageLoadError(f"{path}: {error} (PIL.Image.MAX_IMAGE_PIXELS sets that limit)") from None
+        raise ImageLoadError(f"{name}: {error} (PIL.Image.MAX_IMAGE_PIXELS sets that limit)") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not an image file PIL can read") from None
+        raise ImageLoadError(f"{name}: not an image file PIL can read") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise ImageLoadError(f"{path}: corrupt or truncated image ({error})") from None
+        raise ImageLoadError(f"{name}: corrupt or truncated image ({error})") from None
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
