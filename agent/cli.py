@@ -15,6 +15,7 @@ from agent import cli_options as opt
 from agent.cli_runner import run_app
 from agent.eval_cli import evaluate
 from agent.score_cli import score
+from agent.serve_cli import serve
 from finetune.cli import finetune
 from finetune.build_cli import finetune_data
 from tools.detectors.grounding_dino import DEFAULT_DETECTOR
@@ -153,6 +154,7 @@ app.command("score")(score)
 app.command("eval")(evaluate)
 app.command("finetune")(finetune)
 app.command("finetune-data")(finetune_data)
+app.command("serve")(serve)
 
 
 def find_phrase(text: str, phrase: str) -> tuple[int, int]:

@@ -48,3 +48,19 @@ def test_batch_example_writes_one_line_per_query(tmp_path, tiny_mm_grounding_din
     results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["expression"] for r in results] == ["the skis", "a skier"]
     assert all(r["strategy"] == "sfa+crs" and r["level"] in (1, 2) for r in results)
+
+
+def test_http_client_example_asks_a_running_server(tmp_path, tiny_mm_grounding_dino, tiny_qwen2_vl):
+    from agent import Agent, Configuration
+    from agent.serve import create_app
+    from tests.live_server import LiveServer
+
+    agent = Agent(config=Configuration(llm="heuristic", detector=str(tiny_mm_grounding_dino),
+                                       mllm=str(tiny_qwen2_vl), device="cpu"))  # fmt: skip
+    with LiveServer(create_app(agent)) as server:
+        out = run(EXAMPLES / "http_client.py", SNOW, "the long snowboard to the right of the skis", "--url", server.url,
+                  "--strategy", "crs", "--allow-none", cwd=tmp_path)  # fmt: skip
+        missing = subprocess.run([sys.executable, EXAMPLES / "http_client.py", SNOW, " ", "--url", server.url],
+                                 capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.startswith("path: crs  level: None  target: 'the long snowboard'")
+    assert missing.returncode == 1 and missing.stderr.strip() == "error: 400: the expression is empty"

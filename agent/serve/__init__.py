@@ -1,0 +1,7 @@
+"""Serving REX Agent over HTTP (``agent-cli serve``; needs ``pip install 'rex-agent[serve]'``)."""
+
+from .app import ServerOptions, create_app
+from .fetch import UrlFetcher, is_public_address
+from .workers import DeviceWorker, QueueFull, WorkerPool
+
+__all__ = ["DeviceWorker", "QueueFull", "ServerOptions", "UrlFetcher", "WorkerPool", "create_app", "is_public_address"]

@@ -1,0 +1,69 @@
+"""The API's response bodies, as the OpenAPI document describes them."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, Field
+
+Box = tuple[float, float, float, float]
+
+
+class SelectionModel(BaseModel):
+    """The CRS multiple-choice answer: one probability per option, "None" last when offered."""
+
+    letters: list[str]
+    probabilities: list[float]
+    letter: Optional[str]
+    index: Optional[int] = Field(description="The chosen candidate; null when None won.")
+    allow_none: bool
+
+
+class LocateResult(BaseModel):
+    """``Result.to_dict()``: the boxes and how the agent found them."""
+
+    expression: str
+    image_size: tuple[int, int] = Field(description="Width and height in pixels, after EXIF rotation.")
+    strategy: str
+    boxes: list[Box] = Field(description="[x1, y1, x2, y2] pixels, best first; empty: no target.")
+    scores: list[float] = Field(description="One confidence per box.")
+    level: Optional[int] = Field(description="SFA difficulty level (1 or 2); null when the strategy does not route.")
+    path: Optional[str] = Field(description="The path that answered: specialist, mllm or crs.")
+    target: Optional[str] = Field(description="The extracted target phrase.")
+    target_span: Optional[tuple[int, int]]
+    target_source: Optional[str]
+    selection: Optional[SelectionModel]
+    trace: list[str] = Field(description="The graph nodes visited, in order.")
+    timings: dict[str, float] = Field(description="Seconds per step; queue: waiting for the device.")
+    fallbacks: list[str] = Field(description="Every documented fallback taken.")
+
+
+class DeviceStatus(BaseModel):
+    device: str
+    running: int
+    waiting: int
+    served: int
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    strategies: list[str] = Field(description="The strategies a request may ask for.")
+    defaults: dict[str, str | bool] = Field(description="strategy, focus, allow_none and multi when a request omits them.")
+    image_urls: bool = Field(description="Whether image_url is fetched.")
+    api_key_required: bool
+    max_upload_bytes: int
+    devices: list[DeviceStatus]
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+ERROR_RESPONSES = {
+    400: {"model": ErrorBody, "description": "A bad image, expression or image URL; the reason in detail."},
+    401: {"model": ErrorBody, "description": "Missing or wrong API key (only when the server has one)."},
+    413: {"model": ErrorBody, "description": "The upload or fetched image is over the size limit."},
+    502: {"model": ErrorBody, "description": "The remote model server failed."},
+    503: {"model": ErrorBody, "description": "Every device queue is full; retry after Retry-After seconds."},
+}

@@ -1,0 +1,98 @@
+"""``agent-cli serve``: the HTTP API and web page (``agent/serve/``), models loaded once at start-up."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+from typing import List, Optional
+
+import typer
+
+from agent import cli_options as opt
+from tools.errors import UserInputError
+
+SERVE_PACKAGES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart": "python-multipart"}
+
+
+def serve(
+    strategy: opt.Strategy = None,
+    focus: opt.Focus = None,
+    allow_none: opt.AllowNone = None,
+    multi: opt.Multi = None,
+    detector: opt.DetectorName = None,
+    mllm: opt.MllmName = None,
+    llm: opt.LlmName = None,
+    adapter: opt.Adapter = None,
+    device: Optional[List[str]] = typer.Option(
+        None, "--device", help="auto, cpu, cuda or cuda:N; repeat for one model copy and queue per GPU."
+    ),
+    dtype: opt.Dtype = None,
+    max_pixels: opt.MaxPixels = None,
+    config: opt.ConfigFile = None,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 serves the whole network."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    strategies: Optional[str] = typer.Option(
+        None, "--strategies", help="Comma-separated strategies a request may ask for (default: all five)."
+    ),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", envvar="REX_API_KEY", help="Require this key (X-API-Key or Authorization: Bearer)."
+    ),
+    allow_image_urls: bool = typer.Option(
+        False, "--allow-image-urls", help="Fetch image_url of requests (public addresses only)."
+    ),
+    url_timeout: float = typer.Option(10.0, "--url-timeout", min=0.1, help="Seconds for one image URL fetch."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest request body (MB)."),
+    max_queue: int = typer.Option(32, "--max-queue", min=0, help="Waiting requests per device before 503."),
+) -> None:
+    """Serve the agent over HTTP: POST /locate, GET /healthz, a web page at /, OpenAPI docs at /docs."""
+    missing = [package for module, package in SERVE_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise UserInputError(f"agent-cli serve needs {', '.join(missing)}: pip install 'rex-agent[serve]'")
+    import uvicorn
+
+    from agent import Agent, Configuration
+    from agent.serve import ServerOptions, create_app
+    from tools.devices import resolve_device
+
+    settings = Configuration.load(
+        config, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi, detector=detector, mllm=mllm,
+        llm=llm, adapter=adapter, dtype=dtype, max_pixels=max_pixels,
+    )  # fmt: skip
+    devices = [str(resolve_device(name)) for name in (device or [settings.device])]
+    if len(set(devices)) != len(devices):
+        raise UserInputError(f"each --device once: {', '.join(devices)}")
+    allowed = tuple(name.strip() for name in strategies.split(",") if name.strip()) if strategies else None
+    options = ServerOptions(
+        **({"strategies": allowed} if allowed else {}),
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        max_queue=max_queue,
+        api_key=api_key or None,
+        image_urls=allow_image_urls,
+        url_timeout=url_timeout,
+    )
+    agents = [Agent(config=settings.updated(device=name)) for name in devices]
+    app = create_app(agents, options)  # checks the options before any model loads
+    listener = listen(host, port)  # a busy port, too, is answered before the models load
+    try:
+        typer.echo(f"loading models on {', '.join(devices)} for {', '.join(options.strategies)} ...", err=True)
+        app.state.pool.load_models(options.strategies)
+        if host not in ("127.0.0.1", "localhost", "::1") and not options.api_key:
+            typer.echo(f"warning: serving on {host} without --api-key: anyone who reaches it can use it", err=True)
+        shown = f"[{host}]" if ":" in host else host
+        typer.echo(f"REX Agent on http://{shown}:{listener.getsockname()[1]}/ (API docs at /docs)", err=True)
+        uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[listener])
+    finally:
+        app.state.pool.close()
+        listener.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (port 0: any free one), or a one-line error."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        listener = socket.socket(family, kind)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+    except OSError as error:
+        raise UserInputError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    return listener
