@@ -217,6 +217,23 @@ def test_shards_merge_into_the_single_run(tmp_path, reference, dataset, models, 
     assert scores(output) == scores(reference)
 
 
+def test_accelerate_launch_runs_one_shard_per_process_and_merges(tmp_path, reference, dataset, models):
+    # The README's multi-GPU command, with two processes on the CPU: accelerate's launcher
+    # sets RANK / WORLD_SIZE, each process answers its shard, the last one done merges.
+    output = tmp_path / "run"
+    launcher = Path(sys.executable).parent / "accelerate"
+    command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "agent.eval_cli", "--output", str(output), *dataset, *models]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {path.name for path in output.glob("predictions.shard-*")} == {
+        "predictions.shard-0-of-2.jsonl", "predictions.shard-1-of-2.jsonl"}  # fmt: skip
+    assert answers(output, "predictions.shard-1-of-2.jsonl") == answers(reference)[1::2]
+    assert answers(output) == answers(reference)
+    assert scores(output) == scores(reference)
+
+
 def test_a_second_strategy_reuses_the_cached_detections(tmp_path, dataset, models, monkeypatch, capsys):
     asked: list[str] = []
     original = GroundingDinoDetector.detect_many
