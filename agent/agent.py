@@ -72,7 +72,7 @@ class Agent:
         if changed:
             raise UserInputError(f"with_settings cannot change {', '.join(changed)}: they choose the models")
         config = self.config.updated(**settings)
-        variant = Agent.__new__(Agent)
+        variant = type(self).__new__(type(self))
         variant._bind(config, self.backends.with_config(config))
         return variant
 

@@ -6,7 +6,8 @@
 
 - ``flops``: FLOPs per query of every strategy at real scale (weightless models);
 - ``walltime``: CRS ``select`` against one prefill and against ``ground``, one mid-size model;
-- ``orchestration``: ``Agent.locate``'s own time per query with instant plug-in backends.
+- ``orchestration``: ``Agent.locate``'s own time per query with instant plug-in backends;
+- ``serving``: what ``agent-cli serve`` adds per request (HTTP, upload, decoding, queue), same plug-ins.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import flops, orchestration, walltime
+from . import flops, orchestration, serving, walltime
 
-BENCHMARKS = {"flops": flops, "walltime": walltime, "orchestration": orchestration}
+BENCHMARKS = {"flops": flops, "walltime": walltime, "orchestration": orchestration, "serving": serving}
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:

@@ -175,6 +175,12 @@ def test_orchestration_overhead_for_every_strategy(tmp_path):
     assert written["strategies"].keys() == strategies.keys() and written["machine"]["cpu_cores"] > 0
 
 
+def test_serving_overhead_is_measured_over_http(tmp_path):
+    result = run.main(["--only", "serving", "--requests", "5", "--clients", "2", "--out", str(tmp_path)])["serving"]
+    assert result["median_ms"] > 0 and result["requests_per_s"] > 0 and result["requests"] == 5
+    assert json.loads((tmp_path / "serving.json").read_text())["clients"] == 2
+
+
 def test_instant_plug_ins_answer_what_the_agent_expects():
     detector = orchestration.InstantDetector()
     assert len(detector.detect(None, query.target_phrase())) == 1

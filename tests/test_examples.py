@@ -53,11 +53,11 @@ def test_batch_example_writes_one_line_per_query(tmp_path, tiny_mm_grounding_din
 def test_http_client_example_asks_a_running_server(tmp_path, tiny_mm_grounding_dino, tiny_qwen2_vl):
     from agent import Agent, Configuration
     from agent.serve import create_app
-    from tests.live_server import LiveServer
+    from agent.serve import BackgroundServer
 
     agent = Agent(config=Configuration(llm="heuristic", detector=str(tiny_mm_grounding_dino),
                                        mllm=str(tiny_qwen2_vl), device="cpu"))  # fmt: skip
-    with LiveServer(create_app(agent)) as server:
+    with BackgroundServer(create_app(agent)) as server:
         out = run(EXAMPLES / "http_client.py", SNOW, "the long snowboard to the right of the skis", "--url", server.url,
                   "--strategy", "crs", "--allow-none", cwd=tmp_path)  # fmt: skip
         missing = subprocess.run([sys.executable, EXAMPLES / "http_client.py", SNOW, " ", "--url", server.url],

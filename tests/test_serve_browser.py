@@ -11,7 +11,7 @@ import pytest
 
 from agent import Agent, Configuration
 from agent.serve import create_app
-from tests.live_server import LiveServer
+from agent.serve import BackgroundServer
 from tests.test_serve_api import EXPRESSION, png
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -39,7 +39,7 @@ def test_upload_submit_and_see_the_boxes_drawn(browser, tmp_path, tiny_mm_ground
     image_file.write_bytes(png())
     agent = Agent(config=Configuration(strategy="sfa", llm="heuristic", detector=str(tiny_mm_grounding_dino),
                                        mllm=str(tiny_qwen2_vl), device="cpu"))  # fmt: skip
-    with LiveServer(create_app(agent)) as server:
+    with BackgroundServer(create_app(agent)) as server:
         page = browser.new_page()
         errors = []
         page.on("pageerror", lambda error: errors.append(str(error)))
@@ -89,7 +89,7 @@ def test_the_page_sends_the_api_key_when_the_server_needs_one(browser, tmp_path)
 
     image_file = tmp_path / "street.png"
     image_file.write_bytes(png())
-    with LiveServer(create_app(plugin_agent(), ServerOptions(api_key="s3cret"))) as server:
+    with BackgroundServer(create_app(plugin_agent(), ServerOptions(api_key="s3cret"))) as server:
         page = browser.new_page()
         page.goto(server.url)
         page.wait_for_selector("#api-key-row:not(.hidden)")

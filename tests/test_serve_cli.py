@@ -73,3 +73,12 @@ def test_without_the_serve_extra_the_command_says_what_to_install(monkeypatch, c
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
     assert main(["serve"]) == 2
     assert capsys.readouterr().err == "error: agent-cli serve needs uvicorn: pip install 'rex-agent[serve]'\n"
+
+
+def test_the_listening_socket_names_tcp_so_connections_get_nodelay():
+    # asyncio sets TCP_NODELAY only on connections of sockets created with IPPROTO_TCP; without
+    # it each keep-alive response waited 40 ms for an ACK (measured by benchmarks/serving.py).
+    from agent.serve_cli import listen
+
+    with listen("127.0.0.1", 0) as listener:
+        assert listener.proto == socket.IPPROTO_TCP and listener.getsockname()[1] > 0

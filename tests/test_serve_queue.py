@@ -9,7 +9,7 @@ import pytest
 
 from agent import Agent, Configuration
 from agent.serve import ServerOptions, create_app
-from tests.live_server import LiveServer
+from agent.serve import BackgroundServer
 from tests.test_serve_api import EXPRESSION, png
 
 
@@ -22,7 +22,7 @@ def test_concurrent_requests_on_the_tiny_models_are_all_answered(tiny_mm_groundi
     agent = Agent(config=Configuration(strategy="sfa+crs", llm="heuristic", detector=str(tiny_mm_grounding_dino),
                                        mllm=str(tiny_qwen2_vl), device="cpu"))  # fmt: skip
     strategies = ["specialist", "mllm", "sfa", "crs", "sfa+crs"] * 2
-    with LiveServer(create_app(agent)) as server, ThreadPoolExecutor(len(strategies)) as clients:
+    with BackgroundServer(create_app(agent)) as server, ThreadPoolExecutor(len(strategies)) as clients:
         responses = list(clients.map(lambda strategy: locate(server.url, strategy=strategy), strategies))
         health = httpx.get(f"{server.url}/healthz").json()
     assert [response.status_code for response in responses] == [200] * len(strategies)
@@ -60,7 +60,7 @@ def slow_agents(count: int, seconds: float, tally: dict) -> list[Agent]:
 def test_each_device_runs_one_query_at_a_time(devices):
     tally = {"now": 0, "most": 0}
     app = create_app(slow_agents(devices, 0.05, tally))
-    with LiveServer(app) as server, ThreadPoolExecutor(8) as clients:
+    with BackgroundServer(app) as server, ThreadPoolExecutor(8) as clients:
         codes = [response.status_code for response in clients.map(lambda _: locate(server.url), range(8))]
         health = httpx.get(f"{server.url}/healthz").json()
     assert codes == [200] * 8
@@ -73,7 +73,7 @@ def test_each_device_runs_one_query_at_a_time(devices):
 def test_a_full_queue_answers_503_with_retry_after():
     tally = {"now": 0, "most": 0}
     app = create_app(slow_agents(1, 1.0, tally), ServerOptions(max_queue=1))
-    with LiveServer(app) as server, ThreadPoolExecutor(3) as clients:
+    with BackgroundServer(app) as server, ThreadPoolExecutor(3) as clients:
         running = clients.submit(locate, server.url)
         while httpx.get(f"{server.url}/healthz").json()["devices"][0]["running"] == 0:
             time.sleep(0.01)

@@ -1,4 +1,4 @@
-"""A real uvicorn server on 127.0.0.1, in a thread, for tests that need real HTTP (concurrency, a browser)."""
+"""The API served by uvicorn on 127.0.0.1 in a background thread: for notebooks, tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ import time
 import uvicorn
 
 
-class LiveServer:
-    """Context manager: ``with LiveServer(app) as server: ... server.url``."""
+class BackgroundServer:
+    """Context manager: ``with BackgroundServer(create_app(agent)) as server: ... server.url``.
+
+    It listens on a free port of 127.0.0.1; leaving the block stops it gracefully.
+    """
 
     def __init__(self, app) -> None:
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP named, so asyncio sets TCP_NODELAY on each connection (see serve_cli.listen).
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.bind(("127.0.0.1", 0))
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
@@ -22,12 +26,12 @@ class LiveServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._socket.getsockname()[1]}"
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> "BackgroundServer":
         self._thread.start()
         deadline = time.monotonic() + 30
         while not self._server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the test server did not start")
+                raise RuntimeError("the server did not start")
             time.sleep(0.02)
         return self
 
