@@ -70,16 +70,22 @@ def test_each_device_runs_one_query_at_a_time(devices):
     assert all(device["served"] > 0 for device in health["devices"])
 
 
+def wait_for(url: str, count: str, seconds: float = 10) -> None:
+    """Until /healthz shows a query ``count`` ("running" or "waiting") on the first device."""
+    deadline = time.monotonic() + seconds
+    while httpx.get(f"{url}/healthz").json()["devices"][0][count] == 0:
+        assert time.monotonic() < deadline, f"no query {count} after {seconds} s"
+        time.sleep(0.01)
+
+
 def test_a_full_queue_answers_503_with_retry_after():
     tally = {"now": 0, "most": 0}
     app = create_app(slow_agents(1, 1.0, tally), ServerOptions(max_queue=1))
     with BackgroundServer(app) as server, ThreadPoolExecutor(3) as clients:
         running = clients.submit(locate, server.url)
-        while httpx.get(f"{server.url}/healthz").json()["devices"][0]["running"] == 0:
-            time.sleep(0.01)
+        wait_for(server.url, "running")
         waiting = clients.submit(locate, server.url)
-        while httpx.get(f"{server.url}/healthz").json()["devices"][0]["waiting"] == 0:
-            time.sleep(0.01)
+        wait_for(server.url, "waiting")
         refused = locate(server.url)
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
         assert "hold 1 waiting queries; retry later" in refused.json()["detail"]
