@@ -9,7 +9,8 @@ A server that fetches what its clients name can be turned against the network it
   then connects to the very address it checked, so a second DNS answer cannot differ;
 - checks every redirect hop the same way, at most ``max_redirects`` of them;
 - stops at ``max_bytes`` (declared or received) and at ``timeout`` seconds for the whole
-  fetch, redirects included, however slowly the bytes trickle in.
+  fetch, redirects included, however slowly the bytes trickle in (looking up the host
+  name is bounded by the system resolver's own timeout, not by this one).
 """
 
 from __future__ import annotations
