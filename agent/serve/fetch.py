@@ -91,16 +91,20 @@ class UrlFetcher:
             raise ImageFetchError(f"{url!r}: invalid port") from None
         address = self._checked_address(url, host, port)
         sock = socket.create_connection((str(address), port), timeout=_remaining(deadline))
-        if parts.scheme == "https":
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
-        # The connection is handed the socket to the checked address; it names the host
-        # only in the Host header (and TLS in the SNI and certificate check above).
-        connection = http.client.HTTPConnection(host, port, timeout=_remaining(deadline))
-        connection.sock = sock
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        connection.request("GET", target, headers={"User-Agent": "rex-agent", "Accept": "image/*"})
-        # The connection lets go of the socket when the response closes it, so it is returned too.
-        return connection, connection.getresponse(), sock
+        try:
+            if parts.scheme == "https":
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            # The connection is handed the socket to the checked address; it names the host
+            # only in the Host header (and TLS in the SNI and certificate check above).
+            connection = http.client.HTTPConnection(host, port, timeout=_remaining(deadline))
+            connection.sock = sock
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            connection.request("GET", target, headers={"User-Agent": "rex-agent", "Accept": "image/*"})
+            # The connection lets go of the socket when the response closes it, so it is returned too.
+            return connection, connection.getresponse(), sock
+        except BaseException:
+            sock.close()  # a failed handshake or request must not leave the socket open
+            raise
 
     def _checked_address(self, url: str, host: str, port: int) -> IPAddress:
         try:
