@@ -62,13 +62,13 @@ class Backends:
             from tools.detectors import GroundingDinoDetector
 
             detector = GroundingDinoDetector.from_pretrained(
-                self.config.detector, device=self.config.device, dtype=self.config.dtype
+                self.config.detector, device=self.config.device, dtype=self.config.detector_dtype
             )
             if self.config.cache_dir:
                 from tools.detectors.cache import CachedDetector
 
-                # The dtype changes the answers; the device only by rounding.
-                model_name = f"{self.config.detector} dtype={self.config.dtype}"
+                # The dtype and the focus scoring change the answers; the device only by rounding.
+                model_name = f"{self.config.detector} dtype={self.config.detector_dtype} focus={detector.focus_score}"
                 detector = CachedDetector(detector, Path(self.config.cache_dir) / "detections", model_name)
             self._models["detector"] = detector
         return self._models["detector"]

@@ -83,6 +83,7 @@ def detect(
 def locate(
     image: Path = typer.Argument(..., help="Image file."),
     expression: str = typer.Argument(..., help="Referring expression, e.g. 'the long snowboard right of the skis'."),
+    profile: opt.Profile = None,
     strategy: opt.Strategy = None,
     focus: opt.Focus = None,
     allow_none: opt.AllowNone = None,
@@ -93,6 +94,7 @@ def locate(
     adapter: opt.Adapter = None,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
+    detector_dtype: opt.DetectorDtype = None,
     max_pixels: opt.MaxPixels = None,
     config: opt.ConfigFile = None,
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
@@ -107,8 +109,8 @@ def locate(
 
     # Inputs and settings are checked before any model loads, so mistakes are answered at once.
     settings = Configuration.load(
-        config, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi, detector=detector, mllm=mllm,
-        llm=llm, adapter=adapter, device=device, dtype=dtype, max_pixels=max_pixels,
+        config, profile=profile, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi, detector=detector, mllm=mllm,
+        llm=llm, adapter=adapter, device=device, dtype=dtype, detector_dtype=detector_dtype, max_pixels=max_pixels,
     )  # fmt: skip
     picture = load_image(image, max_pixels=settings.max_image_pixels)
     expression = clean_expression(expression)

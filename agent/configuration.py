@@ -19,19 +19,24 @@ from tools.errors import UserInputError
 from tools.images import DEFAULT_MAX_IMAGE_PIXELS
 from tools.mllm.crs import LETTERS
 from tools.mllm.qwen import DEFAULT_CHECKPOINT as DEFAULT_MLLM
+from tools.profiles import PROFILES, Profile, get_profile
+from tools.routing import CRS_CANDIDATES, ROUTING, RoutingThresholds
 
 STRATEGIES = ("specialist", "mllm", "sfa", "crs", "sfa+crs")
 ENV_PREFIX = "REX_"
 # The settings that choose, place or feed a model when it loads. Agents sharing models
 # (``Agent.with_settings``) agree on these and may differ in every other one.
-MODEL_SETTINGS = ("detector", "mllm", "llm", "adapter", "device", "dtype", "min_pixels", "max_pixels", "cache_dir")
+MODEL_SETTINGS = (
+    "detector", "mllm", "llm", "adapter", "device", "dtype", "detector_dtype", "min_pixels", "max_pixels", "cache_dir"
+)
 
 
 @dataclass(frozen=True)
 class Configuration:
     """Settings of one agent. See the README's "Settings" table for each one."""
 
-    # Method
+    # Method. "reference" reproduces the authors' released scripts (tools/profiles.py).
+    profile: str = "default"
     strategy: str = "sfa"
     focus: bool = True
     allow_none: bool = False
@@ -43,6 +48,9 @@ class Configuration:
     adapter: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    # The detector's weights: "auto" keeps float32 everywhere (detection heads lose recall in
+    # half precision, and the detector is cheap next to the MLLM); fp16/bf16 on request.
+    detector_dtype: str = "auto"
     min_pixels: int | None = None
     max_pixels: int | None = None
     # Image files with more pixels are refused before decoding (decompression bombs).
@@ -50,13 +58,12 @@ class Configuration:
     # A folder keeping detector answers and extracted targets across runs, so strategies
     # compared on the same data do not recompute them (none: nothing is kept).
     cache_dir: str | None = None
-    # SFA routing (the paper's values)
-    router_top_k: int = 10
-    router_score_threshold: float = 0.2
-    router_iou_threshold: float = 0.7
-    # CRS candidates (the paper's values)
-    crs_top_k: int = 5
-    crs_iou_threshold: float = 0.7
+    # SFA routing and CRS candidates (the paper's values, declared in tools/routing.py)
+    router_top_k: int = ROUTING.top_k
+    router_score_threshold: float = ROUTING.score_threshold
+    router_iou_threshold: float = ROUTING.iou_threshold
+    crs_top_k: int = CRS_CANDIDATES.top_k
+    crs_iou_threshold: float = CRS_CANDIDATES.iou_threshold
     # Generalized REC: answers below these confidences count as "no target" when
     # allow_none is on, and several boxes above them are kept when multi is on.
     specialist_threshold: float = 0.3
@@ -66,6 +73,7 @@ class Configuration:
     multi_ratio: float = 0.5
 
     def __post_init__(self) -> None:
+        get_profile(self.profile)
         if self.strategy not in STRATEGIES:
             raise UserInputError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if self.crs_top_k < 1 or self.router_top_k < 1:
@@ -78,6 +86,26 @@ class Configuration:
                 raise UserInputError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
 
     @property
+    def behaviour(self) -> Profile:
+        """What ``profile`` decides (NMS method, CRS focus, fallbacks, ...)."""
+        return PROFILES[self.profile]
+
+    @property
+    def routing(self) -> RoutingThresholds:
+        return RoutingThresholds(self.router_top_k, self.router_score_threshold, self.router_iou_threshold,
+                                 self.behaviour.nms)
+
+    @property
+    def crs_rule(self) -> RoutingThresholds:
+        return RoutingThresholds(self.crs_top_k, CRS_CANDIDATES.score_threshold, self.crs_iou_threshold,
+                                 self.behaviour.nms)
+
+    @property
+    def crs_focus(self) -> bool:
+        """Whether CRS detects the expression with target focus."""
+        return self.focus and self.behaviour.crs_focus
+
+    @property
     def uses_detector(self) -> bool:
         return self.strategy != "mllm"
 
@@ -87,8 +115,10 @@ class Configuration:
 
     @property
     def uses_extractor(self) -> bool:
-        """Routing needs the target phrase; so does focus on any strategy."""
-        return self.focus or self.strategy in ("sfa", "sfa+crs")
+        """Routing needs the target phrase; so does focus, on every path that applies it."""
+        if self.strategy in ("sfa", "sfa+crs"):
+            return True
+        return self.crs_focus if self.strategy == "crs" else self.focus
 
     def updated(self, **settings: Any) -> "Configuration":
         """These settings with ``settings`` changed, checked and coerced like ``load``'s (no file, no environment)."""

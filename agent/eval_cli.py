@@ -56,6 +56,7 @@ def evaluate(
     image_root: Optional[Path] = typer.Option(None, "--image-root", help="Folder the annotations' file names are in."),
     split: Optional[str] = typer.Option(None, "--split", help="gRefCOCO split (grefcoco only), e.g. val."),
     output: Path = typer.Option(..., "--output", help="Run folder: predictions, settings, metrics and report."),
+    profile: opt.Profile = None,
     strategy: opt.Strategy = None,
     focus: opt.Focus = None,
     allow_none: opt.AllowNone = None,
@@ -66,6 +67,7 @@ def evaluate(
     adapter: opt.Adapter = None,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
+    detector_dtype: opt.DetectorDtype = None,
     max_pixels: opt.MaxPixels = None,
     config: opt.ConfigFile = None,
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N samples only."),
@@ -93,8 +95,8 @@ def evaluate(
 
     # Everything the user typed is checked before any model loads.
     settings = Configuration.load(
-        config, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi, detector=detector, mllm=mllm,
-        llm=llm, adapter=adapter, device=device, dtype=dtype, max_pixels=max_pixels,
+        config, profile=profile, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi, detector=detector, mllm=mllm,
+        llm=llm, adapter=adapter, device=device, dtype=dtype, detector_dtype=detector_dtype, max_pixels=max_pixels,
         cache_dir=None if cache_dir is None else str(cache_dir),
     )  # fmt: skip
     part = Shard.parse(shard) if shard is not None else Shard.from_environment()

@@ -12,9 +12,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tools import boxes as box_ops
 from tools.detections import Detections
 from tools.errors import ModelOutputError
-from tools.routing import RoutingThresholds, count_instances, difficulty_level
+from tools.mllm.selection import MIN_OPTION_MASS
+from tools.routing import count_instances, crs_candidates, difficulty_level
 
 from .backends import Backends
 from .configuration import Configuration
@@ -50,25 +52,38 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
         (detections,), memo = detect_all(state, [(text, span)])
         return detections, memo
 
+    behaviour = config.behaviour
+
     def focus_span(state: AgentState) -> tuple[int, int] | None:
         return state.get("target_span") if config.focus else None
+
+    def crs_span(state: AgentState) -> tuple[int, int] | None:
+        return state.get("target_span") if config.crs_focus else None
+
+    def target_words(state: AgentState) -> str | None:
+        """The target as routing and the focus prompt name it."""
+        return state.get("target_answer") if behaviour.verbatim_target else state.get("target")
 
     def extract_target(state: AgentState) -> dict[str, Any]:
         target, fallback = backends.extract(state["expression"])
         update: dict[str, Any] = {"target": target.phrase, "target_span": target.span, "target_source": target.source}
+        # The extractor's own words ("this tree." where the expression says "This tree"), which
+        # the authors' scripts pass on verbatim; the heuristic has no words of its own.
+        answer = target.answer if target.source == "model" and target.answer and target.answer.strip() else None
+        update["target_answer"] = answer or target.phrase
         if fallback:
             update["fallbacks"] = [fallback]
         return update
 
     def route(state: AgentState) -> dict[str, Any]:
-        queries = [(state["target"], None)]
+        queries = [(target_words(state), None)]
         if config.strategy == "sfa+crs":
             # Both paths after routing need the full expression too: one batched detector call
-            # (it saves a round trip, not the image backbone, which runs once per text).
+            # (the image backbone runs once for both texts).
             queries.append((state["expression"], focus_span(state)))
+            queries.append((state["expression"], crs_span(state)))
         (detections, *_), memo = detect_all(state, queries)
-        thresholds = RoutingThresholds(config.router_top_k, config.router_score_threshold, config.router_iou_threshold)
-        count = count_instances(detections, thresholds)
+        count = count_instances(detections, config.routing)
         return {"instance_count": count, "level": difficulty_level(count), "detector_memo": memo}
 
     def specialist(state: AgentState) -> dict[str, Any]:
@@ -76,15 +91,17 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
         return {"path": "specialist", "answer": detections.sorted(), "detector_memo": memo}
 
     def mllm_ground(state: AgentState) -> dict[str, Any]:
-        focus = state.get("target") if config.focus else None
+        focus = target_words(state) if config.focus else None
         update: dict[str, Any] = {"path": "mllm"}
         try:
-            answer = backends.ground(state["image"], state["expression"], focus).sorted()
+            # In the order the model wrote them: its first box is its answer.
+            answer = backends.ground(state["image"], state["expression"], focus)
         except ModelOutputError as error:
             answer = Detections.empty()
             update["fallbacks"] = [f"the MLLM's answer was unusable: {error}"]
         update["answer"] = answer
-        if len(answer) == 0 and config.uses_detector and not config.allow_none:
+        fallback = behaviour.grounding_fallback and config.uses_detector and not config.allow_none
+        if len(answer) == 0 and fallback:
             # The MLLM wrote no usable box: the specialist's best box is the documented fallback.
             detections, memo = detect(state, state["expression"], focus_span(state))
             update.update(answer=detections.sorted()[:1], detector_memo=memo)
@@ -93,11 +110,18 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
         return update
 
     def crs(state: AgentState) -> dict[str, Any]:
-        detections, memo = detect(state, state["expression"], focus_span(state))
-        candidates = detections.top_k(config.crs_top_k).nms(config.crs_iou_threshold)
+        detections, memo = detect(state, state["expression"], crs_span(state))
+        candidates = crs_candidates(detections, state["image"].size, config.crs_rule,
+                                    drop_empty=behaviour.drop_empty_candidates)
         update: dict[str, Any] = {"path": "crs", "candidates": candidates, "detector_memo": memo}
         try:
-            update["selection"] = backends.select(state["image"], state["expression"], candidates, config.allow_none)
+            selection = backends.select(state["image"], state["expression"], candidates, config.allow_none)
+            update["selection"] = selection
+            if selection.option_mass is not None and selection.option_mass < MIN_OPTION_MASS:
+                update["fallbacks"] = [
+                    f"the option letters had only {selection.option_mass:.0%} of the MLLM's next-token probability "
+                    "(it wanted to write something else); the choice among them stands"
+                ]
         except ModelOutputError as error:
             # No option could be read: the specialist's best candidate answers instead.
             update.update(selection=None, answer=candidates[:1])
@@ -119,17 +143,20 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
 
 
 def finish_boxes(answer: Detections, config: Configuration, threshold: float) -> Detections:
-    """Apply the generalized-REC policy to a specialist or MLLM answer (sorted, best first).
+    """Apply the generalized-REC policy to a specialist answer (best first) or an MLLM answer
+    (in the order written); either way the first box is the answer.
 
-    ``allow_none``: boxes below ``threshold`` do not count, so an unsure answer is
-    "no target". ``multi``: every distinct box above ``threshold`` is kept (at least
-    the best one unless ``allow_none``); otherwise only the best box.
+    Without ``multi`` only the first box is kept, and with ``allow_none`` only if its
+    score reaches ``threshold`` (an unsure answer is "no target"). With ``multi`` every
+    distinct box reaching ``threshold`` is kept, in the answer's order (at least the first
+    one unless ``allow_none``).
     """
-    confident = answer.above(threshold) if config.allow_none else answer
-    if config.multi:
-        kept = confident.above(threshold).nms(config.crs_iou_threshold)
-        return kept if len(kept) or config.allow_none else confident[:1]
-    return confident[:1]
+    if not config.multi:
+        first = answer[:1]
+        return first.above(threshold) if config.allow_none else first
+    confident = answer.above(threshold)
+    kept = confident[np.sort(box_ops.nms(confident.boxes, confident.scores, config.crs_iou_threshold))]
+    return kept if len(kept) or config.allow_none else answer[:1]
 
 
 def finish_selection(selection, config: Configuration) -> Detections:

@@ -15,6 +15,7 @@ SERVE_PACKAGES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart"
 
 
 def serve(
+    profile: opt.Profile = None,
     strategy: opt.Strategy = None,
     focus: opt.Focus = None,
     allow_none: opt.AllowNone = None,
@@ -27,6 +28,7 @@ def serve(
         None, "--device", help="auto, cpu, cuda or cuda:N; repeat for one model copy and queue per GPU."
     ),
     dtype: opt.Dtype = None,
+    detector_dtype: opt.DetectorDtype = None,
     max_pixels: opt.MaxPixels = None,
     config: opt.ConfigFile = None,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 serves the whole network."),
@@ -55,8 +57,8 @@ def serve(
     from tools.devices import resolve_device
 
     settings = Configuration.load(
-        config, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi, detector=detector, mllm=mllm,
-        llm=llm, adapter=adapter, dtype=dtype, max_pixels=max_pixels,
+        config, profile=profile, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi, detector=detector, mllm=mllm,
+        llm=llm, adapter=adapter, dtype=dtype, detector_dtype=detector_dtype, max_pixels=max_pixels,
     )  # fmt: skip
     devices = [str(resolve_device(name)) for name in (device or [settings.device])]
     if len(set(devices)) != len(devices):

@@ -24,6 +24,7 @@ class AgentState(TypedDict, total=False):
     target: str | None
     target_span: tuple[int, int] | None
     target_source: str | None  # "model" (an extractor's answer, plug-ins included) or "heuristic"
+    target_answer: str | None  # the extractor's own words for the target (``target`` when it has none)
     # Routing (SFA)
     instance_count: int | None
     level: int | None

@@ -3,9 +3,8 @@
 For each expression the specialist's candidates are its top-10 boxes on the full expression,
 computed with a detector or read from a candidates file: JSON Lines ``{"id", "boxes",
 "scores"}``, the predictions-file format (:func:`tools.evaluation.read_predictions`), ``id``
-being the dataset's sample id. The options are then built exactly as CRS builds them at
-inference (``Detections.top_k(top_k).nms(nms_iou)``, boxes clipped to the image first, empty
-boxes dropped), and shuffled.
+being the dataset's sample id. The options are then built by the function CRS builds them
+with at inference (``tools.routing.crs_candidates``, under the same ``profile``), and shuffled.
 
 Decisions (each drop is counted under its reason, see ``DROP_REASONS``):
 
@@ -55,6 +54,8 @@ from tools.evaluation import Prediction, PredictionWriter, read_predictions
 # The predictions writer's torn-last-line repair serves the samples file just as well.
 from tools.images import load_image
 from tools.mllm.crs import option_letters
+from tools.profiles import get_profile
+from tools.routing import CRS_CANDIDATES, RoutingThresholds, crs_candidates
 
 from .samples import CRSSample, export_llama_factory, read_samples
 
@@ -90,8 +91,9 @@ class BuildConfig:
     candidates_file: str | None = None
     positives: int | None = None  # None: every usable positive
     negatives: int | None = 0  # None: every usable negative
-    top_k: int = 5
-    nms_iou: float = 0.7
+    top_k: int = CRS_CANDIDATES.top_k
+    nms_iou: float = CRS_CANDIDATES.iou_threshold
+    profile: str = "default"
     min_iou: float = 0.5
     seed: int = 0
     none_option: bool | None = None  # None: on exactly when negatives are included
@@ -185,9 +187,9 @@ def make_crs_sample(sample: Sample, candidates: Detections, image_size: tuple[in
     """
     if len(sample.boxes) > 1:
         raise SampleDropped(MULTI_TARGET)
-    usable = candidates.clip(*image_size)
-    usable = usable[box_ops.is_valid(usable.boxes)]
-    options = usable.top_k(config.top_k).nms(config.nms_iou)
+    profile = get_profile(config.profile)
+    rule = RoutingThresholds(config.top_k, CRS_CANDIDATES.score_threshold, config.nms_iou, profile.nms)
+    options = crs_candidates(candidates, image_size, rule, drop_empty=profile.drop_empty_candidates)
     if not len(options):
         raise SampleDropped(NO_CANDIDATES)
     meta: dict[str, Any] = {"level": sample.level} if sample.level is not None else {}
@@ -346,6 +348,7 @@ def _result_settings(config: BuildConfig) -> dict[str, Any]:
 
 
 def _check_config(config: BuildConfig) -> None:
+    get_profile(config.profile)
     if (config.detector is None) == (config.candidates_file is None):
         raise UserInputError("give either a detector or a candidates file")
     if config.top_k < 1 or config.top_k > DETECTOR_TOP_K:

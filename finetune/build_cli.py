@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from tools.errors import UserInputError
+from tools.profiles import PROFILES
+from tools.routing import CRS_CANDIDATES
 
 from .build import DROP_REASONS, REPORT_FILE, SAMPLES_FILE, BuildConfig, BuildReport
 
@@ -30,8 +32,10 @@ def finetune_data(
         None, "--positives", min=0, help="Positives to keep, drawn with --seed (paper: 10000); default: all."),
     negatives: int = typer.Option(
         0, "--negatives", min=0, help="Negatives / no-target samples to keep, answered None (paper: 2500)."),
-    top_k: int = typer.Option(5, "--top-k", help="Candidates offered before NMS (at most 10)."),
-    nms_iou: float = typer.Option(0.7, "--nms", help="NMS IoU over the candidates."),
+    top_k: int = typer.Option(CRS_CANDIDATES.top_k, "--top-k", help="Candidates offered before NMS (at most 10)."),
+    nms_iou: float = typer.Option(CRS_CANDIDATES.iou_threshold, "--nms", help="NMS IoU over the candidates."),
+    profile: str = typer.Option(
+        "default", "--profile", help=f"{' or '.join(PROFILES)}: how candidates are built, as CRS builds them."),
     min_iou: float = typer.Option(0.5, "--min-iou", help="Keep a positive when a candidate's IoU exceeds this."),
     seed: int = typer.Option(0, "--seed", help="Fixes which samples are drawn and how their options are shuffled."),
     none_option: Optional[bool] = typer.Option(
@@ -52,7 +56,7 @@ def finetune_data(
         dataset_format=dataset_format, annotations=str(annotations), output_dir=str(output_dir),
         image_root=str(image_root) if image_root else None, split=split, detector=detector,
         candidates_file=str(candidates) if candidates else None, positives=positives, negatives=negatives,
-        top_k=top_k, nms_iou=nms_iou, min_iou=min_iou, seed=seed, none_option=none_option,
+        top_k=top_k, nms_iou=nms_iou, profile=profile, min_iou=min_iou, seed=seed, none_option=none_option,
         dataset_name=dataset_name, prompts_dir=prompts_dir, device=device, dtype=dtype,
     )
     report = build_crs_data(config, progress=progress)

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from tools.errors import UserInputError
 from tools.images import load_image
-from tools.mllm.crs import letter_token_ids, option_probabilities
+from tools.mllm.crs import letter_distribution, letter_token_ids
+from tools.mllm.families import QWEN2_VL, QwenFamily
 from tools.mllm.qwen import pixel_budget  # the same default budget as inference
 
 from .samples import CRSSample, sample_conversation
@@ -51,11 +52,13 @@ class CRSCollator:
     """Turns a list of ``CRSSample`` into a ``CRSBatch`` (usable as a DataLoader ``collate_fn``).
 
     Images are loaded as at inference and resized by ``qwen_vl_utils`` within
-    ``min_pixels``/``max_pixels`` (default: the processor's budget, as ``QwenVL`` uses).
+    ``min_pixels``/``max_pixels`` (default: the processor's budget, as ``QwenVL`` uses); the
+    options are written in ``family``'s box language, as ``QwenVL.select`` writes them.
     """
 
     def __init__(self, processor, *, min_pixels: int | None = None, max_pixels: int | None = None,
-                 prompts_dir: str | None = None) -> None:
+                 prompts_dir: str | None = None, family: QwenFamily = QWEN2_VL) -> None:
+        self.family = family
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
@@ -79,7 +82,8 @@ class CRSCollator:
                 raise UserInputError(f"sample {sample.id!r}: image {sample.image} is {picture.size[0]}x"
                                      f"{picture.size[1]}, but its image_size says {sample.image_size}")
             conversation = sample_conversation(sample, picture, min_pixels=self.min_pixels,
-                                               max_pixels=self.max_pixels, prompts_dir=self.prompts_dir)
+                                               max_pixels=self.max_pixels, prompts_dir=self.prompts_dir,
+                                               family=self.family, patch_size=self.patch_size)
             prompt, answer = self._split_answer(conversation, sample)
             conversations.append(conversation)
             texts.append(prompt + answer)
@@ -154,6 +158,6 @@ def option_hits(logits: torch.Tensor, batch: CRSBatch) -> list[bool]:
     """
     letter_logits = logits[:, 0]
     return [
-        int(np.argmax(option_probabilities(letter_logits[row], batch.option_token_ids[row]))) == answer
+        int(np.argmax(letter_distribution(letter_logits[row], batch.option_token_ids[row]))) == answer
         for row, answer in enumerate(batch.answer_options)
     ]

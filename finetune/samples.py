@@ -31,6 +31,7 @@ from tools.files import write_atomically
 from tools.detections import Detections
 from tools.errors import UserInputError
 from tools.mllm.crs import crs_prompt, option_letters
+from tools.mllm.families import QWEN2_VL, QwenFamily
 
 REQUIRED_FIELDS = ("id", "image", "expression", "candidates", "image_size", "allow_none", "answer")
 OPTIONAL_FIELDS = ("meta",)
@@ -66,10 +67,17 @@ class CRSSample:
         boxes = np.asarray(self.candidates, dtype=np.float64).reshape(-1, 4)
         return Detections(boxes, np.ones(len(boxes)))
 
-    def prompt(self, prompts_dir: str | None = None) -> str:
-        """The CRS question text, identical to what ``QwenVL.select`` sends."""
+    def prompt(
+        self,
+        prompts_dir: str | None = None,
+        *,
+        family: QwenFamily = QWEN2_VL,
+        input_size: tuple[int, int] | None = None,
+    ) -> str:
+        """The CRS question text, identical to what ``QwenVL.select`` sends a model of ``family``
+        (default Qwen2-VL, the authors' format); ``input_size`` as for ``crs_prompt``."""
         text, _ = crs_prompt(self.expression, self.detections(), self.image_size, self.allow_none,
-                             prompts_dir=prompts_dir)
+                             family=family, input_size=input_size, prompts_dir=prompts_dir)
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,20 +199,27 @@ def sample_conversation(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     prompts_dir: str | None = None,
+    family: QwenFamily = QWEN2_VL,
+    patch_size: int | None = None,
 ) -> list[dict]:
     """The chat turns of ``sample``: user = image + CRS question, assistant = the answer letter.
 
     The user turn has the layout of ``QwenVL.select`` (image item with its pixel budget, then
-    the text), so ``qwen_vl_utils.process_vision_info`` resizes the image the same way.
-    ``image`` defaults to the sample's path.
+    the text), so ``qwen_vl_utils.process_vision_info`` resizes the image the same way, and
+    the options are written in ``family``'s box language (for Qwen2.5-VL in pixels of the
+    input resized within the budget and ``patch_size``). ``image`` defaults to the sample's path.
     """
+    input_size = None
+    if family.needs_input_size:
+        input_size = family.input_size(sample.image_size, min_pixels, max_pixels, patch_size)
     image_item: dict[str, Any] = {"type": "image", "image": sample.image if image is None else image}
     if min_pixels is not None:
         image_item["min_pixels"] = min_pixels
     if max_pixels is not None:
         image_item["max_pixels"] = max_pixels
     return [
-        {"role": "user", "content": [image_item, {"type": "text", "text": sample.prompt(prompts_dir)}]},
+        {"role": "user", "content": [image_item, {"type": "text", "text": sample.prompt(
+            prompts_dir, family=family, input_size=input_size)}]},
         {"role": "assistant", "content": [{"type": "text", "text": sample.answer}]},
     ]
 

@@ -168,7 +168,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     eval_samples = read_samples(config.eval_file) if config.eval_file else []
     model, processor, trainable = _lora_model(config, weights_dtype)
     collator = CRSCollator(processor, min_pixels=config.min_pixels, max_pixels=config.max_pixels,
-                           prompts_dir=config.prompts_dir)
+                           prompts_dir=config.prompts_dir, family=family_for_model(model.config.model_type))
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
 

@@ -4,7 +4,8 @@ Every function takes and returns ``numpy`` arrays of shape ``(N, 4)`` (or ``(4,)
 for a single box where noted) in float64, so results do not depend on the caller's
 dtype. Pixel boxes are ``xyxy`` with the origin at the top-left corner; ``x2``/``y2``
 are exclusive edges, so a box covering the whole image is ``(0, 0, width, height)``.
-IoU, generalized IoU and NMS delegate to ``torchvision.ops``.
+IoU, generalized IoU and NMS delegate to ``torchvision.ops``; ``opencv_nms`` reproduces, in
+numpy, how the authors' scripts call OpenCV's NMS (see there).
 """
 
 from __future__ import annotations
@@ -135,6 +136,45 @@ def nms(boxes, scores, iou_threshold: float) -> np.ndarray:
     rank_scores = torch.arange(len(order), 0, -1, dtype=torch.float64)
     kept = torchvision.ops.nms(torch.tensor(b[order]), rank_scores, float(iou_threshold))
     return order[np.sort(kept.numpy())]
+
+
+def opencv_nms(boxes, scores, score_threshold: float, iou_threshold: float) -> np.ndarray:
+    """``cv2.dnn.NMSBoxes(boxes, scores, score_threshold, iou_threshold)`` on ``xyxy`` boxes, as the
+    authors' routing and CRS scripts call it; indices of the kept boxes, best first.
+
+    OpenCV reads each box as ``(x, y, width, height)``, so ``(x1, y1, x2, y2)`` is taken for the
+    rectangle ``(x1, y1) .. (x1 + x2, y1 + y2)`` and overlaps are computed on those. As in
+    OpenCV's ``NMSFast_``: scores are float32; only scores strictly above ``score_threshold``
+    take part; they are visited in descending score order (a stable sort, so ties keep input
+    order); a box is dropped when its overlap (``1 - jaccardDistance``, computed in float64 and
+    compared as float32) with any kept box exceeds ``iou_threshold``. Two empty rectangles
+    overlap fully, as in OpenCV. The library's own NMS is :func:`nms` (true IoU).
+    """
+    b = as_boxes(boxes)
+    s = np.asarray(scores, dtype=np.float32).reshape(-1)
+    if len(s) != len(b):
+        raise ValueError(f"{len(b)} boxes but {len(s)} scores")
+    # OpenCV's rectangles: the corners the misread (x, y, w, h) describes.
+    rects = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+    areas = (b[:, 2] * b[:, 3]).clip(min=0)
+    candidates = np.flatnonzero(s > np.float32(score_threshold))
+    order = candidates[np.argsort(-s[candidates], kind="stable")]
+    threshold = np.float32(iou_threshold)
+    kept: list[int] = []
+    for index in order:
+        if kept:
+            others = np.array(kept)
+            width = np.minimum(rects[others, 2], rects[index, 2]) - np.maximum(rects[others, 0], rects[index, 0])
+            height = np.minimum(rects[others, 3], rects[index, 3]) - np.maximum(rects[others, 1], rects[index, 1])
+            empty = (width <= 0) | (height <= 0) | (areas[others] <= 0) | (areas[index] <= 0)
+            intersection = np.where(empty, 0.0, width * height)
+            total = areas[others] + areas[index]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                overlap = np.where(total <= np.finfo(np.float64).eps, 1.0, intersection / (total - intersection))
+            if (overlap.astype(np.float32) > threshold).any():
+                continue
+        kept.append(int(index))
+    return np.array(kept, dtype=np.int64)
 
 
 def _pairwise(op, boxes_a, boxes_b) -> np.ndarray:

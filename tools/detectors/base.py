@@ -27,6 +27,30 @@ class Detector(Protocol):
     def detect(self, image: Image.Image, text: str, focus: Span | None = None) -> Detections: ...
 
 
+# How a query is scored over the target's tokens with target focus: "mean", as mmdetection's
+# ``convert_grounding_to_cls_scores`` does for the authors' ``tokens_positive``, or "max".
+FOCUS_SCORES = ("mean", "max")
+
+
+def check_focus_score(focus_score: str) -> str:
+    if focus_score not in FOCUS_SCORES:
+        raise UserInputError(f"unknown focus_score {focus_score!r}; choose one of {', '.join(FOCUS_SCORES)}")
+    return focus_score
+
+
+def query_scores(token_probs, score_tokens: list[int] | None, focus_score: str = "mean"):
+    """Each query's score from its sigmoid probabilities over the caption's tokens, ``(queries, tokens)``.
+
+    Without focus (``score_tokens`` is ``None``) the highest probability over every token,
+    as transformers' post-processing and mmdetection (``tokens_positive=-1``) report; with
+    focus the ``focus_score`` of the probabilities over the focus tokens.
+    """
+    if score_tokens is None:
+        return token_probs.max(dim=-1).values
+    focused = token_probs[:, score_tokens]
+    return focused.mean(dim=-1) if focus_score == "mean" else focused.max(dim=-1).values
+
+
 def check_text(text: str, focus: Span | None = None) -> None:
     """Raise ``UserInputError`` for an empty text or a focus span that is not inside it."""
     if not isinstance(text, str) or not text.strip():

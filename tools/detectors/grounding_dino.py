@@ -12,7 +12,7 @@ from .. import boxes as box_ops
 from ..checkpoints import resolve_checkpoint
 from ..detections import Detections
 from ..devices import resolve_device, resolve_dtype
-from .base import Span, caption_and_focus_tokens, check_text
+from .base import Span, caption_and_focus_tokens, check_focus_score, check_text, query_scores
 
 # The paper's router and specialist: MM-Grounding-DINO large, "pretrain all".
 DEFAULT_DETECTOR = "openmmlab-community/mm_grounding_dino_large_all"
@@ -22,13 +22,18 @@ class GroundingDinoDetector:
     """A transformers ``GroundingDinoForObjectDetection`` or ``MMGroundingDinoForObjectDetection``.
 
     ``detect`` returns every query's box (``num_queries``, 900 for released models),
-    best first. The image backbone runs once per image (see
-    ``_share_backbone_across_repeated_image``): the last image's backbone outputs are kept. Without ``focus`` a query's score is its highest sigmoid logit over
-    all text tokens, exactly what transformers' ``post_process_grounded_object_detection``
-    reports; with ``focus`` only the tokens inside the focus span count.
+    best first, clipped to the image as mmdetection clips them. The image backbone runs
+    once per image (see ``_share_backbone_across_repeated_image``): the last image's
+    backbone outputs are kept. Without ``focus`` a query's score is its highest sigmoid
+    probability over all text tokens, exactly what transformers'
+    ``post_process_grounded_object_detection`` reports; with ``focus`` it is the mean of
+    its probabilities over the tokens of the focus span (``focus_score="mean"``, what
+    mmdetection computes for the authors' ``tokens_positive``), or their maximum
+    (``focus_score="max"``, ranking a multi-word target by its strongest word).
     """
 
-    def __init__(self, model, processor, *, max_detections: int | None = None):
+    def __init__(self, model, processor, *, max_detections: int | None = None, focus_score: str = "mean"):
+        self.focus_score = check_focus_score(focus_score)
         self.model = model.eval()
         _share_backbone_across_repeated_image(self.model)
         self.processor = processor
@@ -45,6 +50,7 @@ class GroundingDinoDetector:
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         max_detections: int | None = None,
+        focus_score: str = "mean",
     ) -> "GroundingDinoDetector":
         """Load a Hub id (e.g. ``IDEA-Research/grounding-dino-tiny``) or a local folder.
 
@@ -61,7 +67,7 @@ class GroundingDinoDetector:
         model = AutoModelForZeroShotObjectDetection.from_pretrained(
             source, revision=revision, cache_dir=cache_dir, dtype=torch_dtype
         ).to(torch_device)
-        return cls(model, processor, max_detections=max_detections)
+        return cls(model, processor, max_detections=max_detections, focus_score=focus_score)
 
     @property
     def device(self) -> torch.device:
@@ -89,11 +95,10 @@ class GroundingDinoDetector:
         logits, pred_boxes = self._forward(image, [caption for caption, _ in captions])
         probs = torch.sigmoid(logits.float())
         xyxy = box_ops.scale_boxes(box_ops.cxcywh_to_xyxy(pred_boxes.reshape(-1, 4)), image.width, image.height)
-        xyxy = xyxy.reshape(len(texts), -1, 4)
+        xyxy = box_ops.clip_boxes(xyxy, image.width, image.height).reshape(len(texts), -1, 4)
         results = []
         for row, (_, score_tokens) in enumerate(captions):
-            token_probs = probs[row] if score_tokens is None else probs[row][:, score_tokens]
-            scores = token_probs.max(dim=-1).values.numpy()
+            scores = query_scores(probs[row], score_tokens, self.focus_score).numpy()
             detections = Detections(xyxy[row], scores).sorted()
             results.append(detections if self.max_detections is None else detections[: self.max_detections])
         return results

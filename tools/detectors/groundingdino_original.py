@@ -22,7 +22,7 @@ from ..checkpoints import resolve_checkpoint
 from ..detections import Detections
 from ..devices import resolve_device
 from ..errors import CheckpointNotFoundError, UserInputError
-from .base import Span, caption_and_focus_tokens, check_text
+from .base import Span, caption_and_focus_tokens, check_focus_score, check_text, query_scores
 
 INSTALL_HINT = "pip install 'rex-agent[groundingdino]'"
 # The image normalisation and resize of groundingdino.util.inference.load_image.
@@ -52,14 +52,17 @@ class OriginalGroundingDinoDetector:
     """An IDEA ``GroundingDINO`` model built by ``groundingdino-py`` from its config file.
 
     Scoring matches ``GroundingDinoDetector``: without ``focus`` a query's score is its
-    highest sigmoid logit over all text tokens (what the package's ``predict`` reports);
-    with ``focus`` only the tokens inside the focus span count. ``detect`` returns every
-    query's box (900 for the released models), best first.
+    highest sigmoid probability over all text tokens (what the package's ``predict``
+    reports); with ``focus`` the ``focus_score`` ("mean" or "max") over the focus span's
+    tokens. ``detect`` returns every query's box (900 for the released models), best
+    first, clipped to the image.
     """
 
-    def __init__(self, model, *, image_size: int = 800, max_image_size: int = 1333, max_detections: int | None = None):
+    def __init__(self, model, *, image_size: int = 800, max_image_size: int = 1333, max_detections: int | None = None,
+                 focus_score: str = "mean"):
         """``image_size``/``max_image_size``: the shorter/longer side the image is resized to."""
         _import_groundingdino()
+        self.focus_score = check_focus_score(focus_score)
         from groundingdino.datasets import transforms
 
         self.model = model.eval()
@@ -85,6 +88,7 @@ class OriginalGroundingDinoDetector:
         image_size: int = 800,
         max_image_size: int = 1333,
         max_detections: int | None = None,
+        focus_score: str = "mean",
     ) -> "OriginalGroundingDinoDetector":
         """Load a ``.pth`` checkpoint with its config (default: the package's SwinT OGC one).
 
@@ -126,7 +130,8 @@ class OriginalGroundingDinoDetector:
                 f"{len(missing)} weights missing from {checkpoint.name} stay random, e.g. {missing[:3]}", stacklevel=2
             )
         model.to(resolve_device(device))
-        return cls(model, image_size=image_size, max_image_size=max_image_size, max_detections=max_detections)
+        return cls(model, image_size=image_size, max_image_size=max_image_size, max_detections=max_detections,
+                   focus_score=focus_score)
 
     @property
     def device(self) -> torch.device:
@@ -140,8 +145,7 @@ class OriginalGroundingDinoDetector:
         with torch.inference_mode():
             outputs = self.model(pixels[None].to(self.device), captions=[caption])
         probs = outputs["pred_logits"][0].float().sigmoid().cpu()
-        if score_tokens is not None:
-            probs = probs[:, score_tokens]
         xyxy = box_ops.scale_boxes(box_ops.cxcywh_to_xyxy(outputs["pred_boxes"][0]), image.width, image.height)
-        detections = Detections(xyxy, probs.max(dim=-1).values.numpy()).sorted()
+        xyxy = box_ops.clip_boxes(xyxy, image.width, image.height)
+        detections = Detections(xyxy, query_scores(probs, score_tokens, self.focus_score).numpy()).sorted()
         return detections if self.max_detections is None else detections[: self.max_detections]

@@ -1,6 +1,10 @@
 """Candidate Region Selection: the multiple-choice prompt and option probabilities.
 
-Shared by every MLLM backend so the option list reads the same to every model.
+Shared by every MLLM backend and the instruction-data builder, so the question reads the
+same everywhere. The text is the authors' (``CRS/region_selection_{pos,neg}.py``): the
+question, one line per option, then ``Answer with the option's letter from the given
+choices directly.``, followed on the same line by the "None" sentence when it is offered.
+Options are written in the MLLM family's own box language (``QwenFamily.option_boxes``).
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ import torch
 
 from prompts import render_prompt
 
-from .. import boxes as box_ops
 from ..detections import Detections
 from ..errors import UserInputError
+from .families import QWEN2_VL, QwenFamily
 
 LETTERS = string.ascii_uppercase
 NONE_OPTION = "None"
@@ -29,28 +33,26 @@ def option_letters(num_candidates: int, allow_none: bool = False) -> list[str]:
     return list(LETTERS[:count])
 
 
-def format_box(box_qwen: Sequence[int]) -> str:
-    """The Qwen2-VL box text ``(x1,y1),(x2,y2)`` for 0..1000 integer coordinates."""
-    x1, y1, x2, y2 = (int(v) for v in box_qwen)
-    return f"({x1},{y1}),({x2},{y2})"
-
-
 def crs_prompt(
     expression: str,
     candidates: Detections,
     image_size: tuple[int, int],
     allow_none: bool = False,
     *,
+    family: QwenFamily = QWEN2_VL,
+    input_size: tuple[int, int] | None = None,
     prompts_dir: str | None = None,
 ) -> tuple[str, list[str]]:
     """The CRS question for ``candidates`` on an image of ``image_size`` ``(w, h)``.
 
-    Returns the prompt text and the option letters, candidates first in their given
-    order, then the "None" option when ``allow_none``.
+    Boxes are written as ``family`` writes them (default Qwen2-VL: ``(x1,y1),(x2,y2)`` in
+    ``round(v / size * 1000)``, the authors' text); a family answering in pixels of the
+    resized input (Qwen2.5-VL) needs that ``input_size``. Returns the prompt text and the
+    option letters, candidates first in their given order, then "None" when ``allow_none``.
     """
     letters = option_letters(len(candidates), allow_none)
-    coords = box_ops.pixels_to_qwen(candidates.boxes, *image_size)
-    lines = [f"{letter}. {format_box(box)}" for letter, box in zip(letters, coords)]
+    boxes = family.option_boxes(candidates.boxes, image_size, input_size) if len(candidates) else []
+    lines = [f"{letter}. {box}" for letter, box in zip(letters, boxes)]
     return _question("crs_select", expression, lines, letters, allow_none, prompts_dir), letters
 
 
@@ -68,7 +70,7 @@ def _question(template, expression, candidate_lines, letters, allow_none, prompt
     lines = list(candidate_lines)
     if allow_none:
         lines.append(f"{letters[-1]}. {NONE_OPTION}")
-    none_instruction = render_prompt("crs_none_instruction", prompts_dir) + "\n" if allow_none else ""
+    none_instruction = render_prompt("crs_none_instruction", prompts_dir) if allow_none else ""
     return render_prompt(
         template, prompts_dir, expression=expression, options="\n".join(lines), none_instruction=none_instruction
     )
@@ -97,7 +99,7 @@ def letter_token_ids(tokenizer, letters: Sequence[str]) -> list[list[int]]:
     return ids_per_letter
 
 
-def option_probabilities(logits: torch.Tensor, ids_per_letter: Sequence[Sequence[int]]) -> np.ndarray:
+def letter_distribution(logits: torch.Tensor, ids_per_letter: Sequence[Sequence[int]]) -> np.ndarray:
     """Softmax over the options from next-token ``logits`` of shape ``(vocab,)``.
 
     An option's logit is the log-sum-exp over its spellings, so the mass of ``"A"``
@@ -106,3 +108,17 @@ def option_probabilities(logits: torch.Tensor, ids_per_letter: Sequence[Sequence
     logits = logits.detach().to(torch.float64)
     option_logits = torch.stack([torch.logsumexp(logits[list(ids)], dim=0) for ids in ids_per_letter])
     return torch.softmax(option_logits, dim=0).cpu().numpy()
+
+
+def letter_mass(logits: torch.Tensor, ids_per_letter: Sequence[Sequence[int]]) -> float:
+    """Total probability of every spelling of every option letter under the full softmax of ``logits``."""
+    logprobs = torch.log_softmax(logits.detach().to(torch.float64), dim=-1)
+    ids = sorted({token for spellings in ids_per_letter for token in spellings})
+    return float(torch.logsumexp(logprobs[ids], dim=0).exp())
+
+
+def bare_letter_logprobs(logits: torch.Tensor, ids_per_letter: Sequence[Sequence[int]]) -> list[float]:
+    """Each option's bare letter token (its first spelling, ``"A"``) log-probability under the
+    full softmax of ``logits``: what the authors' scripts read (``none_prob_norm``)."""
+    logprobs = torch.log_softmax(logits.detach().to(torch.float64), dim=-1)
+    return [float(logprobs[ids[0]]) for ids in ids_per_letter]

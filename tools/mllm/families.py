@@ -1,12 +1,15 @@
 """Qwen VL families: each one's grounding prompt and box convention, in one place.
 
-=============  ==============================================  ===============================
-family         answer                                          coordinates
-=============  ==============================================  ===============================
-Qwen2-VL       ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>``     integers 0..1000, relative
-Qwen2.5-VL     ``[{"bbox_2d": [x1, y1, x2, y2], "label": ..}]``  pixels of the *resized* input
-Qwen3-VL       same JSON as Qwen2.5-VL                         0..1000, relative
-=============  ==============================================  ===============================
+=============  ==============================================  ===============================  ======================
+family         answer                                          coordinates                      CRS option box
+=============  ==============================================  ===============================  ======================
+Qwen2-VL       ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>``     integers 0..1000, relative       ``(x1,y1),(x2,y2)``
+Qwen2.5-VL     ``[{"bbox_2d": [x1, y1, x2, y2], "label": ..}]``  pixels of the *resized* input  ``[x1, y1, x2, y2]``
+Qwen3-VL       same JSON as Qwen2.5-VL                         0..1000, relative                ``[x1, y1, x2, y2]``
+=============  ==============================================  ===============================  ======================
+
+A CRS option is written in the family's own box language and coordinates, so a model reads
+each candidate as it would write it; Qwen2-VL's is the authors' text exactly.
 
 Sources: Qwen2-VL as in the paper's reference code (REFERENCE.md §1). Qwen2.5-VL: the
 prompt follows its spatial-understanding cookbook ("Locate the top right brown cake,
@@ -89,10 +92,17 @@ class ParsedAnswer:
     def __len__(self) -> int:
         return len(self.spans)
 
-    def to_detections(self, confidence: "BoxConfidence | None" = None, default_label: str | None = None) -> Detections:
+    def to_detections(
+        self,
+        confidence: "BoxConfidence | None" = None,
+        default_label: str | None = None,
+        raw: "BoxConfidence | None" = None,
+    ) -> Detections:
         """Detections in answer order, scored by mean token probability.
 
         Without ``confidence`` (a server that returns no log-probabilities) every score is 1.
+        ``raw``, the same measures from other logits (a local model's raw ones), goes into
+        ``data`` as ``raw_mean_prob``, ``raw_prob_product``, ``raw_mean_logit``.
         Missing labels become ``default_label`` (typically the expression).
         """
         if confidence is None:
@@ -100,6 +110,8 @@ class ParsedAnswer:
         else:
             scores = confidence.mean_prob
             data = {"prob_product": confidence.prob_product, "mean_logit": confidence.mean_logit}
+        if raw is not None:
+            data.update({f"raw_{name}": values for name, values in raw._asdict().items()})
         labels = None
         if default_label is not None or any(label is not None for label in self.labels):
             labels = [label if label is not None else default_label or "" for label in self.labels]
@@ -188,6 +200,17 @@ def find_json_boxes(text: str) -> list[WrittenBox]:
     return found
 
 
+def write_point_pair(box: Sequence[int]) -> str:
+    """Qwen2-VL's box text ``(x1,y1),(x2,y2)``."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    return f"({x1},{y1}),({x2},{y2})"
+
+
+def write_json_list(box: Sequence[int]) -> str:
+    """The JSON list ``[x1, y1, x2, y2]`` of a ``bbox_2d`` answer."""
+    return json.dumps([int(v) for v in box])
+
+
 @dataclass(frozen=True)
 class QwenFamily:
     """A Qwen VL generation: its grounding prompt, answer format and coordinate space."""
@@ -199,6 +222,7 @@ class QwenFamily:
     patch_size: int  # vision patch in pixels; the resize factor is patch_size * 2
     coordinates: str  # RELATIVE_1000 or INPUT_PIXELS
     find_boxes: Callable[[str], list[WrittenBox]] = field(repr=False)
+    write_box: Callable[[Sequence[int]], str] = field(repr=False)
 
     def grounding_prompt(self, expression: str, focus: str | None = None, prompts_dir: str | None = None) -> str:
         """The grounding question; with ``focus`` the target-focus sentence is appended."""
@@ -207,21 +231,48 @@ class QwenFamily:
             prompt += render_prompt("focus_suffix", prompts_dir, target=focus)
         return prompt
 
+    @property
+    def needs_input_size(self) -> bool:
+        """Whether boxes are written in pixels of the resized input (so its size must be known)."""
+        return self.coordinates == INPUT_PIXELS
+
     def input_size(
-        self, image_size: tuple[int, int], min_pixels: int | None = None, max_pixels: int | None = None
+        self,
+        image_size: tuple[int, int],
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        patch_size: int | None = None,
     ) -> tuple[int, int]:
         """``(w, h)`` of the model input after Qwen's ``smart_resize`` (pixel budget defaults as
-        in ``qwen_vl_utils``); what a server does to the image before the model sees it."""
+        in ``qwen_vl_utils``); what a server does to the image before the model sees it.
+        ``patch_size`` overrides the family's (a checkpoint's processor may say otherwise)."""
         from qwen_vl_utils import smart_resize
 
         width, height = image_size
+        factor = 2 * (patch_size or self.patch_size)
         try:
-            new_height, new_width = smart_resize(
-                height, width, factor=2 * self.patch_size, min_pixels=min_pixels, max_pixels=max_pixels
-            )
+            new_height, new_width = smart_resize(height, width, factor=factor, min_pixels=min_pixels,
+                                                 max_pixels=max_pixels)
         except (ValueError, AssertionError) as error:
             raise UserInputError(f"cannot resize a {width}x{height} image for {self.title}: {error}") from None
         return new_width, new_height
+
+    def option_boxes(
+        self, boxes, image_size: tuple[int, int], input_size: tuple[int, int] | None = None
+    ) -> list[str]:
+        """Pixel ``xyxy`` boxes of the original image as this family writes them (CRS options).
+
+        Coordinates are rounded and clipped to the coordinate range; ``input_size`` (the
+        resized input) is needed when the family answers in its pixels.
+        """
+        if self.needs_input_size:
+            if input_size is None:
+                raise ValueError(f"{self.title} reads boxes in pixels of the resized input: pass input_size")
+            resized = box_ops.resize_boxes(boxes, image_size, input_size)
+            native = np.round(box_ops.clip_boxes(resized, *input_size)).astype(np.int64)
+        else:
+            native = box_ops.pixels_to_qwen(boxes, *image_size)
+        return [self.write_box(box) for box in native]
 
     def parse_answer(
         self, text: str | None, image_size: tuple[int, int], input_size: tuple[int, int] | None = None
@@ -231,7 +282,7 @@ class QwenFamily:
         ``input_size`` ``(w, h)`` is the resized model input; Qwen2.5-VL needs it, the
         relative families ignore it. Raises ``ModelOutputError`` for any unusable ``text``.
         """
-        if self.coordinates == INPUT_PIXELS and input_size is None:
+        if self.needs_input_size and input_size is None:
             raise ValueError(f"{self.title} answers in pixels of the resized input: pass input_size")
         written = self.find_boxes(text or "")
         if not written:
@@ -252,12 +303,16 @@ class QwenFamily:
         )
 
 
-QWEN2_VL = QwenFamily("qwen2_vl", "Qwen2-VL", ("qwen2_vl",), "qwen2_vl_ground", 14, RELATIVE_1000, find_box_token_boxes)
+QWEN2_VL = QwenFamily(
+    "qwen2_vl", "Qwen2-VL", ("qwen2_vl",), "qwen2_vl_ground", 14, RELATIVE_1000, find_box_token_boxes, write_point_pair
+)
 QWEN2_5_VL = QwenFamily(
-    "qwen2_5_vl", "Qwen2.5-VL", ("qwen2_5_vl",), "qwen2_5_vl_ground", 14, INPUT_PIXELS, find_json_boxes
+    "qwen2_5_vl", "Qwen2.5-VL", ("qwen2_5_vl",), "qwen2_5_vl_ground", 14, INPUT_PIXELS, find_json_boxes,
+    write_json_list,
 )
 QWEN3_VL = QwenFamily(
-    "qwen3_vl", "Qwen3-VL", ("qwen3_vl", "qwen3_vl_moe"), "qwen3_vl_ground", 16, RELATIVE_1000, find_json_boxes
+    "qwen3_vl", "Qwen3-VL", ("qwen3_vl", "qwen3_vl_moe"), "qwen3_vl_ground", 16, RELATIVE_1000, find_json_boxes,
+    write_json_list,
 )
 FAMILIES: dict[str, QwenFamily] = {family.name: family for family in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL)}
 

@@ -32,7 +32,7 @@ from ..drawing import draw_detections
 from ..errors import ModelOutputError, RemoteServiceError, UserInputError
 from ..images import load_image
 from .crs import NONE_OPTION, crs_marks_prompt, crs_prompt, option_letters
-from .families import INPUT_PIXELS, box_token_confidence, get_family
+from .families import box_token_confidence, get_family
 from .selection import Selection
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -189,10 +189,7 @@ class OpenAICompatibleMLLM:
         choice = response.choices[0]
         tokens = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
         text = "".join(token.token for token in tokens) if tokens else choice.message.content
-        input_size = None
-        if self.family.coordinates == INPUT_PIXELS:
-            input_size = self.family.input_size(image.size, self.min_pixels, self.max_pixels)
-        parsed = self.family.parse_answer(text, image.size, input_size)
+        parsed = self.family.parse_answer(text, image.size, self._input_size(image))
         confidence = None
         if tokens:
             confidence = box_token_confidence(
@@ -208,6 +205,9 @@ class OpenAICompatibleMLLM:
         With fewer than two options there is nothing to ask and no request is sent.
         Without usable logprobs (none returned, or no option letter among the top
         tokens) the reply text decides, one-hot; ``ModelOutputError`` when it names no option.
+        With logprobs the selection also records ``option_mass`` (the option letters' share
+        of the listed probability) and ``letter_logprobs`` (each bare letter's log-probability
+        as the server reports it; ``nan`` when not among the top tokens).
         """
         image = load_image(image)
         letters = option_letters(len(candidates), allow_none)
@@ -217,19 +217,28 @@ class OpenAICompatibleMLLM:
             prompt, letters = crs_marks_prompt(expression, len(candidates), allow_none, prompts_dir=self.prompts_dir)
             image = draw_marks(image, candidates, letters)
         else:
-            prompt, letters = crs_prompt(expression, candidates, image.size, allow_none, prompts_dir=self.prompts_dir)
+            prompt, letters = crs_prompt(expression, candidates, image.size, allow_none, family=self.family,
+                                         input_size=self._input_size(image), prompts_dir=self.prompts_dir)
         response = self.client.create(
             **self._request(image, prompt), max_tokens=1, logprobs=True, top_logprobs=TOP_LOGPROBS
         )
         choice = response.choices[0]
         steps = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
-        probabilities = None
+        probabilities, statistics = None, {}
         if steps:
-            probabilities = option_probabilities([(t.token, t.logprob) for t in steps[0].top_logprobs], letters)
+            top = [(t.token, t.logprob) for t in steps[0].top_logprobs]
+            probabilities = option_probabilities(top, letters)
+            statistics = letter_statistics(top, letters)
         if probabilities is None:
             chosen = parse_option_letter(choice.message.content or "", letters, allow_none)
             probabilities = np.eye(len(letters))[letters.index(chosen)]
-        return Selection(candidates, letters, probabilities, allow_none)
+        return Selection(candidates, letters, probabilities, allow_none, **statistics)
+
+    def _input_size(self, image: Image.Image) -> tuple[int, int] | None:
+        """The resized input's size when the family writes boxes in its pixels, else ``None``."""
+        if not self.family.needs_input_size:
+            return None
+        return self.family.input_size(image.size, self.min_pixels, self.max_pixels)
 
     def _request(self, image: Image.Image, prompt: str) -> dict[str, Any]:
         content = [
@@ -271,7 +280,7 @@ def option_probabilities(top_logprobs: Sequence[tuple[str, float]], letters: Seq
     mass = np.zeros(len(letters))
     probabilities = [math.exp(logprob) for _, logprob in top_logprobs]
     for (token, _), probability in zip(top_logprobs, probabilities):
-        option = index.get(token.replace("Ġ", " ").replace("▁", " ").strip())
+        option = index.get(_bare(token))
         if option is not None:
             mass[option] += probability
     if not mass.any():
@@ -281,6 +290,18 @@ def option_probabilities(top_logprobs: Sequence[tuple[str, float]], letters: Seq
         leftover = max(0.0, 1.0 - sum(probabilities))
         mass[missing] = min(leftover / missing.sum(), min(probabilities))
     return mass / mass.sum()
+
+
+def letter_statistics(top_logprobs: Sequence[tuple[str, float]], letters: Sequence[str]) -> dict[str, Any]:
+    """``option_mass`` and ``letter_logprobs`` of a ``Selection`` from one step's ``(token, logprob)`` list."""
+    wanted = set(letters)
+    mass = sum(math.exp(logprob) for token, logprob in top_logprobs if _bare(token) in wanted)
+    exact = {token: logprob for token, logprob in reversed(list(top_logprobs))}
+    return {"option_mass": min(1.0, mass), "letter_logprobs": [exact.get(letter, math.nan) for letter in letters]}
+
+
+def _bare(token: str) -> str:
+    return token.replace("Ġ", " ").replace("▁", " ").strip()
 
 
 def parse_option_letter(reply: str, letters: Sequence[str], allow_none: bool = False) -> str:

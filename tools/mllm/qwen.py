@@ -3,16 +3,23 @@
 ``QwenVL`` implements the ``MLLM`` protocol:
 
 - ``ground`` generates greedily and parses the answer with the family's convention
-  (``families.py``). Each box is scored by the mean probability of its coordinate tokens;
-  ``Detections.data`` also carries ``prob_product`` and ``mean_logit``, as the reference
-  records. An answer without a usable box gives empty ``Detections``.
+  (``families.py``), boxes in the order written. Each box is scored by the mean
+  probability of its coordinate tokens under the scores generation decided by, i.e.
+  after the logits processors the checkpoint's ``generation_config`` switches on (a
+  repetition penalty for Qwen2-VL-7B-Instruct), as the reference's
+  ``compute_transition_scores`` does; ``Detections.data`` also carries ``prob_product``
+  and ``mean_logit`` (the reference's other two measures) and ``raw_mean_prob``,
+  ``raw_prob_product``, ``raw_mean_logit`` from the raw logits. An answer without a
+  usable box gives empty ``Detections``.
 - ``generate_grounding`` is the lower-level call behind it: one ``GroundingOutput`` per
   query with the prompt, the raw answer text, the detections and, when the answer was
   unusable, why. Nothing is stashed on the model between calls.
-- ``select`` answers the CRS question with ONE forward pass and no ``generate``: the
-  option probabilities are the next-token probabilities of the option letters.
+- ``select`` answers the CRS question with ONE forward pass (no KV cache) and no
+  ``generate``: the option probabilities are the next-token probabilities of the option
+  letters under the raw logits; the selection also records the letters' total probability
+  and the reference's log-probabilities (``Selection``).
 - ``chat`` / ``generate_text`` serve the same loaded weights as a text-only LLM (target
-  extraction).
+  extraction), with a LoRA adapter switched off: it was tuned for CRS, not for that task.
 
 Batched calls pad on the left, so the last position of every row is its next token.
 """
@@ -20,7 +27,8 @@ Batched calls pad on the left, so the last position of every row is its next tok
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Sequence
 
@@ -33,8 +41,8 @@ from ..detections import Detections
 from ..devices import resolve_device, resolve_dtype
 from ..errors import ModelOutputError, RexError, UserInputError
 from ..images import ImageInput, load_image
-from .crs import crs_prompt, letter_token_ids, option_probabilities
-from .families import QwenFamily, box_token_confidence, family_for_model
+from .crs import bare_letter_logprobs, crs_prompt, letter_distribution, letter_mass, letter_token_ids
+from .families import QWEN2_VL, QwenFamily, box_token_confidence, family_for_model
 from .selection import Selection
 
 DEFAULT_CHECKPOINT = "Qwen/Qwen2-VL-7B-Instruct"
@@ -42,6 +50,7 @@ DEFAULT_MAX_NEW_TOKENS = 128
 DEFAULT_BATCH_SIZE = 8
 # A UTF-8 character spans at most 4 bytes, hence at most 4 byte-level tokens.
 _MAX_TOKENS_PER_CHARACTER = 4
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,8 +66,10 @@ class GroundingOutput:
 
 class _Generated(NamedTuple):
     token_ids: list[int]  # up to, not including, the first stop token
-    logprobs: np.ndarray  # log-probability of each chosen token under the raw logits
-    logits: np.ndarray  # raw logit of each chosen token
+    logprobs: np.ndarray  # log-probability of each chosen token under the processed scores
+    logits: np.ndarray  # processed score of each chosen token (what generation ranked by)
+    raw_logprobs: np.ndarray  # the same two under the model's raw logits
+    raw_logits: np.ndarray
 
 
 class QwenVL:
@@ -99,6 +110,7 @@ class QwenVL:
         self.prompts_dir = prompts_dir
         self._stop_ids = _stop_token_ids(model.generation_config, self.tokenizer)
         self._letter_ids: dict[tuple[str, ...], list[list[int]]] = {}
+        self._refuse_thinking_template()
 
     @classmethod
     def from_pretrained(
@@ -136,9 +148,13 @@ class QwenVL:
         load = {"dtype": resolve_dtype(dtype, torch_device), **hub}
         if attn_implementation:
             load["attn_implementation"] = attn_implementation
+        if family is QWEN2_VL and load["dtype"] == torch.float16:
+            warnings.warn(
+                "Qwen2-VL in float16 is known to overflow and write garbage; use bf16 (or fp32)", stacklevel=2
+            )
         model = AutoModelForImageTextToText.from_pretrained(path, **load)
         if adapter is not None:
-            model = _merge_adapter(model, adapter)
+            model = _load_adapter(model, adapter)
         with _explain_out_of_memory(name_or_path, torch_device, max_pixels):
             model.to(torch_device)
         return cls(model, processor, family=family, min_pixels=min_pixels, max_pixels=max_pixels,
@@ -194,7 +210,8 @@ class QwenVL:
         except ModelOutputError as error:
             return GroundingOutput(prompt, text, Detections.empty(), str(error), input_size)
         confidence = box_token_confidence(token_texts, answer.logprobs, answer.logits, parsed.spans)
-        detections = parsed.to_detections(confidence, default_label=expression)
+        raw = box_token_confidence(token_texts, answer.raw_logprobs, answer.raw_logits, parsed.spans)
+        detections = parsed.to_detections(confidence, default_label=expression, raw=raw)
         return GroundingOutput(prompt, text, detections, None, input_size)
 
     # ---------------------------------------------------------------- CRS selection
@@ -216,7 +233,8 @@ class QwenVL:
         _check_lengths(images=images, expressions=expressions, candidates=candidates)
         pictures = [load_image(image) for image in images]
         questions = [
-            crs_prompt(_checked_text(text, "expression"), boxes, picture.size, allow_none, prompts_dir=self.prompts_dir)
+            crs_prompt(_checked_text(text, "expression"), boxes, picture.size, allow_none, family=self.family,
+                       input_size=self.input_size(picture.size), prompts_dir=self.prompts_dir)
             for picture, text, boxes in zip(pictures, expressions, candidates)
         ]
         selections: list[Selection | None] = [None] * len(questions)
@@ -229,12 +247,22 @@ class QwenVL:
         for chunk in _chunks(asked, self.batch_size):
             inputs, _ = self._encode([self._conversation(pictures[i], questions[i][0]) for i in chunk])
             with self._inference():  # left padding: column -1 is every row's next token
-                next_token_logits = self.model(**inputs, logits_to_keep=1).logits[:, -1]
+                # One step: a KV cache would only be built to be thrown away.
+                next_token_logits = self.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1].float()
+                processed = first_step_scores(self.model.generation_config, inputs["input_ids"], next_token_logits)
             for row, i in enumerate(chunk):
                 letters = questions[i][1]
-                probabilities = option_probabilities(next_token_logits[row], self._letter_token_ids(letters))
-                selections[i] = Selection(candidates[i], letters, probabilities, allow_none)
+                ids = self._letter_token_ids(letters)
+                selections[i] = Selection(
+                    candidates[i], letters, letter_distribution(next_token_logits[row], ids), allow_none,
+                    option_mass=letter_mass(next_token_logits[row], ids),
+                    letter_logprobs=bare_letter_logprobs(processed[row], ids),
+                )
         return selections
+
+    def input_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """``(w, h)`` the model sees an image of ``image_size`` at, within this model's pixel budget."""
+        return self.family.input_size(image_size, self.min_pixels, self.max_pixels, self.patch_size)
 
     def _letter_token_ids(self, letters: Sequence[str]) -> list[list[int]]:
         key = tuple(letters)
@@ -244,16 +272,43 @@ class QwenVL:
 
     # ---------------------------------------------------------------- text
 
-    def chat(self, messages: str | Sequence[dict], max_new_tokens: int = 256) -> str:
-        """Greedy reply to a user message (a string) or a list of chat messages."""
+    def chat(self, messages: str | Sequence[dict], max_new_tokens: int = 256, *, use_adapter: bool = True) -> str:
+        """Greedy reply to a user message (a string) or a list of chat messages; ``use_adapter=False``
+        answers with the base model's weights when a LoRA adapter is loaded."""
         conversation = [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
         inputs, _ = self._encode([conversation])
-        answer = self._generate(inputs, max_new_tokens)[0]
+        with nullcontext() if use_adapter else self._adapter_off():
+            answer = self._generate(inputs, max_new_tokens)[0]
         return self.tokenizer.decode(answer.token_ids, skip_special_tokens=True).strip()
 
     def generate_text(self, prompt: str, max_new_tokens: int = 256) -> str:
-        """Text-only completion of ``prompt`` as a user turn (the local LLM for target extraction)."""
-        return self.chat(prompt, max_new_tokens=max_new_tokens)
+        """Text-only completion of ``prompt`` as a user turn (the local LLM for target extraction),
+        by the base model: a CRS adapter was not trained to answer that question."""
+        return self.chat(prompt, max_new_tokens=max_new_tokens, use_adapter=False)
+
+    @property
+    def has_adapter(self) -> bool:
+        return hasattr(self.model, "disable_adapter")
+
+    def _adapter_off(self):
+        return self.model.disable_adapter() if self.has_adapter else nullcontext()
+
+    def _refuse_thinking_template(self) -> None:
+        """Thinking checkpoints (Qwen3-VL-*-Thinking) open ``<think>`` in the generation prompt:
+        CRS would read the option letters at the first thinking token, and grounding answers
+        would start with reasoning. Refuse them in one line."""
+        try:
+            rendered = self.processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "text", "text": "?"}]}], tokenize=False, add_generation_prompt=True
+            )
+        except (ValueError, TypeError, KeyError):  # no usable template: the first real call says so
+            return
+        tail = rendered[rendered.rfind("?") :]
+        if THINK_OPEN in tail and THINK_CLOSE not in tail[tail.rfind(THINK_OPEN) :]:
+            raise UserInputError(
+                f"{self.name} opens a {THINK_OPEN} block in its generation prompt (a Thinking checkpoint): CRS reads "
+                "the answer letter from the first generated token; use the Instruct checkpoint of the same model"
+            )
 
     # ---------------------------------------------------------------- internals
 
@@ -290,21 +345,18 @@ class QwenVL:
                 top_k=None,
                 return_dict_in_generate=True,
                 output_logits=True,
+                output_scores=True,
             )
             new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :]
-            chosen_logits, chosen_logprobs = [], []
-            # Raw logits (before any logits processor) give the model's own distribution.
-            for step, step_logits in enumerate(output.logits):
-                step_logits = step_logits.float()
-                chosen = new_tokens[:, step, None]
-                chosen_logits.append(step_logits.gather(1, chosen)[:, 0])
-                chosen_logprobs.append(torch.log_softmax(step_logits, dim=-1).gather(1, chosen)[:, 0])
-            logits = torch.stack(chosen_logits, dim=1).cpu().numpy()
-            logprobs = torch.stack(chosen_logprobs, dim=1).cpu().numpy()
+            # Scores: after the logits processors (what greedy decoding ranked, and what the
+            # reference's compute_transition_scores reads); logits: the model's own.
+            logits, logprobs = _chosen(output.scores, new_tokens)
+            raw_logits, raw_logprobs = _chosen(output.logits, new_tokens)
         results = []
         for row, token_ids in enumerate(new_tokens.tolist()):
-            length = next((i for i, token in enumerate(token_ids) if token in self._stop_ids), len(token_ids))
-            results.append(_Generated(token_ids[:length], logprobs[row, :length], logits[row, :length]))
+            n = next((i for i, token in enumerate(token_ids) if token in self._stop_ids), len(token_ids))
+            results.append(_Generated(token_ids[:n], logprobs[row, :n], logits[row, :n], raw_logprobs[row, :n],
+                                      raw_logits[row, :n]))  # fmt: skip
         return results
 
     def _token_texts(self, token_ids: list[int]) -> list[str]:
@@ -352,12 +404,53 @@ def _explain_out_of_memory(name, device, max_pixels) -> Iterator[None]:
         ) from error
 
 
-def _merge_adapter(model, adapter: str):
+def _chosen(step_scores: Sequence[torch.Tensor], new_tokens: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per row and step, the chosen token's score and log-softmax, as ``(batch, steps)`` arrays."""
+    scores, logprobs = [], []
+    for step, step_score in enumerate(step_scores):
+        step_score = step_score.float()
+        chosen = new_tokens[:, step, None]
+        scores.append(step_score.gather(1, chosen)[:, 0])
+        logprobs.append(torch.log_softmax(step_score, dim=-1).gather(1, chosen)[:, 0])
+    return torch.stack(scores, dim=1).cpu().numpy(), torch.stack(logprobs, dim=1).cpu().numpy()
+
+
+def first_step_scores(generation_config, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The first generated step's scores as greedy ``generate`` would see them: ``logits`` after the
+    processors a greedy generation config switches on (repetition penalty, n-gram ban, suppressed
+    tokens, minimum new tokens). Sampling warpers (temperature, top-p, top-k) play no part in
+    greedy decoding, as in the reference's ``generate(do_sample=False)``."""
+    from transformers import (
+        LogitsProcessorList,
+        MinNewTokensLengthLogitsProcessor,
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+        SuppressTokensLogitsProcessor,
+    )
+
+    processors = LogitsProcessorList()
+    penalty = getattr(generation_config, "repetition_penalty", None)
+    if penalty is not None and penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(penalty=float(penalty)))
+    ngram = getattr(generation_config, "no_repeat_ngram_size", None)
+    if ngram:
+        processors.append(NoRepeatNGramLogitsProcessor(int(ngram)))
+    minimum, eos = getattr(generation_config, "min_new_tokens", None), generation_config.eos_token_id
+    if minimum and eos is not None:
+        processors.append(MinNewTokensLengthLogitsProcessor(input_ids.shape[1], int(minimum), eos, device=logits.device))
+    suppressed = getattr(generation_config, "suppress_tokens", None)
+    if suppressed:
+        processors.append(SuppressTokensLogitsProcessor(list(suppressed), device=logits.device))
+    return processors(input_ids, logits.clone()) if processors else logits
+
+
+def _load_adapter(model, adapter: str):
+    """The model with a PEFT LoRA adapter, kept unmerged so target extraction can switch it off
+    (``disable_adapter``); the LoRA products cost little next to the base weights."""
     from peft import PeftModel
 
     adapter_path = resolve_checkpoint(adapter, hint="or pass --adapter PATH")
-    # Merged, so inference runs at base-model speed and self.model stays a transformers model.
-    return PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
+    return PeftModel.from_pretrained(model, adapter_path)
 
 
 def pixel_budget(image_processor) -> tuple[int | None, int | None]:

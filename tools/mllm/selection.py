@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..detections import Detections
+
+# Below this total next-token probability of the option letters, the model wanted to write
+# something other than a letter; the agent notes it in ``Result.fallbacks``.
+MIN_OPTION_MASS = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -17,12 +22,22 @@ class Selection:
     ``letters[i]`` names option ``i``; options ``0..len(candidates)-1`` are the
     candidates in order and, when ``allow_none``, the last option is "None" (no box).
     ``probabilities`` has one entry per option and sums to 1.
+
+    Backends that see the whole next-token distribution also fill ``option_mass``, the
+    total probability of every spelling of every option letter under the full softmax
+    (1 when the model meant to answer with a letter), and ``letter_logprobs``, each
+    option's bare letter token's log-probability under the full softmax of the first
+    generated step, after the logits processors of the checkpoint's generation config:
+    what the authors' scripts record (``answer_prob_norm``, ``none_prob_norm``), ``nan``
+    where unknown.
     """
 
     candidates: Detections
     letters: tuple[str, ...]
     probabilities: np.ndarray
     allow_none: bool = False
+    option_mass: float | None = None
+    letter_logprobs: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
         probabilities = np.array(self.probabilities, dtype=np.float64).reshape(-1)
@@ -35,6 +50,13 @@ class Selection:
         if expected and not np.isclose(probabilities.sum(), 1.0, atol=1e-6):
             raise ValueError(f"Selection: probabilities sum to {probabilities.sum():.6f}, not 1")
         probabilities.setflags(write=False)
+        if self.letter_logprobs is not None:
+            logprobs = tuple(float(v) for v in self.letter_logprobs)
+            if len(logprobs) != expected:
+                raise ValueError(f"Selection: {expected} options but {len(logprobs)} letter log-probabilities")
+            object.__setattr__(self, "letter_logprobs", logprobs)
+        if self.option_mass is not None:
+            object.__setattr__(self, "option_mass", float(self.option_mass))
         object.__setattr__(self, "letters", tuple(self.letters))
         object.__setattr__(self, "probabilities", probabilities)
 
@@ -65,6 +87,21 @@ class Selection:
         return float(self.probabilities[-1]) if self.allow_none else None
 
     @property
+    def answer_logprob(self) -> float | None:
+        """The chosen letter's log-probability as the authors' scripts record it (see the class docstring)."""
+        option = self.option_index
+        if option is None or self.letter_logprobs is None:
+            return None
+        return self.letter_logprobs[option]
+
+    @property
+    def none_logprob(self) -> float | None:
+        """The "None" letter's log-probability as the authors' scripts record it."""
+        if not self.allow_none or self.letter_logprobs is None:
+            return None
+        return self.letter_logprobs[-1]
+
+    @property
     def box(self) -> np.ndarray | None:
         """The chosen candidate's ``xyxy`` box, or ``None``."""
         index = self.index
@@ -84,4 +121,10 @@ class Selection:
             "letter": self.letter,
             "index": self.index,
             "allow_none": self.allow_none,
+            "option_mass": self.option_mass,
+            "letter_logprobs": None if self.letter_logprobs is None else [_finite(v) for v in self.letter_logprobs],
         }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
