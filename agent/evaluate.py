@@ -18,6 +18,7 @@ pieces it is made of, each usable on its own:
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
@@ -192,6 +193,11 @@ def predict(agent: Agent, sample: Sample) -> Prediction:
     if not result.found and selection is not None and selection.none_probability is not None:
         # A CRS "None" still says how likely a target is: FineCops-Ref's AUROC reads it.
         extra["confidence"] = 1.0 - selection.none_probability
+    if selection is not None and selection.answer_logprob is not None and math.isfinite(selection.answer_logprob):
+        # What the authors' CRS scripts record, for `agent-cli score --confidence reference`.
+        extra["answer_logprob"] = selection.answer_logprob
+        if selection.none_logprob is not None and math.isfinite(selection.none_logprob):
+            extra["none_logprob"] = selection.none_logprob
     return Prediction.from_result(sample.id, result, **extra)
 
 

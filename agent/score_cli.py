@@ -50,6 +50,9 @@ def score(
     matching: Optional[str] = typer.Option(
         None, "--matching", help="GREC: giou (default, the released evaluator) or iou (the paper's text)."
     ),
+    confidence: str = typer.Option(
+        "rex", "--confidence",
+        help="FineCops-Ref: what AUROC and Recall@k rank CRS answers by: rex, or reference (the authors' evaluators)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Score PREDICTIONS against a benchmark's ANNOTATIONS, with the authors' metric definitions."""
@@ -61,10 +64,12 @@ def score(
     scorer = SCORERS[dataset_format]
     if scorer != "grec" and (score_threshold is not None or matching is not None):
         raise UserInputError("--score-threshold and --matching apply to grec and grefcoco only")
+    if confidence != "rex" and scorer != "finecops":
+        raise UserInputError("--confidence applies to finecops-ref, ref-adv and ref-reasoning only")
     samples = list(read_dataset(dataset_format, annotations, split=split))
     answers = read_predictions(predictions)
     if scorer == "finecops":
-        result = score_finecops_ref(samples, answers, allow_missing=allow_missing)
+        result = score_finecops_ref(samples, answers, allow_missing=allow_missing, confidence=confidence)
     elif scorer == "refcoco":
         result = score_refcoco(samples, answers, allow_missing=allow_missing)
     else:

@@ -320,3 +320,27 @@ def test_exports_for_the_reference_evaluators(tmp_path, finecops):
     lines = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
     assert lines[0] == {"image_id": 1, "text": "[0,0,100,100], [300,300,400,400]", "scores_prob_average": [0.6, 0.9]}
     assert lines[2]["text"] == ""
+
+
+def test_reference_confidence_ranks_crs_answers_as_the_authors_evaluator():
+    # evaluation_CRS_neg.py: score = exp(answer_prob_norm); a negative answered "None" scores 1 - that.
+    negative = {"negative_type": "replace", "negative_level": 1, "negative_cate": "image", "positive_id": 1}
+    samples = [Sample(1, "a.jpg", "cup", [[0, 0, 10, 10]], level=1),
+               Sample(2, "a.jpg", "cup", [[0, 0, 10, 10]], level=1),
+               Sample(3, "a.jpg", "mug", np.zeros((0, 4)), level=1, negative=negative),
+               Sample(4, "a.jpg", "jug", np.zeros((0, 4)), level=1, negative={**negative, "positive_id": 2})]
+    predictions = [Prediction(1, Detections([[0, 0, 10, 10]], [0.9]), {"answer_logprob": np.log(0.6)}),
+                   Prediction(2, Detections.empty(), {"confidence": 0.2, "answer_logprob": np.log(0.8)}),
+                   Prediction(3, Detections.empty(), {"confidence": 0.7, "answer_logprob": np.log(0.3)}),
+                   Prediction(4, Detections([[5, 5, 9, 9]], [0.5]), {"answer_logprob": np.log(0.55)})]
+    from sklearn.metrics import roc_auc_score
+
+    reference = score_finecops_ref(samples, predictions, confidence="reference")
+    # Level-1 positives (a positive answered "None" keeps exp(logprob)) vs all negatives.
+    expected = roc_auc_score([1, 1, 0, 0], [0.6, 0.8, 1 - 0.3, 0.55])
+    assert reference["auroc"] == pytest.approx(100 * expected)
+    rex = score_finecops_ref(samples, predictions)
+    assert rex["auroc"] == pytest.approx(100 * roc_auc_score([1, 1, 0, 0], [0.9, 0.2, 0.7, 0.5]))
+    assert reference["precision_at_1"] == rex["precision_at_1"]  # ranking changes, answers do not
+    with pytest.raises(UserInputError, match="confidence rule"):
+        score_finecops_ref(samples, predictions, confidence="mine")

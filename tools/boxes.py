@@ -69,7 +69,9 @@ def pixels_to_qwen(boxes, width: float, height: float) -> np.ndarray:
     coordinates the model was trained on. Returns an ``int64`` array.
     """
     _check_size(width, height)
-    relative = scale_boxes(boxes, QWEN_SCALE / width, QWEN_SCALE / height)
+    # (v / size) * 1000 in this order, as the reference computes it: v * (1000 / size) rounds
+    # differently where the product lands on .5 (both round half to even, like Python's round).
+    relative = (as_boxes(boxes) / np.array([width, height, width, height], dtype=np.float64)) * QWEN_SCALE
     return np.clip(np.round(relative), 0, QWEN_SCALE).astype(np.int64)
 
 

@@ -25,6 +25,8 @@ zero-area box with score 0 -- or with the prediction's ``confidence`` field wher
 
 from __future__ import annotations
 
+import math
+
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -53,12 +55,20 @@ class _Answer:
     empty: bool  # no box given
 
 
+# How a sample's confidence is read: "rex" (``answer_confidence``) or "reference", the authors'
+# CRS evaluators (evaluation_CRS_neg.py, score_type answer_prob_norm): exp of the chosen letter's
+# log-probability, and 1 minus it for a negative answered "None". Predictions without an
+# ``answer_logprob`` field (not CRS) are read the "rex" way, which is then the reference's too.
+CONFIDENCE_RULES = ("rex", "reference")
+
+
 def score_finecops_ref(
     samples: Iterable[Sample],
     predictions: Iterable[Prediction],
     *,
     allow_missing: bool = False,
     iou_threshold: float = 0.5,
+    confidence: str = "rex",
 ) -> dict[str, Any]:
     """Every FineCops-Ref number for ``predictions`` on ``samples``, as a plain dict of percentages.
 
@@ -67,10 +77,12 @@ def score_finecops_ref(
     the predictions record in their ``level`` field, when they do); ``recall_at_{1,5,10}``,
     ``auroc_by_key``, ``fpr95_by_key``, ``aupr_by_key`` (by negative key); ``auroc``,
     ``fpr95``, ``aupr`` (overall); ``crs_accuracy`` (``positive``, ``negative``); ``counts``.
-    A number with nothing to count is ``None``.
+    A number with nothing to count is ``None``. ``confidence`` is one of ``CONFIDENCE_RULES``.
     """
+    if confidence not in CONFIDENCE_RULES:
+        raise UserInputError(f"unknown confidence rule {confidence!r}; choose one of {', '.join(CONFIDENCE_RULES)}")
     pairs, counts = pair_predictions(samples, predictions, allow_missing=allow_missing)
-    answers = {str(sample.id): _answer(sample, prediction) for sample, prediction in pairs}
+    answers = {str(sample.id): _answer(sample, prediction, confidence) for sample, prediction in pairs}
     positives = [(sample, prediction) for sample, prediction in pairs if not sample.is_negative]
     negatives = [sample for sample, _ in pairs if sample.is_negative]
     result: dict[str, Any] = {}
@@ -113,12 +125,25 @@ def answer_confidence(prediction: Prediction) -> float:
     return 0.0 if confidence is None else float(confidence)
 
 
-def _answer(sample: Sample, prediction: Prediction) -> _Answer:
+def reference_confidence(sample: Sample, prediction: Prediction) -> float | None:
+    """The authors' CRS evaluators' confidence of a prediction carrying ``answer_logprob``, else ``None``."""
+    logprob = prediction.fields.get("answer_logprob")
+    if logprob is None:
+        return None
+    probability = math.exp(float(logprob))
+    rejected = len(prediction.scores) == 0
+    return 1.0 - probability if rejected and sample.is_negative else probability
+
+
+def _answer(sample: Sample, prediction: Prediction, rule: str = "rex") -> _Answer:
     boxes, scores = prediction.boxes, prediction.scores
     empty = len(scores) == 0
+    reference = reference_confidence(sample, prediction) if rule == "reference" else None
     if empty:
         boxes = np.zeros((1, 4))
-        scores = np.array([answer_confidence(prediction)])
+        scores = np.array([answer_confidence(prediction) if reference is None else reference])
+    elif reference is not None:
+        scores = np.full(len(scores), reference)
     order = finecops_order(scores)
     boxes, scores = boxes[order], scores[order]
     if sample.has_target:
