@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tools.detectors.grounding_dino import DEFAULT_DETECTOR
+from tools.devices import check_dtype_name
 from tools.errors import UserInputError
 from tools.images import DEFAULT_MAX_IMAGE_PIXELS
 from tools.mllm.crs import LETTERS
@@ -74,6 +75,8 @@ class Configuration:
 
     def __post_init__(self) -> None:
         get_profile(self.profile)
+        check_dtype_name(self.dtype)
+        check_dtype_name(self.detector_dtype)
         if self.strategy not in STRATEGIES:
             raise UserInputError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if self.crs_top_k < 1 or self.router_top_k < 1:

@@ -352,3 +352,26 @@ def test_variants_load_each_model_once_and_only_when_needed(image, monkeypatch):
     for strategy in ("crs", "mllm", "sfa"):
         base.with_settings(strategy=strategy).locate(image, EXPRESSION)
     assert loads == ["crs"] and base.backends.loaded == {"detector", "extractor", "mllm"}
+
+
+def test_a_low_option_mass_is_noted_in_the_fallbacks(image):
+    class Unsure(FakeMLLM):
+        def select(self, image, expression, candidates, allow_none=False):
+            n = len(candidates) + int(allow_none)
+            return Selection(candidates, [chr(65 + i) for i in range(n)], [1 / n] * n, allow_none, option_mass=0.2)
+
+    result = Agent(strategy="crs", focus=False, detector=FakeDetector(), mllm=Unsure()).locate(image, EXPRESSION)
+    assert any("only 20% of the MLLM's next-token probability" in note for note in result.fallbacks)
+    assert result.found  # the choice among the letters still stands
+    sure = Agent(strategy="crs", focus=False, detector=FakeDetector(), mllm=FakeMLLM()).locate(image, EXPRESSION)
+    assert not sure.fallbacks
+
+
+def test_the_detector_keeps_float32_unless_detector_dtype_says_otherwise(tiny_mm_grounding_dino):
+    import torch
+
+    agent = Agent(strategy="specialist", focus=False, detector=str(tiny_mm_grounding_dino), dtype="bf16")
+    assert next(agent.backends.detector.model.parameters()).dtype == torch.float32
+    half = agent.config.updated(detector_dtype="bf16")
+    detector = Agent(config=half).backends.detector
+    assert next(detector.model.parameters()).dtype == torch.bfloat16

@@ -73,3 +73,16 @@ def test_agent_arguments_override_a_given_configuration():
     agent = Agent("crs", False, config=Configuration(strategy="sfa", allow_none=True), multi=True)
     assert (agent.config.strategy, agent.config.focus, agent.config.allow_none, agent.config.multi) == (
         "crs", False, True, True)  # fmt: skip
+
+
+def test_the_reference_profile_is_one_setting_away(tmp_path):
+    assert Configuration.load(env={"REX_PROFILE": "reference"}).profile == "reference"
+    config_file = tmp_path / "rex.toml"
+    config_file.write_text('[agent]\nprofile = "reference"\nstrategy = "crs"\n')
+    reference = Configuration.load(config_file, env={})
+    assert (reference.routing.nms, reference.crs_rule.nms) == ("opencv", "opencv")
+    assert not reference.crs_focus and not reference.uses_extractor  # the scripts' CRS extracts nothing
+    default = reference.updated(profile="default")
+    assert (default.routing.nms, default.crs_focus, default.uses_extractor) == ("iou", True, True)
+    with pytest.raises(UserInputError, match="unknown profile"):
+        Configuration(profile="paper")

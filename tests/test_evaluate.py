@@ -342,3 +342,18 @@ def test_shards_from_flags_and_from_a_launchers_environment():
     # A device the user chose is never changed, nor "auto" outside a launcher.
     assert local_device("cpu", {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == "cpu"
     assert local_device("auto", {}) == "auto"
+
+
+def test_crs_predictions_carry_the_scripts_log_probabilities_for_reference_scoring(tmp_path, dataset, models,
+                                                                                   capsys):
+    crs = [*models[2:], "--strategy", "crs", "--profile", "reference", "--allow-none", "--limit", "4"]
+    assert evaluate(tmp_path, *dataset, *crs) == 0
+    predictions = answers(tmp_path)
+    answered = [p for p in predictions if "error" not in p]
+    assert answered and all(p["path"] == "crs" and p["answer_logprob"] <= 0 and p["none_logprob"] <= 0
+                            for p in answered)
+    capsys.readouterr()
+    args = ["score", *dataset[:4], "--predictions", str(tmp_path / PREDICTIONS_FILE), "--allow-missing", "--json"]
+    assert main([*args, "--confidence", "reference"]) == 0
+    assert json.loads(capsys.readouterr().out)["precision_at_1"]["all"] is not None
+    assert main([*args, "--confidence", "mine"]) == 2

@@ -261,3 +261,18 @@ def test_standalone_command_and_user_mistakes(tmp_path, dataset, capsys):
     assert build_main(args + ["--candidates", str(dataset[2]), "--negatives", "1", "--no-none-option"]) == 2
     assert build_main(args + ["--candidates", str(tmp_path / "missing.jsonl")]) == 2
     assert "no candidates file" in capsys.readouterr().err
+
+
+def test_the_reference_profile_builds_candidates_as_the_scripts_do(dataset):
+    from tools.datasets import Sample
+
+    sample = Sample(1, "scene.png", "the left cup", np.array([[300.0, 300, 340, 340]]), level=1)
+    # True IoU 0.33, but cv2.dnn.NMSBoxes, fed xyxy, merges them (tests/test_routing.py works it out).
+    candidates = Detections([[300, 300, 340, 340], [320, 300, 360, 340]], [0.9, 0.8])
+    settings = dict(dataset_format="finecops-ref", annotations="u", output_dir="u", candidates_file="u",
+                    none_option=True)
+    default = make_crs_sample(sample, candidates, (640, 480), BuildConfig(**settings))
+    reference = make_crs_sample(sample, candidates, (640, 480), BuildConfig(**settings, profile="reference"))
+    assert len(default.candidates) == 2 and len(reference.candidates) == 1
+    with pytest.raises(UserInputError, match="unknown profile"):
+        build_crs_data(BuildConfig(**{**settings, "annotations": str(dataset[0])}, profile="paper"))

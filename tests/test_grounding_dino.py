@@ -12,7 +12,6 @@ import torch
 from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
 from tools import CheckpointNotFoundError, Detector, GroundingDinoDetector, UserInputError
-from tools import boxes as box_ops
 
 TEXT = "the long snowboard right of the skis"
 SNOWBOARD = (TEXT.index("long snowboard"), TEXT.index("long snowboard") + len("long snowboard"))

@@ -31,6 +31,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+def check_dtype_name(dtype: str) -> str:
+    """``dtype`` itself when it is "auto" or a known name; else the one-line ``UserInputError``."""
+    if dtype != "auto" and str(dtype).lower() not in _DTYPES:
+        raise UserInputError(f"unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16")
+    return dtype
+
+
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device, *, half_on_gpu: bool = True) -> torch.dtype:
     """``"auto"``: bf16 (or fp16 without bf16 support) on CUDA when ``half_on_gpu``, else fp32.
 
@@ -42,7 +49,4 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device, *, half_on_gpu
         if device.type == "cuda" and half_on_gpu:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    try:
-        return _DTYPES[dtype.lower()]
-    except KeyError:
-        raise UserInputError(f"unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16") from None
+    return _DTYPES[check_dtype_name(dtype).lower()]

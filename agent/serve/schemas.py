@@ -17,6 +17,10 @@ class SelectionModel(BaseModel):
     letter: Optional[str]
     index: Optional[int] = Field(description="The chosen candidate; null when None won.")
     allow_none: bool
+    option_mass: Optional[float] = Field(
+        None, description="Total next-token probability of the option letters (low: the model wanted other words).")
+    letter_logprobs: Optional[list[Optional[float]]] = Field(
+        None, description="Each option letter's full-vocabulary log-probability, as the authors' scripts record it.")
 
 
 class LocateResult(BaseModel):
