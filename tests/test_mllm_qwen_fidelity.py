@@ -133,3 +133,84 @@ def test_each_family_reads_options_in_its_own_box_language(tiny_qwen2_vl, tiny_q
     assert sizes == [(width, height)]  # the size the options are written in is the size the model sees
     expected = [round(v) for v in (10 * width / 160, 40 * height / 120, 40 * width / 160, 100 * height / 120)]
     assert lines["qwen2_5_vl"][0] == f"A. {json.dumps(expected)}"
+
+
+# ------------------------------------------------------------------ the extraction prompt's prefix cache
+
+from tools.extraction import LocalChatExtractor  # noqa: E402
+from tools.extraction.parsing import extraction_prompt, extraction_prompt_prefix  # noqa: E402
+
+EXPRESSIONS = ["the white truck next to the tree", "which is the tallest giraffe", "a dog on the left"]
+
+
+def forward_lengths(model: QwenVL, monkeypatch) -> list[int]:
+    """Record the input length of every forward of ``model``."""
+    lengths: list[int] = []
+    forward = model.model.forward
+
+    def counting(*args, **kwargs):
+        ids = kwargs.get("input_ids")
+        lengths.append(None if ids is None else ids.shape[1])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model.model, "forward", counting)
+    return lengths
+
+
+def test_a_cached_prefix_gives_the_uncached_tokens_at_the_cost_of_the_rest(tiny_qwen2_vl, street_image, monkeypatch):
+    model = QwenVL.from_pretrained(str(tiny_qwen2_vl), device="cpu")
+    prefix = extraction_prompt_prefix()
+    for expression in EXPRESSIONS:
+        prompt = extraction_prompt([expression])
+        model.ground(street_image, "the red box")  # leaves an image call's M-RoPE offsets behind
+        plain = model.generate_text(prompt, max_new_tokens=24)
+        model.ground(street_image, "the red box")
+        assert model.generate_text(prompt, max_new_tokens=24, fixed_prefix=prefix) == plain
+    assert len(model._prefix_caches) == 1
+    lengths = forward_lengths(model, monkeypatch)
+    full = model._encode([[{"role": "user", "content": extraction_prompt([EXPRESSIONS[0]])}]])[0]["input_ids"].shape[1]
+    model.generate_text(extraction_prompt([EXPRESSIONS[0]]), max_new_tokens=3, fixed_prefix=prefix)
+    cached = next(iter(model._prefix_caches))[0]
+    # Nothing recomputes the prefix: the first forward sees only the request's own tokens.
+    assert lengths[0] == full - len(cached) and all(n == 1 for n in lengths[1:])
+    assert next(iter(model._prefix_caches.values())).get_seq_length() == len(cached)  # copies, never grown
+
+
+def test_a_prefix_the_prompt_does_not_start_with_is_not_used(tiny_qwen2_vl):
+    model = QwenVL.from_pretrained(str(tiny_qwen2_vl), device="cpu")
+    prompt = extraction_prompt([EXPRESSIONS[1]])
+    plain = model.generate_text(prompt, max_new_tokens=12)
+    assert model.generate_text(prompt, max_new_tokens=12, fixed_prefix="Something else entirely: ") == plain
+    assert not model._prefix_caches
+
+
+def test_prefix_caches_are_kept_apart_with_and_without_the_adapter(tiny_qwen2_vl, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(tiny_qwen2_vl)
+    torch.manual_seed(1)
+    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
+    adapted = QwenVL.from_pretrained(str(tiny_qwen2_vl), device="cpu", adapter=str(tmp_path / "adapter"))
+    prompt, prefix = extraction_prompt([EXPRESSIONS[0]]), extraction_prompt_prefix()
+    with_adapter = adapted.chat(prompt, max_new_tokens=12)
+    assert adapted.chat(prompt, max_new_tokens=12, fixed_prefix=prefix) == with_adapter
+    without = adapted.generate_text(prompt, max_new_tokens=12)
+    assert adapted.generate_text(prompt, max_new_tokens=12, fixed_prefix=prefix) == without
+    assert len(adapted._prefix_caches) == 2
+
+
+def test_local_extraction_uses_the_prefix_cache_and_answers_as_without_it(tiny_qwen2_vl):
+    model = QwenVL.from_pretrained(str(tiny_qwen2_vl), device="cpu")
+
+    class Uncached:  # the same model, through a generator that knows nothing of prefixes
+        def generate_text(self, prompt, max_new_tokens=256):
+            return model.generate_text(prompt, max_new_tokens=max_new_tokens)
+
+    cached = LocalChatExtractor(model, max_new_tokens=24).extract_spans(EXPRESSIONS)
+    assert len(model._prefix_caches) == 1
+    assert cached == LocalChatExtractor(Uncached(), max_new_tokens=24).extract_spans(EXPRESSIONS)
+    one_by_one = [LocalChatExtractor(model, max_new_tokens=24).extract_spans([e])[0] for e in EXPRESSIONS]
+    assert len(model._prefix_caches) == 1  # single-query prompts share the same prefix
+    assert one_by_one == [LocalChatExtractor(Uncached(), max_new_tokens=24).extract_spans([e])[0] for e in EXPRESSIONS]

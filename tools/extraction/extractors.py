@@ -10,6 +10,7 @@ so a run never silently degrades to the heuristic; results so far stay in the ca
 
 from __future__ import annotations
 
+import inspect
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -20,7 +21,7 @@ from ..mllm.openai_compat import ChatCompletionsClient
 from .align import align_target, heuristic_target
 from .base import ExtractedTarget
 from .cache import ExtractionCache
-from .parsing import extraction_prompt, parse_targets
+from .parsing import extraction_prompt, extraction_prompt_prefix, parse_targets
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,9 @@ class LocalChatExtractor(ChatExtractor):
     """Extraction with a local model that has ``generate_text(prompt, max_new_tokens)``.
 
     Reusing the MLLM already loaded for grounding (text-only) needs no API key and no
-    second model in memory.
+    second model in memory. A generator whose ``generate_text`` takes ``fixed_prefix``
+    (``QwenVL``) is given the prompt's fixed part, so it runs the instructions and
+    examples once and each request pays only for its own expressions.
     """
 
     def __init__(
@@ -161,9 +164,12 @@ class LocalChatExtractor(ChatExtractor):
         super().__init__(batch_size=batch_size, cache=cache, prompts_dir=prompts_dir)
         self.generator = generator
         self.max_new_tokens = max_new_tokens
+        self._prefix = {}
+        if "fixed_prefix" in inspect.signature(generator.generate_text).parameters:
+            self._prefix = {"fixed_prefix": extraction_prompt_prefix(prompts_dir)}
 
     def _complete(self, prompt: str) -> str:
-        return self.generator.generate_text(prompt, max_new_tokens=self.max_new_tokens)
+        return self.generator.generate_text(prompt, max_new_tokens=self.max_new_tokens, **self._prefix)
 
     def __repr__(self) -> str:
         return f"LocalChatExtractor(generator={type(self.generator).__name__}, cache={self.cache!r})"

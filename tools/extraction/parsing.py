@@ -37,6 +37,13 @@ def extraction_prompt(expressions: Sequence[str], prompts_dir: str | Path | None
     )
 
 
+def extraction_prompt_prefix(prompts_dir: str | Path | None = None) -> str:
+    """The part every extraction prompt starts with (instructions and in-context examples):
+    the template rendered up to the first field that varies."""
+    marker = "\x00"
+    return render_prompt(PROMPT_NAME, prompts_dir, expressions=marker, keys=marker).split(marker)[0]
+
+
 def parse_targets(reply: str, count: int) -> list[str | None]:
     """The phrases answered for keys "1".."count"; ``None`` where the reply has no usable one."""
     parsed = _parse_container(reply or "")

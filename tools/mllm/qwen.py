@@ -20,14 +20,20 @@
   and the reference's log-probabilities (``Selection``).
 - ``chat`` / ``generate_text`` serve the same loaded weights as a text-only LLM (target
   extraction), with a LoRA adapter switched off: it was tuned for CRS, not for that task.
+  A ``fixed_prefix`` that many prompts share (the extraction prompt's few-shot part) is run
+  once per model: later calls continue from a copy of its KV cache and pay for their own
+  tokens only, with the same answers.
 
 Batched calls pad on the left, so the last position of every row is its next token.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import os
 import warnings
+from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Sequence
@@ -42,15 +48,16 @@ from ..devices import resolve_device, resolve_dtype
 from ..errors import ModelOutputError, RexError, UserInputError
 from ..images import ImageInput, load_image
 from .crs import bare_letter_logprobs, crs_prompt, letter_distribution, letter_mass, letter_token_ids
+from .decoding import chosen_scores, first_step_scores, forget_rope_deltas, stop_token_ids, token_texts
 from .families import QWEN2_VL, QwenFamily, box_token_confidence, family_for_model
 from .selection import Selection
 
 DEFAULT_CHECKPOINT = "Qwen/Qwen2-VL-7B-Instruct"
 DEFAULT_MAX_NEW_TOKENS = 128
 DEFAULT_BATCH_SIZE = 8
-# A UTF-8 character spans at most 4 bytes, hence at most 4 byte-level tokens.
-_MAX_TOKENS_PER_CHARACTER = 4
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# Fixed prompt prefixes whose KV caches a model keeps (one per prompt template in practice).
+MAX_PREFIX_CACHES = 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,8 +115,12 @@ class QwenVL:
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.prompts_dir = prompts_dir
-        self._stop_ids = _stop_token_ids(model.generation_config, self.tokenizer)
+        self._stop_ids = stop_token_ids(model.generation_config, self.tokenizer)
         self._letter_ids: dict[tuple[str, ...], list[list[int]]] = {}
+        self._prefix_caches: OrderedDict[tuple, object] = OrderedDict()
+        # transformers 5 calls the KV cache argument "cache", 4.x "past_key_values".
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PEFT wrapper
+        self._cache_argument = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
         self._refuse_thinking_template()
 
     @classmethod
@@ -202,15 +213,15 @@ class QwenVL:
         return outputs
 
     def _read_grounding(self, prompt, image_size, input_size, answer: _Generated, expression) -> GroundingOutput:
-        token_texts = self._token_texts(answer.token_ids)
+        pieces = token_texts(self.tokenizer, answer.token_ids)
         # Parsed on the concatenated token texts so box spans line up with the tokens.
-        text = "".join(token_texts)
+        text = "".join(pieces)
         try:
             parsed = self.family.parse_answer(text, image_size, input_size)
         except ModelOutputError as error:
             return GroundingOutput(prompt, text, Detections.empty(), str(error), input_size)
-        confidence = box_token_confidence(token_texts, answer.logprobs, answer.logits, parsed.spans)
-        raw = box_token_confidence(token_texts, answer.raw_logprobs, answer.raw_logits, parsed.spans)
+        confidence = box_token_confidence(pieces, answer.logprobs, answer.logits, parsed.spans)
+        raw = box_token_confidence(pieces, answer.raw_logprobs, answer.raw_logits, parsed.spans)
         detections = parsed.to_detections(confidence, default_label=expression, raw=raw)
         return GroundingOutput(prompt, text, detections, None, input_size)
 
@@ -272,19 +283,56 @@ class QwenVL:
 
     # ---------------------------------------------------------------- text
 
-    def chat(self, messages: str | Sequence[dict], max_new_tokens: int = 256, *, use_adapter: bool = True) -> str:
+    def chat(
+        self,
+        messages: str | Sequence[dict],
+        max_new_tokens: int = 256,
+        *,
+        use_adapter: bool = True,
+        fixed_prefix: str | None = None,
+    ) -> str:
         """Greedy reply to a user message (a string) or a list of chat messages; ``use_adapter=False``
-        answers with the base model's weights when a LoRA adapter is loaded."""
+        answers with the base model's weights when a LoRA adapter is loaded.
+
+        ``fixed_prefix``: text the user message starts with and many calls share. Its KV cache
+        is computed on first use and kept (per model and adapter state); each call continues
+        from a copy of it, so the answer is the uncached one at the cost of the call's own
+        tokens. A prefix the message does not start with token for token is simply not used.
+        """
         conversation = [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
         inputs, _ = self._encode([conversation])
         with nullcontext() if use_adapter else self._adapter_off():
-            answer = self._generate(inputs, max_new_tokens)[0]
+            cache = self._prefix_cache(conversation, inputs["input_ids"], fixed_prefix, use_adapter)
+            answer = self._generate(inputs, max_new_tokens, cache=cache)[0]
         return self.tokenizer.decode(answer.token_ids, skip_special_tokens=True).strip()
 
-    def generate_text(self, prompt: str, max_new_tokens: int = 256) -> str:
+    def generate_text(self, prompt: str, max_new_tokens: int = 256, *, fixed_prefix: str | None = None) -> str:
         """Text-only completion of ``prompt`` as a user turn (the local LLM for target extraction),
-        by the base model: a CRS adapter was not trained to answer that question."""
-        return self.chat(prompt, max_new_tokens=max_new_tokens, use_adapter=False)
+        by the base model: a CRS adapter was not trained to answer that question. ``fixed_prefix``
+        as for ``chat``."""
+        return self.chat(prompt, max_new_tokens=max_new_tokens, use_adapter=False, fixed_prefix=fixed_prefix)
+
+    def _prefix_cache(self, conversation, input_ids: torch.Tensor, fixed_prefix: str | None, use_adapter: bool):
+        """A private copy of the KV cache of the tokens before ``fixed_prefix`` ends, or ``None``."""
+        if not fixed_prefix or input_ids.shape[0] != 1:
+            return None
+        text = self.processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        where = text.find(fixed_prefix)
+        if where < 0:
+            return None
+        # The prefix's last token may merge with what follows it: cache the tokens before it.
+        prefix_ids = self.tokenizer(text[: where + len(fixed_prefix)], add_special_tokens=False)["input_ids"][:-1]
+        if not prefix_ids or input_ids[0, : len(prefix_ids)].tolist() != prefix_ids:
+            return None
+        key = (tuple(prefix_ids), use_adapter)
+        if key not in self._prefix_caches:
+            with self._inference():
+                output = self.model(input_ids=torch.tensor([prefix_ids], device=self.device), use_cache=True)
+            self._prefix_caches[key] = output.past_key_values
+            while len(self._prefix_caches) > MAX_PREFIX_CACHES:
+                self._prefix_caches.popitem(last=False)
+        self._prefix_caches.move_to_end(key)
+        return copy.deepcopy(self._prefix_caches[key])  # generation grows it in place
 
     @property
     def has_adapter(self) -> bool:
@@ -333,11 +381,18 @@ class QwenVL:
         inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt", do_resize=False)
         return inputs.to(self.device), [image.size for image in images]
 
-    def _generate(self, inputs, max_new_tokens: int) -> list[_Generated]:
-        """Greedy generation; per row the new tokens up to the first stop token and their scores."""
+    def _generate(self, inputs, max_new_tokens: int, cache=None) -> list[_Generated]:
+        """Greedy generation, continuing ``cache`` (a KV cache of the inputs' first tokens) if given;
+        per row the new tokens up to the first stop token and their scores."""
+        continued = {}
+        if cache is not None:  # a text-only chat: ids and mask are all the model reads
+            inputs = {name: inputs[name] for name in ("input_ids", "attention_mask")}
+            continued[self._cache_argument] = cache
+            forget_rope_deltas(self.model)
         with self._inference():
             output = self.model.generate(
                 **inputs,
+                **continued,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 temperature=None,
@@ -350,36 +405,14 @@ class QwenVL:
             new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :]
             # Scores: after the logits processors (what greedy decoding ranked, and what the
             # reference's compute_transition_scores reads); logits: the model's own.
-            logits, logprobs = _chosen(output.scores, new_tokens)
-            raw_logits, raw_logprobs = _chosen(output.logits, new_tokens)
+            logits, logprobs = chosen_scores(output.scores, new_tokens)
+            raw_logits, raw_logprobs = chosen_scores(output.logits, new_tokens)
         results = []
         for row, token_ids in enumerate(new_tokens.tolist()):
             n = next((i for i, token in enumerate(token_ids) if token in self._stop_ids), len(token_ids))
             results.append(_Generated(token_ids[:n], logprobs[row, :n], logits[row, :n], raw_logprobs[row, :n],
                                       raw_logits[row, :n]))  # fmt: skip
         return results
-
-    def _token_texts(self, token_ids: list[int]) -> list[str]:
-        """Text of each token, so that their concatenation is the decoded answer.
-
-        A character split over several byte-level tokens decodes as U+FFFD piece by piece;
-        such a run is decoded together and its text credited to its first token.
-        """
-        texts: list[str] = []
-        start = 0
-        while start < len(token_ids):
-            end = start + 1
-            piece = self.tokenizer.decode(token_ids[start:end])
-            while piece.endswith("\ufffd") and end < len(token_ids) and end - start < _MAX_TOKENS_PER_CHARACTER:
-                end += 1
-                piece = self.tokenizer.decode(token_ids[start:end])
-            if piece.endswith("\ufffd"):  # not a split character after all: keep the first token alone
-                end = start + 1
-                piece = self.tokenizer.decode(token_ids[start:end])
-            texts.append(piece)
-            texts.extend([""] * (end - start - 1))
-            start = end
-        return texts
 
     @contextmanager
     def _inference(self) -> Iterator[None]:
@@ -404,46 +437,6 @@ def _explain_out_of_memory(name, device, max_pixels) -> Iterator[None]:
         ) from error
 
 
-def _chosen(step_scores: Sequence[torch.Tensor], new_tokens: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per row and step, the chosen token's score and log-softmax, as ``(batch, steps)`` arrays."""
-    scores, logprobs = [], []
-    for step, step_score in enumerate(step_scores):
-        step_score = step_score.float()
-        chosen = new_tokens[:, step, None]
-        scores.append(step_score.gather(1, chosen)[:, 0])
-        logprobs.append(torch.log_softmax(step_score, dim=-1).gather(1, chosen)[:, 0])
-    return torch.stack(scores, dim=1).cpu().numpy(), torch.stack(logprobs, dim=1).cpu().numpy()
-
-
-def first_step_scores(generation_config, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """The first generated step's scores as greedy ``generate`` would see them: ``logits`` after the
-    processors a greedy generation config switches on (repetition penalty, n-gram ban, suppressed
-    tokens, minimum new tokens). Sampling warpers (temperature, top-p, top-k) play no part in
-    greedy decoding, as in the reference's ``generate(do_sample=False)``."""
-    from transformers import (
-        LogitsProcessorList,
-        MinNewTokensLengthLogitsProcessor,
-        NoRepeatNGramLogitsProcessor,
-        RepetitionPenaltyLogitsProcessor,
-        SuppressTokensLogitsProcessor,
-    )
-
-    processors = LogitsProcessorList()
-    penalty = getattr(generation_config, "repetition_penalty", None)
-    if penalty is not None and penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(penalty=float(penalty)))
-    ngram = getattr(generation_config, "no_repeat_ngram_size", None)
-    if ngram:
-        processors.append(NoRepeatNGramLogitsProcessor(int(ngram)))
-    minimum, eos = getattr(generation_config, "min_new_tokens", None), generation_config.eos_token_id
-    if minimum and eos is not None:
-        processors.append(MinNewTokensLengthLogitsProcessor(input_ids.shape[1], int(minimum), eos, device=logits.device))
-    suppressed = getattr(generation_config, "suppress_tokens", None)
-    if suppressed:
-        processors.append(SuppressTokensLogitsProcessor(list(suppressed), device=logits.device))
-    return processors(input_ids, logits.clone()) if processors else logits
-
-
 def _load_adapter(model, adapter: str):
     """The model with a PEFT LoRA adapter, kept unmerged so target extraction can switch it off
     (``disable_adapter``); the LoRA products cost little next to the base weights."""
@@ -460,14 +453,6 @@ def pixel_budget(image_processor) -> tuple[int | None, int | None]:
     low = read("shortest_edge") or getattr(image_processor, "min_pixels", None)
     high = read("longest_edge") or getattr(image_processor, "max_pixels", None)
     return low, high
-
-
-def _stop_token_ids(generation_config, tokenizer) -> set[int]:
-    # Generation stops at any eos id; finished rows of a batch are then filled with pad.
-    ids = generation_config.eos_token_id
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    ids += [tokenizer.eos_token_id, generation_config.pad_token_id, tokenizer.pad_token_id]
-    return {int(token) for token in ids if token is not None}
 
 
 def _checked_text(text: str, what: str) -> str:
