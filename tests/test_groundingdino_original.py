@@ -146,8 +146,9 @@ def test_boxes_are_pixels_of_the_input_image(detector, street_image):
     detections = detector.detect(street_image, TEXT)
     assert len(detections) == 20
     assert box_ops.is_valid(detections.boxes).all()
-    centres = (detections.boxes[:, :2] + detections.boxes[:, 2:]) / 2
-    assert (centres >= 0).all() and (centres <= [street_image.width, street_image.height]).all()
+    # Clipped to the image, as mmdetection clamps them.
+    assert (detections.boxes >= 0).all()
+    assert (detections.boxes[:, 2] <= street_image.width).all() and (detections.boxes[:, 3] <= street_image.height).all()
     assert list(detections.scores) == sorted(detections.scores, reverse=True)
 
 
@@ -157,6 +158,7 @@ def test_unfocused_score_is_the_max_over_all_tokens(detector, street_image):
     scores = probs.max(dim=-1).values.numpy()
     best = int(scores.argmax())
     expected_box = box_ops.scale_boxes(box_ops.cxcywh_to_xyxy(cxcywh[best]), street_image.width, street_image.height)
+    expected_box = box_ops.clip_boxes(expected_box, street_image.width, street_image.height)
 
     detections = detector.detect(street_image, TEXT)
     np.testing.assert_allclose(detections.scores, np.sort(scores)[::-1], rtol=1e-6)
@@ -169,6 +171,13 @@ def test_focused_score_uses_only_the_focus_tokens(detector, street_image):
     expected = np.sort(probs[:, CAR_TOKEN].numpy())[::-1]
     np.testing.assert_allclose(detector.detect(street_image, TEXT, focus=CAR).scores, expected, rtol=1e-6)
     np.testing.assert_allclose(detector.detect(street_image, "  " + TEXT, focus=(8, 11)).scores, expected, rtol=1e-6)
+
+
+@needs_groundingdino
+def test_a_focus_over_several_tokens_scores_by_their_mean(detector, street_image):
+    probs, _ = _raw_outputs(detector, street_image, TEXT + ".")
+    expected = np.sort(probs[:, [2, 3]].mean(dim=-1).numpy())[::-1]  # characters 2..9 are tokens 2 and 3
+    np.testing.assert_allclose(detector.detect(street_image, TEXT, focus=(2, 9)).scores, expected, rtol=1e-6)
 
 
 @needs_groundingdino
