@@ -31,8 +31,19 @@ BOUNDARY_WORDS = frozenset(
     wearing holding sitting standing lying laying walking riding carrying eating looking
     facing playing running talking using reading watching pointing leaning hanging resting
     parked placed located positioned situated covered filled dressed appears seems looks
-    stands sits lies rests resides hangs""".split()
+    stands sits lies rests resides hangs
+    closest nearest farthest furthest closer nearer""".split()
 )
+# Where-words that follow the head as a bare locative ("blue umbrella top right").
+LOCATION_WORDS = frozenset("top bottom left right middle center centre front back far upper lower".split())
+LOCATIVE_TAIL = LOCATION_WORDS | frozenset("most side corner".split())
+# "there is a bus", "this is a cat", "it's a dog": the subject follows the copula.
+PRESENTATIVES = frozenset("there here this that it".split())
+CONTRACTED_PRESENTATIVES = frozenset("there's here's that's it's".split())
+COPULAS = frozenset("is are".split())
+# "which is the tallest giraffe", "which one is ...", "which bear is ...".
+INTERROGATIVES = frozenset("which what".split())
+PRONOUN_HEADS = frozenset("one ones".split())
 RELATIVE_PRONOUNS = frozenset("that which who whom whose where".split())
 # A fronted clause ("next to the red building resides the white truck") opens with one of these.
 FRONTING_WORDS = frozenset(
@@ -130,14 +141,26 @@ def _noun_phrase_end(words: Sequence[_Word], first: int) -> int:
     seen_content = False
     while index < len(words):
         text = words[index].text
-        if seen_content and (text in BOUNDARY_WORDS or _is_verb_ing(text)):
+        if seen_content and (text in BOUNDARY_WORDS or _is_verb_ing(text) or _locative_tail(words, index)):
             if not (text == "of" and words[index - 1].text in QUANTITY_NOUNS):
                 break
-        seen_content = seen_content or text not in DETERMINERS
+        seen_content = seen_content or text not in DETERMINERS or _pronoun_head(words, index, first)
         index += 1
-    while index - 1 > first and words[index - 1].text in TRAILING_JUNK:
+    while index - 1 > first and words[index - 1].text in TRAILING_JUNK and not _pronoun_head(words, index - 1, first):
         index -= 1
     return index
+
+
+def _pronoun_head(words: Sequence[_Word], index: int, first: int) -> bool:
+    """"the one", "this one": ``one`` standing for the noun after a determiner, not a number."""
+    return words[index].text in PRONOUN_HEADS and index > first and words[index - 1].text in DETERMINERS
+
+
+def _locative_tail(words: Sequence[_Word], index: int) -> bool:
+    """Whether ``words[index:]`` is a bare locative after the head ("... top right", "... far left")."""
+    if words[index].text not in LOCATION_WORDS or words[index - 1].text in LOCATIVE_TAIL:
+        return False
+    return all(word.text in LOCATIVE_TAIL for word in words[index:])
 
 
 def _is_verb_ing(word: str) -> bool:
@@ -231,8 +254,18 @@ def heuristic_target(expression: str) -> tuple[str, Span]:
 
 def _subject_start(expression: str, words: Sequence[_Word]) -> int:
     """Index of the word where the subject noun phrase begins."""
+    opening = _after_opening(words)
+    if opening is not None:
+        return opening
     if words[0].text not in FRONTING_WORDS:
         return 0
+    comma = expression.find(",")
+    after_comma = next((i for i, word in enumerate(words) if comma >= 0 and word.start > comma), None)
+    if after_comma is not None and words[after_comma].text in DETERMINERS:
+        # "under the umbrella, a man sits reading": a clause in subject-verb order after the comma.
+        end = _noun_phrase_end(words, after_comma)
+        if end == len(words) or words[end].text in INVERSION_VERBS:
+            return after_comma
     for index, word in enumerate(words[1:-1], start=1):
         # "on the table that is by the window sits a cup": "that is" belongs to the clause.
         if word.text in INVERSION_VERBS and words[index - 1].text not in RELATIVE_PRONOUNS:
@@ -240,6 +273,23 @@ def _subject_start(expression: str, words: Sequence[_Word]) -> int:
             while after < len(words) - 1 and words[after].text in INVERSION_FILLERS:
                 after += 1
             return after
-    comma = expression.find(",")
-    following = [i for i, word in enumerate(words) if comma >= 0 and word.start > comma]
-    return following[0] if following else 0
+    return after_comma if after_comma is not None else 0
+
+
+def _after_opening(words: Sequence[_Word]) -> int | None:
+    """Where the subject starts after a presentative or interrogative opening, else ``None``.
+
+    "there is a bus" / "this is a cat" / "it's a dog" -> after the copula; "which is the
+    tallest giraffe" / "which one is ..." -> after the copula; "which bear is ..." -> "bear".
+    """
+    first = words[0].text
+    if first in CONTRACTED_PRESENTATIVES and len(words) > 1:
+        return 1
+    if first in PRESENTATIVES and len(words) > 2 and words[1].text in COPULAS:
+        return 2
+    if first not in INTERROGATIVES or len(words) < 2:
+        return None
+    copula = 2 if words[1].text in PRONOUN_HEADS else 1
+    if copula < len(words) - 1 and words[copula].text in COPULAS:
+        return copula + 1
+    return 1 if words[1].text not in COPULAS | PRONOUN_HEADS else None
