@@ -117,11 +117,14 @@ class LanguageModelCounter:
         self.hidden_size = model.config.text_config.hidden_size
         self.cache = None
 
-    def prefill(self, tokens: int) -> int:
-        """FLOPs of the forward over ``tokens`` input tokens (a fresh cache) and the LM head on the last one."""
+    def prefill(self, tokens: int, past: int = 0) -> int:
+        """FLOPs of the forward over ``tokens`` input tokens and the LM head on the last one, after
+        ``past`` tokens already in the KV cache (a cached prompt prefix: attended to, not recomputed)."""
         from transformers import DynamicCache
 
         self.cache = DynamicCache(config=self.model.config.text_config)
+        if past:
+            self._step(past)  # fills the cache; not counted
         return count_flops(lambda: self._step(tokens))
 
     def decode(self, steps: int) -> int:

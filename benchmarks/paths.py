@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass
 DEFAULT_LEVEL1_SHARE = 0.54
 SFA_TARGET_RATIO = 0.55  # SFA at most 55% of MLLM-only FLOPs (Qwen2-VL-7B with MM-GDINO-L)
 CRS_TARGET_RATIO = 1.1  # CRS at most 1.1x the prefill FLOPs of direct grounding
+# SFA with the target extraction a single query uses, as a share of MLLM-only, per detector
+# (with Qwen2-VL-7B): the goals of making extraction nearly free.
+EXTRACTION_GOALS = {"MM-GDINO-L": 1.0, "MM-GDINO-T": 0.60}
 
 
 @dataclass(frozen=True)
@@ -60,12 +63,31 @@ class MllmFlops:
                 "extraction": self.extraction}
 
 
+@dataclass(frozen=True)
+class ExtractionMode:
+    """One way of extracting the target, and what it costs per query."""
+
+    name: str
+    used_by: str
+    flops: float  # local FLOPs per query (0 for the heuristic and for a remote model)
+    prompt_tokens: float  # input tokens per query the model computes (cached ones excluded)
+    answer_tokens: float  # generated tokens per query
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def path_flops(
-    detector: DetectorFlops, mllm: MllmFlops, level1_share: float = DEFAULT_LEVEL1_SHARE
+    detector: DetectorFlops,
+    mllm: MllmFlops,
+    level1_share: float = DEFAULT_LEVEL1_SHARE,
+    extraction: float | None = None,
 ) -> dict[str, float]:
-    """Expected FLOPs per query of each strategy, Level-1 queries being ``level1_share`` of all."""
+    """Expected FLOPs per query of each strategy, Level-1 queries being ``level1_share`` of all;
+    target extraction costs ``extraction`` (default ``mllm.extraction``: one uncached prompt)."""
     if not 0 <= level1_share <= 1:
         raise ValueError(f"the Level-1 share must lie in [0, 1], got {level1_share}")
+    extraction = mllm.extraction if extraction is None else extraction
     p = level1_share
     # The detector keeps the last image's backbone outputs: the specialist call after the router reuses them.
     sfa = detector.router + p * (detector.specialist - detector.backbone) + (1 - p) * mllm.focus_grounding
@@ -75,8 +97,8 @@ def path_flops(
         "specialist": detector.specialist,
         "mllm": mllm.grounding,
         "crs": detector.specialist + mllm.crs_prefill,
-        "sfa": sfa + mllm.extraction,
-        "sfa+crs": sfa_crs + mllm.extraction,
+        "sfa": sfa + extraction,
+        "sfa+crs": sfa_crs + extraction,
         "sfa (no extraction)": sfa,
         "sfa+crs (no extraction)": sfa_crs,
     }
@@ -115,4 +137,15 @@ def check_targets(detector: DetectorFlops, mllm: MllmFlops, level1_share: float 
     ]
     targets.append(Target(f"CRS / grounding prefill <= {CRS_TARGET_RATIO}", crs_vs_prefill, CRS_TARGET_RATIO,
                           crs_vs_prefill <= CRS_TARGET_RATIO))
+    return targets
+
+
+def extraction_targets(
+    detectors: dict[str, DetectorFlops], mllm: MllmFlops, mode: ExtractionMode, level1_share: float = DEFAULT_LEVEL1_SHARE
+) -> list[Target]:
+    """SFA's share of MLLM-only FLOPs with extraction ``mode``, against ``EXTRACTION_GOALS``."""
+    targets = []
+    for name, limit in EXTRACTION_GOALS.items():
+        ratio = ratios_to_mllm(path_flops(detectors[name], mllm, level1_share, mode.flops))["sfa"]
+        targets.append(Target(f"sfa ({mode.name}), {name} / MLLM-only <= {limit:.0%}", ratio, limit, ratio <= limit))
     return targets

@@ -41,14 +41,24 @@ def crs_question() -> str:
     return prompt
 
 
-def extraction_question() -> str:
-    """The target-extraction question for this one expression, as ``Agent.locate`` asks it."""
-    return extraction_prompt([EXPRESSION])
+def batch_expressions(size: int = 8) -> list[str]:
+    """The standard expression and FineCops-Ref-style others: one batch as ``locate_batch``/``eval`` ask it."""
+    from .targets_table import CASES, FINECOPS
+
+    others = [case.expression for case in CASES if case.style == FINECOPS and case.expression != EXPRESSION]
+    return [EXPRESSION, *others[: size - 1]]
 
 
-def extraction_answer() -> str:
-    """The extractor's expected reply (a dict keyed "1"), stop token included."""
-    return json.dumps({"1": target_phrase()}) + "<|im_end|>"
+def extraction_question(expressions: list[str] | None = None) -> str:
+    """The target-extraction question for ``expressions`` (default: the standard one alone, as
+    ``Agent.locate`` asks it)."""
+    return extraction_prompt(expressions or [EXPRESSION])
+
+
+def extraction_answer(expressions: list[str] | None = None) -> str:
+    """The extractor's expected reply (a dict keyed "1".."n"), stop token included."""
+    targets = HeuristicExtractor().extract(expressions or [EXPRESSION])
+    return json.dumps({str(i): target for i, target in enumerate(targets, start=1)}) + "<|im_end|>"
 
 
 def image() -> Image.Image:

@@ -7,7 +7,8 @@
 - ``flops``: FLOPs per query of every strategy at real scale (weightless models);
 - ``walltime``: CRS ``select`` against one prefill and against ``ground``, one mid-size model;
 - ``orchestration``: ``Agent.locate``'s own time per query with instant plug-in backends;
-- ``serving``: what ``agent-cli serve`` adds per request (HTTP, upload, decoding, queue), same plug-ins.
+- ``serving``: what ``agent-cli serve`` adds per request (HTTP, upload, decoding, queue), same plug-ins;
+- ``extraction``: the model-free target extractor's agreement with a reader's targets.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import flops, orchestration, serving, walltime
+from . import extraction, flops, orchestration, serving, walltime
 
-BENCHMARKS = {"flops": flops, "walltime": walltime, "orchestration": orchestration, "serving": serving}
+BENCHMARKS = {"flops": flops, "walltime": walltime, "orchestration": orchestration, "serving": serving,
+              "extraction": extraction}
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:

@@ -1,32 +1,23 @@
-"""Token counts of the real prompts and typical answers, without the real tokenizers.
+"""Token counts of the real prompts and typical answers, with the real vocabularies.
 
-No real tokenizer can be downloaded here, so counts follow documented rules:
+Qwen2 (the LLM of every Qwen VL) and bert-base-uncased (the detector's text side) come from
+the fixtures in ``tests/fixtures/vocab`` (``tests/real_vocab.py``): Qwen2-VL's BPE with its
+special tokens and chat template, and bert-base-uncased's WordPiece list. Counts are exact
+for those vocabularies (Qwen2.5-VL and Qwen3-VL share Qwen2's).
 
-- **Qwen2** (the LLM of every Qwen VL): each special token (``<|im_start|>``, ...) counts 1;
-  the rest is split with Qwen2's own pre-tokenizer regex (``PRETOKENIZE_REGEX``, what the
-  real tokenizer applies before its BPE merges) and every piece counts 1. That is exact
-  for special tokens, digits (Qwen2 writes numbers digit by digit), punctuation and
-  whitespace, and for common English words (single tokens of the 151k vocabulary);
-  a rare word that BPE splits further is undercounted.
-- **BERT** (the detector's text side): the pieces of bert-base-uncased's basic tokenizer
-  (words and punctuation) plus ``[CLS]`` and ``[SEP]``; a word that WordPiece splits
-  (e.g. "snowboard") is undercounted.
-
-Prompts are the library's own (``tools.mllm``), wrapped in the verbatim Qwen2-VL chat
-template (``tests/tiny/_qwen_tokenizer.py``, the same for Qwen2.5-VL).
+Prompts are the library's own (``tools.mllm``, ``tools.extraction``), wrapped in the Qwen2-VL
+chat template as ``QwenVL`` sends them.
 """
 
 from __future__ import annotations
 
-import re
+import tempfile
 from functools import lru_cache
-
-from tokenizers import Regex, pre_tokenizers
+from pathlib import Path
 
 from tools.mllm.families import QWEN2_5_VL, QWEN2_VL, QwenFamily
 
 IMAGE_PAD = "<|image_pad|>"
-_SPECIAL_TOKEN = re.compile(r"<\|[a-z_]+\|>")
 
 # Typical greedy answers of each family to its grounding prompt, stop token included.
 # Qwen2-VL writes 0..1000 integers; Qwen2.5-VL a JSON list in pixels of the resized input.
@@ -37,52 +28,39 @@ TYPICAL_GROUNDING_ANSWERS = {
 
 
 @lru_cache(maxsize=1)
-def _qwen_pre_tokenizer():
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+def qwen_tokenizer():
+    """The real Qwen2-VL tokenizer (unpacked once into a temporary folder)."""
+    from transformers import AutoTokenizer
 
-    return pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False)
+    from tests.real_vocab import unpack_qwen2_vl_tokenizer
+
+    folder = unpack_qwen2_vl_tokenizer(Path(tempfile.mkdtemp(prefix="rex-qwen2-vl-tokenizer-")))
+    return AutoTokenizer.from_pretrained(folder)
+
+
+@lru_cache(maxsize=1)
+def _bert_tokenizer():
+    from tests.real_vocab import bert_tokenizer
+
+    return bert_tokenizer()
 
 
 def qwen_token_count(text: str) -> int:
-    """Tokens of ``text`` for a Qwen2 tokenizer, by the rule in the module docstring."""
-    count, start = 0, 0
-    for special in _SPECIAL_TOKEN.finditer(text):
-        count += _plain_qwen_tokens(text[start : special.start()]) + 1
-        start = special.end()
-    return count + _plain_qwen_tokens(text[start:])
-
-
-def _plain_qwen_tokens(text: str) -> int:
-    return len(_qwen_pre_tokenizer().pre_tokenize_str(text)) if text else 0
+    """Tokens of ``text`` (special tokens written out, e.g. ``<|im_end|>``) for Qwen2-VL."""
+    return len(qwen_tokenizer().encode(text, add_special_tokens=False))
 
 
 def bert_token_count(caption: str) -> int:
     """Tokens of a detector caption for bert-base-uncased, ``[CLS]`` and ``[SEP]`` included."""
-    return len(pre_tokenizers.BertPreTokenizer().pre_tokenize_str(caption.lower())) + 2
+    return len(_bert_tokenizer()(caption)["input_ids"])
 
 
 def detector_caption(text: str) -> str:
     """The caption Grounding DINO sees: ``text`` stripped and ending with "." (as the detector does)."""
     from tools.detectors.base import caption_and_focus_tokens
 
-    caption, _ = caption_and_focus_tokens(text, None, _WholeWordTokenizer(), max_tokens=10**6)
+    caption, _ = caption_and_focus_tokens(text, None, _bert_tokenizer(), max_tokens=10**6)
     return caption
-
-
-class _WholeWordTokenizer:
-    """Just enough of a tokenizer for ``caption_and_focus_tokens``: offsets of whitespace-separated words."""
-
-    def __call__(self, text: str, return_offsets_mapping: bool = True) -> dict:
-        return {"offset_mapping": [match.span() for match in re.finditer(r"\S+", text)]}
-
-
-@lru_cache(maxsize=1)
-def _chat_tokenizer():
-    # The tiny test tokenizer carries the verbatim Qwen2-VL chat template; only its
-    # template is used here, never its (tiny) vocabulary.
-    from tests.tiny._qwen_tokenizer import build_qwen_tokenizer
-
-    return build_qwen_tokenizer()
 
 
 def chat_text(prompt: str, with_image: bool) -> str:
@@ -93,9 +71,17 @@ def chat_text(prompt: str, with_image: bool) -> str:
     ``QwenVL.chat`` (target extraction).
     """
     content = [{"type": "image"}, {"type": "text", "text": prompt}] if with_image else prompt
-    return _chat_tokenizer().apply_chat_template(
+    return qwen_tokenizer().apply_chat_template(
         [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
     )
+
+
+def cached_prefix_token_count(prompt: str, fixed_prefix: str) -> int:
+    """Tokens of ``prompt``'s chat input that ``QwenVL`` serves from the KV cache of ``fixed_prefix``:
+    those before the prefix's last token (which may merge with what follows)."""
+    text = chat_text(prompt, with_image=False)
+    end = text.index(fixed_prefix) + len(fixed_prefix)
+    return qwen_token_count(text[:end]) - 1
 
 
 def prompt_token_count(prompt: str, image_tokens: int = 0) -> int:

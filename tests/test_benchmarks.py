@@ -16,7 +16,8 @@ from benchmarks import flops, orchestration, query, run
 from benchmarks.architectures import (MLLMS, MM_GDINO_LARGE, QWEN2_VL_7B, DetectorSpec, MllmSpec, build_detector,
                                       build_mllm, detector_input_size, image_token_count, qwen_vision_grid)
 from benchmarks.counting import LanguageModelCounter, count_flops, detector_flops, vision_flops
-from benchmarks.paths import DetectorFlops, MllmFlops, check_targets, path_flops, ratios_to_mllm
+from benchmarks.paths import (DetectorFlops, ExtractionMode, MllmFlops, check_targets, extraction_targets, path_flops,
+                              ratios_to_mllm)
 from benchmarks.tokens import bert_token_count, detector_caption, prompt_token_count, qwen_token_count
 from benchmarks.walltime import build_random_qwen_vl, timed_runs
 from tools.mllm.families import QWEN2_5_VL, QWEN2_VL
@@ -50,12 +51,12 @@ TINY_DETECTOR = DetectorSpec(
 
 # ---------------------------------------------------------------- token and size rules
 
-def test_token_rules_count_digits_and_special_tokens():
+def test_token_counts_come_from_the_real_vocabularies():
     # <|box_start|> ( 1 2 3 , 4 5 6 ),( 7 8 9 , 9 9 9 ) <|box_end|> <|im_end|>
     assert qwen_token_count("<|box_start|>(123,456),(789,999)<|box_end|><|im_end|>") == 20
-    assert qwen_token_count("the long snowboard") == 3
+    assert qwen_token_count("the long snowboard") == 4  # the, Ġlong, Ġsnow, board
     assert detector_caption("  the long snowboard") == "the long snowboard."
-    assert bert_token_count("the long snowboard.") == 6  # [CLS] the long snowboard . [SEP]
+    assert bert_token_count("the long snowboard.") == 7  # [CLS] the long snow ##board . [SEP]
     text_only = prompt_token_count("Where is it?")
     assert prompt_token_count("Where is it?", image_tokens=100) == text_only + 100 + 2  # + vision start / end
 
@@ -128,6 +129,29 @@ def test_detector_counts_like_a_real_forward():
     assert detector_flops(build_detector(TINY_DETECTOR), size, tokens).total == count_flops(lambda: real(**inputs))
 
 
+def test_a_cached_prefix_is_attended_to_but_not_recomputed():
+    language = LanguageModelCounter(build_mllm(TINY_QWEN2_VL))
+    fresh, continued, whole = language.prefill(10), language.prefill(10, past=50), language.prefill(60)
+    assert fresh < continued < whole
+
+
+def test_extraction_modes_cost_less_the_more_is_shared():
+    modes = {mode.name: mode for mode in flops.count_extraction(LanguageModelCounter(build_mllm(TINY_QWEN2_VL)))}
+    uncached, cached = modes["mllm, uncached"], modes["mllm, cached prefix"]
+    batched = modes[f"mllm, {flops.BATCH} per prompt, cached prefix"]
+    assert uncached.flops > cached.flops > batched.flops > 0
+    assert cached.prompt_tokens < uncached.prompt_tokens and cached.answer_tokens == uncached.answer_tokens
+    assert modes["heuristic"].flops == modes["openai:MODEL, 1 per prompt"].flops == 0
+    assert modes["openai:MODEL, 1 per prompt"].prompt_tokens == uncached.prompt_tokens
+    assert len(query.batch_expressions(flops.BATCH)) == flops.BATCH
+
+
+def test_the_extraction_benchmark_reports_agreement(tmp_path):
+    result = run.main(["--only", "extraction", "--out", str(tmp_path)])["extraction"]
+    assert set(result["agreement"]) == {"table", "held out"} and result["agreement"]["table"]["all"] >= 0.95
+    assert json.loads((tmp_path / "extraction.json").read_text())["agreement"] == result["agreement"]
+
+
 def test_decode_needs_a_prefill():
     with pytest.raises(RuntimeError, match="prefill"):
         LanguageModelCounter(build_mllm(TINY_QWEN2_VL)).decode(1)
@@ -151,6 +175,14 @@ def test_path_composition_formula():
     assert path_flops(DETECTOR, MLLM, 1.0)["sfa (no extraction)"] == 2.5  # everything on the fast path
     with pytest.raises(ValueError, match="Level-1 share"):
         path_flops(DETECTOR, MLLM, 1.5)
+
+
+def test_extraction_cost_replaces_the_default_and_the_goals_are_checked():
+    cheap = ExtractionMode("cheap", "test", flops=1.0, prompt_tokens=5, answer_tokens=2)
+    assert path_flops(DETECTOR, MLLM, 0.5, extraction=1.0)["sfa"] == path_flops(DETECTOR, MLLM, 0.5)["sfa"] - 3.0
+    targets = extraction_targets({"MM-GDINO-L": DETECTOR, "MM-GDINO-T": DETECTOR}, MLLM, cheap, 0.5)
+    assert [t.limit for t in targets] == [1.0, 0.6]
+    assert targets[0].value == pytest.approx((8.25 + 1.0) / 12.0) and targets[0].met and not targets[1].met
 
 
 def test_targets_report_values_and_verdicts():
