@@ -141,12 +141,17 @@ class Agent:
         return f"Agent(strategy={self.config.strategy!r}, focus={self.config.focus})"
 
 
+# Code points that are not text: control characters and lone surrogates (valid in JSON as
+# "\ud800", unencodable as UTF-8, so every tokenizer fails on them).
+NOT_TEXT = ("Cc", "Cs")
+
+
 def clean_expression(expression: str) -> str:
-    """The expression with control characters replaced by spaces (one for one, so character
-    spans keep their meaning); an empty or blank expression is a ``UserInputError``."""
+    """The expression with control characters and lone surrogates replaced by spaces (one for
+    one, so character spans keep their meaning); an empty or blank expression is a ``UserInputError``."""
     if not isinstance(expression, str):
         raise UserInputError(f"the expression must be text, got {type(expression).__name__}")
-    cleaned = "".join(" " if unicodedata.category(c) == "Cc" else c for c in expression)
+    cleaned = "".join(" " if unicodedata.category(c) in NOT_TEXT else c for c in expression)
     check_text(cleaned)
     return cleaned
 

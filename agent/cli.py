@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agent import cli_options as opt
@@ -62,6 +63,7 @@ def detect(
 
     # Inputs are checked before any model loads, so mistakes are answered at once.
     picture = load_image(image)
+    check_save_path(save)
     span = find_phrase(text, focus) if focus else None
     check_text(text, span)
     model = GroundingDinoDetector.from_pretrained(detector, device=device, dtype=dtype)
@@ -71,12 +73,12 @@ def detect(
     if as_json:
         stdout.print_json(json.dumps({"image": str(image), "text": text, "focus": span, **detections.to_dict()}))
         return
-    table = Table("rank", "x1", "y1", "x2", "y2", "score", title=f"{text!r} in {image}")
+    table = Table("rank", "x1", "y1", "x2", "y2", "score", title=escape(f"{text!r} in {image}"))
     for rank, (box, confidence) in enumerate(detections, start=1):
         table.add_row(str(rank), *(f"{v:.1f}" for v in box), f"{confidence:.3f}")
     stdout.print(table)
     if save is not None:
-        stdout.print(f"saved {save}")
+        stdout.print(f"saved {save}", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -113,6 +115,7 @@ def locate(
         llm=llm, adapter=adapter, device=device, dtype=dtype, detector_dtype=detector_dtype, max_pixels=max_pixels,
     )  # fmt: skip
     picture = load_image(image, max_pixels=settings.max_image_pixels)
+    check_save_path(save)
     expression = clean_expression(expression)
     resolve_device(settings.device)
     result = Agent(config=settings).locate(picture, expression)
@@ -127,7 +130,7 @@ def locate(
     if result.target is not None:
         summary += f", target {result.target!r}"
     if result.found:
-        table = Table("rank", "x1", "y1", "x2", "y2", "score", title=f"{expression!r} in {image}")
+        table = Table("rank", "x1", "y1", "x2", "y2", "score", title=escape(f"{expression!r} in {image}"))
         for rank, (box, confidence) in enumerate(result.detections, start=1):
             table.add_row(str(rank), *(f"{v:.1f}" for v in box), f"{confidence:.3f}")
         stdout.print(table)
@@ -137,7 +140,20 @@ def locate(
     for note in result.fallbacks:
         stdout.print(f"fallback: {note}", markup=False)
     if save is not None:
-        stdout.print(f"saved {save}")
+        stdout.print(f"saved {save}", markup=False, soft_wrap=True)
+
+
+def check_save_path(save: Path | None) -> None:
+    """Refuse a ``--save`` path that could not be written, before any model runs."""
+    if save is None:
+        return
+    from PIL import Image
+
+    writable = {ext for ext, name in Image.registered_extensions().items() if name in Image.SAVE}
+    if save.suffix.lower() not in writable:
+        raise UserInputError(f"--save {str(save)!r}: not an image file name; use .png or .jpg")
+    if not save.parent.is_dir():
+        raise UserInputError(f"--save {str(save)!r}: no such folder {str(save.parent)!r}")
 
 
 @app.command()

@@ -125,7 +125,8 @@ def evaluate(
             written = run_samples(agent, todo, writer, progress, stop)
         reused = getattr(agent.backends.detector, "hits", None) if settings.uses_detector else None
         if reused is not None:  # a CachedDetector (--cache-dir)
-            stdout.print(f"detector cache: {reused} answers reused, {agent.backends.detector.misses} computed")
+            stdout.print(f"detector cache: {reused} answers reused, {agent.backends.detector.misses} computed",
+                     markup=False)
         if written < len(todo):
             finished = len(mine) - len(todo) + written
             typer.echo(f"interrupted: {finished} of {len(mine)} samples done, in {path}; "

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tools.datasets import Sample
@@ -200,5 +201,6 @@ def print_report(
         table = Table("run", *categories, title=title)
         for label, run_metrics in runs:
             values = headline(run_metrics)[1]
-            table.add_row(label, *("-" if values.get(key) is None else f"{values[key]:.2f}" for key in categories))
+            table.add_row(escape(label),
+                          *("-" if values.get(key) is None else f"{values[key]:.2f}" for key in categories))
         console.print(table)

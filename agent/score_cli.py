@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tools.errors import UserInputError
@@ -93,24 +94,24 @@ def finecops_tables(result: dict[str, Any]) -> list[Table]:
     precision = Table("level", "P@1", "P@5", "P@10", "positives", title="Precision@k (%)")
     for level in result["precision_at_1"]:
         row = [_pct(result[f"precision_at_{k}"][level]) for k in (1, 5, 10)]
-        precision.add_row(level, *row, str(counts["positives"][level]))
+        precision.add_row(escape(level), *row, str(counts["positives"][level]))
     tables = [precision]
     if result["precision_at_1_by_route"]:
         routes = Table("route level", "P@1", title="Precision@1 by SFA route (%)")
         for route, value in result["precision_at_1_by_route"].items():
-            routes.add_row(route, _pct(value))
+            routes.add_row(escape(str(route)), _pct(value))
         tables.append(routes)
     if counts["negatives"]:
         recall = Table("negative type/level/cate", "R@1", "R@5", "R@10", "pairs", title="Recall@k (%)")
         for key in result["recall_at_1"]:
             row = [_pct(result[f"recall_at_{k}"][key]) for k in (1, 5, 10)]
-            recall.add_row(key, *row, str(counts["recall_groups"][key]))
+            recall.add_row(escape(key), *row, str(counts["recall_groups"][key]))
         separation = Table("negatives", "AUROC", "FPR@95", "AUPR", "count", title="Positives vs negatives (%)")
         separation.add_row("all (vs level-1 positives)", *map(_pct, (result["auroc"], result["fpr95"], result["aupr"])),
                            str(counts["negatives"]))  # fmt: skip
         for key in result["auroc_by_key"]:
             values = (result["auroc_by_key"][key], result["fpr95_by_key"][key], result["aupr_by_key"][key])
-            separation.add_row(key, *map(_pct, values), str(counts["negatives_by_key"][key]))
+            separation.add_row(escape(key), *map(_pct, values), str(counts["negatives_by_key"][key]))
         crs = Table("CRS accuracy", "positives", "negatives (no box)", title="Answer accuracy (%)")
         crs.add_row("", _pct(result["crs_accuracy"]["positive"]), _pct(result["crs_accuracy"]["negative"]))
         tables += [recall, separation, crs]

@@ -68,7 +68,7 @@ def serve(
         **({"strategies": allowed} if allowed else {}),
         max_upload_bytes=int(max_upload_mb * 2**20),
         max_queue=max_queue,
-        api_key=api_key or None,
+        api_key=_checked_api_key(api_key),
         image_urls=allow_image_urls,
         url_timeout=url_timeout,
     )
@@ -86,6 +86,13 @@ def serve(
     finally:
         app.state.pool.close()
         listener.close()
+
+
+def _checked_api_key(api_key: str | None) -> str | None:
+    """The key a request must carry; an empty one (``REX_API_KEY=""``) would switch authentication off."""
+    if api_key is not None and not api_key.strip():
+        raise UserInputError("the API key (--api-key or REX_API_KEY) is empty; give a key, or unset it to serve without one")
+    return api_key
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tools.errors import UserInputError
@@ -67,7 +68,7 @@ def finetune_data(
 
 def print_report(report: BuildReport, console: Console | None = None) -> None:
     """The counts as a table: read, kept (positives / negatives), then each drop reason."""
-    table = Table("outcome", "samples", title=f"CRS samples in {report.output_dir}")
+    table = Table("outcome", "samples", title=escape(f"CRS samples in {report.output_dir}"))
     table.add_row("read", str(report.read))
     table.add_row("kept: positives", str(report.kept_positives))
     table.add_row("kept: negatives", str(report.kept_negatives))
@@ -76,7 +77,8 @@ def print_report(report: BuildReport, console: Console | None = None) -> None:
             table.add_row(f"dropped: {reason}", str(report.dropped[reason]))
     console = console or Console()
     console.print(table)
-    console.print(f"samples: {Path(report.output_dir) / SAMPLES_FILE}; report: {Path(report.output_dir) / REPORT_FILE}")
+    console.print(f"samples: {Path(report.output_dir) / SAMPLES_FILE}; report: {Path(report.output_dir) / REPORT_FILE}",
+                  markup=False)
 
 
 def run_standalone(argv: list[str] | None = None) -> int:

@@ -39,7 +39,8 @@ def files(tmp_path):
     config = tmp_path / "broken.toml"
     config.write_text("strategy = ")
     return {"{good}": good, "{text}": text, "{cut}": truncated, "{empty}": empty, "{dir}": tmp_path,
-            "{missing}": tmp_path / "missing.png", "{config}": config}  # fmt: skip
+            "{missing}": tmp_path / "missing.png", "{config}": config,
+            "{nodir}": tmp_path / "nowhere" / "out.png", "{txt}": tmp_path / "out.txt"}  # fmt: skip
 
 
 CLI_CASES = [
@@ -68,6 +69,12 @@ CLI_CASES = [
     (["locate", "{good}", EXPRESSION], {"REX_CRS_TOP_K": "lots"}, 2, "crs_top_k='lots' is not a valid int"),
     (["locate", "{good}", EXPRESSION, "--bogus"], {}, 2, "No such option: --bogus"),
     (["detect", "{good}", EXPRESSION, "--focus", "bicycle"], {}, 2, "does not occur"),
+    # A --save that could not be written is refused before any model loads (the models here do not exist).
+    (["locate", "{good}", EXPRESSION, "--save", "{nodir}", "--detector", "./nowhere"], {}, 2, "no such folder"),
+    (["locate", "{good}", EXPRESSION, "--save", "{txt}", "--detector", "./nowhere"], {}, 2,
+     "not an image file name"),
+    (["detect", "{good}", EXPRESSION, "--save", "{txt}", "--detector", "./nowhere"], {}, 2,
+     "not an image file name"),
 ]
 
 
@@ -270,3 +277,36 @@ def test_plug_in_selections_sum_to_one_or_raise_a_model_output_error(value, allo
     except ModelOutputError:
         return
     assert selection.probabilities.sum() == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- text that is not text, markup that is not markup
+
+class Utf8Detector:
+    """Encodes the text as a tokenizer would: a lone surrogate cannot be encoded."""
+
+    def __init__(self):
+        self.texts = []
+
+    def detect(self, image, text, focus=None):
+        self.texts.append(text.encode("utf-8"))
+        return Detections([[10, 10, 50, 40]], [0.9])
+
+
+def test_a_lone_surrogate_is_cleaned_like_a_control_character():
+    detector = Utf8Detector()
+    agent = Agent(strategy="specialist", focus=False, detector=detector)
+    result = agent.locate(Image.new("RGB", (64, 48)), "the red car \ud800 on the left")
+    assert result.expression == "the red car   on the left" and result.found  # one for one: spans stay valid
+    assert detector.texts == [b"the red car   on the left"]
+
+
+@pytest.mark.parametrize("expression", ["the car [/bold]", "[bold red]the car[/]"])
+def test_markup_in_user_text_is_printed_as_written(capsys, tmp_path, files, tiny_mm_grounding_dino, expression):
+    save = tmp_path / "out[bold red].png"
+    args = ["locate", str(files["{good}"]), expression, "--strategy", "specialist", "--no-focus", "--device", "cpu",
+            "--detector", str(tiny_mm_grounding_dino), "--save", str(save)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert repr(expression)[1:-1] in out and f"saved {save}" in out and save.is_file()
+    assert main(["detect", str(files["{good}"]), expression, "--detector", str(tiny_mm_grounding_dino)]) == 0
+    assert repr(expression)[1:-1] in capsys.readouterr().out

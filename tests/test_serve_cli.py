@@ -24,6 +24,8 @@ from tests.test_serve_api import EXPRESSION, png
         (["--strategies", "crs"], "the default strategy 'sfa' is not among ['crs']"),
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["--port", "{busy}"], "cannot listen on 127.0.0.1:{busy}"),
+        (["--api-key", ""], "the API key (--api-key or REX_API_KEY) is empty"),
+        (["--api-key", "   "], "the API key (--api-key or REX_API_KEY) is empty"),
     ],
 )  # fmt: skip
 def test_mistakes_exit_2_with_one_line(args, message, capsys):
