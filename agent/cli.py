@@ -111,8 +111,9 @@ def locate(
 
     # Inputs and settings are checked before any model loads, so mistakes are answered at once.
     settings = Configuration.load(
-        config, profile=profile, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi, detector=detector, mllm=mllm,
-        llm=llm, adapter=adapter, device=device, dtype=dtype, detector_dtype=detector_dtype, max_pixels=max_pixels,
+        config, profile=profile, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi,
+        detector=detector, mllm=mllm, llm=llm, adapter=adapter, device=device, dtype=dtype,
+        detector_dtype=detector_dtype, max_pixels=max_pixels,
     )  # fmt: skip
     picture = load_image(image, max_pixels=settings.max_image_pixels)
     check_save_path(save)

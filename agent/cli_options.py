@@ -9,7 +9,7 @@ import typer
 
 Profile = Annotated[
     Optional[str],
-    typer.Option("--profile", help="default, or reference: reproduce the authors' released scripts (README, Profiles)."),
+    typer.Option("--profile", help="default, or reference: the authors' released scripts (README, Profiles)."),
 ]
 Strategy = Annotated[Optional[str], typer.Option("--strategy", help="specialist, mllm, sfa, crs or sfa+crs.")]
 Focus = Annotated[Optional[bool], typer.Option("--focus/--no-focus", help="Target-focus matching and prompt.")]

@@ -81,6 +81,9 @@ def evaluate(
         [], "--compare", help="Another run folder to chart next to this one (repeat the option for several)."
     ),
     force: bool = typer.Option(False, "--force", help="Continue a run folder even though its settings differ."),
+    retry_errors: bool = typer.Option(
+        False, "--retry-errors", help="Answer again the samples recorded with an error (e.g. an image since restored)."
+    ),
 ) -> None:
     """Run the agent over a benchmark (resumable), score it and write the report into OUTPUT."""
     from tqdm import tqdm
@@ -88,15 +91,18 @@ def evaluate(
     from agent.agent import Agent
     from agent.configuration import Configuration
     from agent.evaluate import PREDICTIONS_FILE, DatasetSpec, GracefulInterrupt, Shard, completed_ids
-    from agent.evaluate import local_device, merge_shards, record_run, run_samples, run_settings
+    from agent.evaluate import drop_errors, local_device, lock_file, merge_shards, record_run, run_samples
+    from agent.evaluate import run_settings
     from agent.report import read_compared
     from tools.devices import resolve_device
     from tools.evaluation import PredictionWriter
+    from tools.files import exclusive_lock
 
     # Everything the user typed is checked before any model loads.
     settings = Configuration.load(
-        config, profile=profile, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi, detector=detector, mllm=mllm,
-        llm=llm, adapter=adapter, device=device, dtype=dtype, detector_dtype=detector_dtype, max_pixels=max_pixels,
+        config, profile=profile, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi,
+        detector=detector, mllm=mllm, llm=llm, adapter=adapter, device=device, dtype=dtype,
+        detector_dtype=detector_dtype, max_pixels=max_pixels,
         cache_dir=None if cache_dir is None else str(cache_dir),
     )  # fmt: skip
     part = Shard.parse(shard) if shard is not None else Shard.from_environment()
@@ -107,39 +113,43 @@ def evaluate(
     mine = part.select(samples) if part else samples
     compared = read_compared(compare, dataset_format)
     output.mkdir(parents=True, exist_ok=True)
-    overridden = record_run(output, run_settings(dataset, settings), force)
-    if overridden:
-        typer.echo(f"warning: continuing {output} with other settings (--force): {overridden}", err=True)
-
     path = output / (part.file_name if part else PREDICTIONS_FILE)
-    done = completed_ids(path)
-    todo = [sample for sample in mine if str(sample.id) not in done]
-    if todo:
-        agent = Agent(config=settings)
-        agent.load_models()
-        label = f"{settings.strategy}" + (f" shard {part}" if part else "")
-        with GracefulInterrupt() as stop, PredictionWriter(path) as writer, tqdm(
-            total=len(mine), initial=len(mine) - len(todo), unit="sample", desc=label, dynamic_ncols=True,
-            position=part.index if part else None,  # one line per process under a launcher
-        ) as progress:  # fmt: skip
-            written = run_samples(agent, todo, writer, progress, stop)
-        reused = getattr(agent.backends.detector, "hits", None) if settings.uses_detector else None
-        if reused is not None:  # a CachedDetector (--cache-dir)
-            stdout.print(f"detector cache: {reused} answers reused, {agent.backends.detector.misses} computed",
-                     markup=False)
-        if written < len(todo):
-            finished = len(mine) - len(todo) + written
-            typer.echo(f"interrupted: {finished} of {len(mine)} samples done, in {path}; "
-                       "run the same command to resume", err=True)  # fmt: skip
-            raise typer.Exit(INTERRUPTED_EXIT_CODE)
+    # One process per predictions file: two runs on one --output would each do all the work.
+    with exclusive_lock(lock_file(path), str(path)):
+        overridden = record_run(output, run_settings(dataset, settings), force)
+        if overridden:
+            typer.echo(f"warning: continuing {output} with other settings (--force): {overridden}", err=True)
 
-    if part and merge_shards(output, samples, part.count) is None:
-        stdout.print(f"shard {part}: {len(mine)} samples done, in {path}; the process that completes the "
-                     "last shard merges them and writes the report", markup=False, soft_wrap=True)  # fmt: skip
-        return
-    run = {**run_settings(dataset, settings), "device": settings.device, "cache_dir": settings.cache_dir,
-           "limit": dataset.limit, "shards": part.count if part else None, "samples": len(samples)}  # fmt: skip
-    _score_and_report(dataset, samples, output, run, compared)
+        if retry_errors and (retried := drop_errors(path)):
+            typer.echo(f"retrying {retried} samples recorded with an error in {path}", err=True)
+        done = completed_ids(path)
+        todo = [sample for sample in mine if str(sample.id) not in done]
+        if todo:
+            agent = Agent(config=settings)
+            agent.load_models()
+            label = f"{settings.strategy}" + (f" shard {part}" if part else "")
+            with GracefulInterrupt() as stop, PredictionWriter(path) as writer, tqdm(
+                total=len(mine), initial=len(mine) - len(todo), unit="sample", desc=label, dynamic_ncols=True,
+                position=part.index if part else None,  # one line per process under a launcher
+            ) as progress:  # fmt: skip
+                written = run_samples(agent, todo, writer, progress, stop)
+            reused = getattr(agent.backends.detector, "hits", None) if settings.uses_detector else None
+            if reused is not None:  # a CachedDetector (--cache-dir)
+                stdout.print(f"detector cache: {reused} answers reused, {agent.backends.detector.misses} computed",
+                             markup=False)
+            if written < len(todo):
+                finished = len(mine) - len(todo) + written
+                typer.echo(f"interrupted: {finished} of {len(mine)} samples done, in {path}; "
+                           "run the same command to resume", err=True)  # fmt: skip
+                raise typer.Exit(INTERRUPTED_EXIT_CODE)
+
+        if part and merge_shards(output, samples, part.count) is None:
+            stdout.print(f"shard {part}: {len(mine)} samples done, in {path}; the process that completes the "
+                         "last shard merges them and writes the report", markup=False, soft_wrap=True)  # fmt: skip
+            return
+        run = {**run_settings(dataset, settings), "device": settings.device, "cache_dir": settings.cache_dir,
+               "limit": dataset.limit, "shards": part.count if part else None, "samples": len(samples)}  # fmt: skip
+        _score_and_report(dataset, samples, output, run, compared)
 
 
 def _score_and_report(dataset, samples, output: Path, run: dict, compared: list) -> None:
@@ -165,7 +175,8 @@ def _score_and_report(dataset, samples, output: Path, run: dict, compared: list)
     print_report(stdout, metrics, compared)
     notes = []
     if metrics["errors"]:
-        notes.append(f"{metrics['errors']} samples could not be answered (scored as empty; see their 'error' field)")
+        notes.append(f"{metrics['errors']} samples could not be answered and count as misses (see their 'error' "
+                     "field; --retry-errors answers them again)")
     if left_out:
         notes.append(f"{left_out} negatives left out of the scores: their positive lies beyond --limit")
     for note in notes:

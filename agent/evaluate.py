@@ -18,6 +18,7 @@ pieces it is made of, each usable on its own:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -28,7 +29,7 @@ from typing import Any, Iterable, Mapping
 
 from tools.datasets import Sample, read_dataset
 from tools.detections import Detections
-from tools.errors import ModelOutputError, UserInputError
+from tools.errors import ModelOutputError, RexError, UserInputError
 from tools.evaluation import Prediction, PredictionWriter, read_predictions
 from tools.evaluation import score_finecops_ref, score_grec, score_refcoco
 from tools.files import replaced_atomically, write_atomically
@@ -47,6 +48,7 @@ RUNTIME_SETTINGS = ("device", "cache_dir")
 # are recorded as that sample's empty answer. Anything else (missing weights, a server
 # outage) stops the run, which can be resumed once it is fixed.
 SAMPLE_ERRORS = (UserInputError, ModelOutputError)
+logger = logging.getLogger(__name__)
 # Expressions whose targets are extracted together (model extractors batch 8 per prompt).
 PREFETCH_CHUNK = 32
 SCORE_FUNCTIONS = {"finecops": score_finecops_ref, "refcoco": score_refcoco, "grec": score_grec}
@@ -176,17 +178,43 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
     return "; ".join(changes)
 
 
+def lock_file(path: Path) -> Path:
+    """The (hidden) lock file of predictions file ``path``: one process writes a predictions file at a time."""
+    return path.with_name(f".{path.name}.lock")
+
+
+def drop_errors(path: Path) -> int:
+    """Remove the predictions recorded with an ``error`` from predictions file ``path`` (rewritten
+    atomically), so a resumed run answers those samples again; returns how many were removed."""
+    if not path.exists():
+        return 0
+    predictions = read_predictions(path)
+    kept = [prediction for prediction in predictions if "error" not in prediction.fields]
+    if len(kept) < len(predictions):
+        with replaced_atomically(path) as temporary, PredictionWriter(temporary) as writer:
+            for prediction in kept:
+                writer.write(prediction)
+    return len(predictions) - len(kept)
+
+
 def completed_ids(path: Path) -> set[str]:
     """Ids (as text) already answered in predictions file ``path``; a torn last line does not count."""
     return {str(prediction.id) for prediction in read_predictions(path)} if path.exists() else set()
 
 
 def predict(agent: Agent, sample: Sample) -> Prediction:
-    """The agent's answer to ``sample``; a sample error (see ``SAMPLE_ERRORS``) gives an empty
-    answer with an ``error`` field."""
+    """The agent's answer to ``sample``. A failure of this sample gives an empty answer with an
+    ``error`` field, so the run goes on: the documented sample errors (``SAMPLE_ERRORS``) and
+    any unexpected one (logged too). Outages (a remote service down, a missing checkpoint,
+    out of memory: ``RexError`` and ``MemoryError``) stop the run, which then resumes."""
     try:
         result = agent.locate(sample.image_path, sample.expression)
     except SAMPLE_ERRORS as error:
+        return Prediction(sample.id, Detections.empty(), {"error": f"{type(error).__name__}: {error}"})
+    except (RexError, MemoryError):
+        raise
+    except Exception as error:  # noqa: BLE001 - one sample's failure must not stop thousands
+        logger.warning("sample %s failed: %s: %s", sample.id, type(error).__name__, error)
         return Prediction(sample.id, Detections.empty(), {"error": f"{type(error).__name__}: {error}"})
     extra = {}
     selection = result.selection

@@ -57,8 +57,9 @@ def serve(
     from tools.devices import resolve_device
 
     settings = Configuration.load(
-        config, profile=profile, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi, detector=detector, mllm=mllm,
-        llm=llm, adapter=adapter, dtype=dtype, detector_dtype=detector_dtype, max_pixels=max_pixels,
+        config, profile=profile, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi,
+        detector=detector, mllm=mllm, llm=llm, adapter=adapter, dtype=dtype, detector_dtype=detector_dtype,
+        max_pixels=max_pixels,
     )  # fmt: skip
     devices = [str(resolve_device(name)) for name in (device or [settings.device])]
     if len(set(devices)) != len(devices):
@@ -91,7 +92,9 @@ def serve(
 def _checked_api_key(api_key: str | None) -> str | None:
     """The key a request must carry; an empty one (``REX_API_KEY=""``) would switch authentication off."""
     if api_key is not None and not api_key.strip():
-        raise UserInputError("the API key (--api-key or REX_API_KEY) is empty; give a key, or unset it to serve without one")
+        raise UserInputError(
+            "the API key (--api-key or REX_API_KEY) is empty; give a key, or unset it to serve without one"
+        )
     return api_key
 
 

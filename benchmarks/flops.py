@@ -23,8 +23,8 @@ from .counting import LanguageModelCounter, detector_flops, vision_flops
 from .paths import (DEFAULT_LEVEL1_SHARE, DetectorFlops, ExtractionMode, MllmFlops, check_targets, extraction_targets,
                     path_flops, ratios_to_mllm)
 from .report import flops_text, format_table, run_standalone, write_json
-from .tokens import (bert_token_count, cached_prefix_token_count, detector_caption, prompt_token_count, qwen_token_count,
-                     typical_answer)
+from .tokens import (bert_token_count, cached_prefix_token_count, detector_caption, prompt_token_count,
+                     qwen_token_count, typical_answer)
 
 BATCH = 8  # expressions per extraction prompt in locate_batch and eval (ChatExtractor's batch_size)
 

@@ -141,7 +141,10 @@ def check_targets(detector: DetectorFlops, mllm: MllmFlops, level1_share: float 
 
 
 def extraction_targets(
-    detectors: dict[str, DetectorFlops], mllm: MllmFlops, mode: ExtractionMode, level1_share: float = DEFAULT_LEVEL1_SHARE
+    detectors: dict[str, DetectorFlops],
+    mllm: MllmFlops,
+    mode: ExtractionMode,
+    level1_share: float = DEFAULT_LEVEL1_SHARE,
 ) -> list[Target]:
     """SFA's share of MLLM-only FLOPs with extraction ``mode``, against ``EXTRACTION_GOALS``."""
     targets = []

@@ -46,5 +46,6 @@ def reference_cases(name: str) -> list[tuple[str, list[int]]]:
     folder = FIXTURES / name
     texts = (folder / "reference.inp").read_text(encoding="utf-8").split(CASE_SEPARATOR)
     texts[-1] = texts[-1].removesuffix("\n__ggml_vocab_test__\n").removesuffix("\n__ggml_vocab_test__")
-    ids = [[int(v) for v in line.split()] for line in (folder / "reference.out").read_text(encoding="utf-8").split("\n")]
+    lines = (folder / "reference.out").read_text(encoding="utf-8").split("\n")
+    ids = [[int(v) for v in line.split()] for line in lines]
     return list(zip(texts, ids[: len(texts)]))

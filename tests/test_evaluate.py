@@ -20,7 +20,7 @@ from agent import Agent
 from agent.backends import Backends
 from agent.cli import main
 from agent.configuration import Configuration
-from agent.evaluate import PREDICTIONS_FILE, Shard, local_device, predict
+from agent.evaluate import PREDICTIONS_FILE, Shard, local_device, lock_file, predict
 from tools.datasets import Sample, read_dataset
 from tools.detections import Detections
 from tools.detectors import GroundingDinoDetector
@@ -357,3 +357,63 @@ def test_crs_predictions_carry_the_scripts_log_probabilities_for_reference_scori
     assert main([*args, "--confidence", "reference"]) == 0
     assert json.loads(capsys.readouterr().out)["precision_at_1"]["all"] is not None
     assert main([*args, "--confidence", "mine"]) == 2
+
+
+def specialist_only(models):
+    detector = models[models.index("--detector") + 1]
+    return ["--strategy", "specialist", "--no-focus", "--detector", detector, "--device", "cpu"]
+
+
+def test_a_second_eval_on_the_same_output_is_refused_while_the_first_runs(tmp_path, dataset, models, capsys):
+    import os
+
+    from tools.files import exclusive_lock
+
+    with exclusive_lock(lock_file(tmp_path / PREDICTIONS_FILE), "the other run"):
+        assert evaluate(tmp_path, *dataset, *specialist_only(models)) == 2
+    err = capsys.readouterr().err
+    assert f"is being written by another process (pid {os.getpid()})" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / PREDICTIONS_FILE).exists()
+    assert evaluate(tmp_path, *dataset, *specialist_only(models), "--limit", "2") == 0  # released
+
+
+def test_retry_errors_answers_again_the_samples_that_failed(tmp_path, dataset, models, capsys):
+    root = Path(dataset[dataset.index("--image-root") + 1])
+    assert evaluate(tmp_path, *dataset, *specialist_only(models)) == 0
+    assert [p["id"] for p in answers(tmp_path) if "error" in p] == [BROKEN_ID]
+    assert "count as misses" in capsys.readouterr().out
+    Image.open(root / "image0.png").save(root / "missing.png")  # the image is restored
+    try:
+        assert evaluate(tmp_path, *dataset, *specialist_only(models)) == 0  # a plain resume keeps the error
+        assert [p["id"] for p in answers(tmp_path) if "error" in p] == [BROKEN_ID]
+        capsys.readouterr()
+        assert evaluate(tmp_path, *dataset, *specialist_only(models), "--retry-errors") == 0
+    finally:
+        (root / "missing.png").unlink()
+    assert "retrying 1 samples recorded with an error" in capsys.readouterr().err
+    after = answers(tmp_path)
+    assert not [p for p in after if "error" in p] and BROKEN_ID in {p["id"] for p in after}
+    assert len({p["id"] for p in after}) == len(after)  # nothing answered twice
+
+
+def test_an_unexpected_failure_of_one_sample_is_recorded_and_an_outage_stops_the_run(tmp_path):
+    import numpy as np
+
+    from tools.errors import RemoteServiceError
+
+    class Fragile:
+        def detect(self, image, text, focus=None):
+            if "bad" in text:
+                raise KeyError("a tokenizer-level surprise")
+            if "down" in text:
+                raise RemoteServiceError("server down")
+            return Detections([[0, 0, 5, 5]], [0.9])
+
+    agent = Agent(strategy="specialist", focus=False, detector=Fragile())
+    image = tmp_path / "small.png"
+    Image.new("RGB", (16, 16)).save(image)
+    good, bad = (Sample(i, image, text, np.zeros((0, 4))) for i, text in ((1, "a cup"), (2, "a bad cup")))
+    assert predict(agent, good).boxes.tolist() == [[0, 0, 5, 5]]
+    assert predict(agent, bad).fields == {"error": "KeyError: 'a tokenizer-level surprise'"}
+    with pytest.raises(RemoteServiceError):
+        predict(agent, Sample(3, image, "a down cup", np.zeros((0, 4))))

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .errors import UserInputError
+
 
 @contextmanager
 def replaced_atomically(path: str | os.PathLike) -> Iterator[Path]:
@@ -31,6 +33,40 @@ def replaced_atomically(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on file ``path`` (created if needed) while the block runs.
+
+    The lock is advisory (``flock``): another REX process asking for it gets a
+    ``UserInputError`` naming ``what`` and the holder's process id; the operating system
+    releases it when the holder exits, even after ``kill -9``. Where ``fcntl`` is missing
+    (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on the machines this runs on
+        yield
+        return
+    path = Path(path)
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise UserInputError(
+                f"{what} is being written by another process (pid {holder}); wait for it, or use another --output"
+            ) from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:

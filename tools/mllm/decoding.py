@@ -35,7 +35,9 @@ def first_step_scores(generation_config, input_ids: torch.Tensor, logits: torch.
         processors.append(NoRepeatNGramLogitsProcessor(int(ngram)))
     minimum, eos = getattr(generation_config, "min_new_tokens", None), generation_config.eos_token_id
     if minimum and eos is not None:
-        processors.append(MinNewTokensLengthLogitsProcessor(input_ids.shape[1], int(minimum), eos, device=logits.device))
+        processors.append(
+            MinNewTokensLengthLogitsProcessor(input_ids.shape[1], int(minimum), eos, device=logits.device)
+        )
     suppressed = getattr(generation_config, "suppress_tokens", None)
     if suppressed:
         processors.append(SuppressTokensLogitsProcessor(list(suppressed), device=logits.device))

@@ -347,7 +347,9 @@ class QwenVL:
         would start with reasoning. Refuse them in one line."""
         try:
             rendered = self.processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "text", "text": "?"}]}], tokenize=False, add_generation_prompt=True
+                [{"role": "user", "content": [{"type": "text", "text": "?"}]}],
+                tokenize=False,
+                add_generation_prompt=True,
             )
         except (ValueError, TypeError, KeyError):  # no usable template: the first real call says so
             return
