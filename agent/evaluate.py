@@ -33,6 +33,7 @@ from tools.errors import ModelOutputError, RexError, UserInputError
 from tools.evaluation import Prediction, PredictionWriter, read_predictions
 from tools.evaluation import score_finecops_ref, score_grec, score_refcoco
 from tools.files import replaced_atomically, write_atomically
+from tools.images import load_image
 
 from .agent import Agent
 from .configuration import Configuration
@@ -178,6 +179,17 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
     return "; ".join(changes)
 
 
+def check_image_size(sample: Sample, size: tuple[int, int]) -> None:
+    """Refuse an image whose decoded size (EXIF orientation applied) is not the annotation's: its
+    boxes would be scored in another frame (e.g. a photo rotated by its EXIF tag)."""
+    if sample.image_size is not None and tuple(size) != tuple(sample.image_size):
+        width, height = size
+        raise UserInputError(
+            f"{sample.image_path} decodes to {width}x{height} (EXIF orientation applied) but the annotation says "
+            f"{sample.image_size[0]}x{sample.image_size[1]}"
+        )
+
+
 def lock_file(path: Path) -> Path:
     """The (hidden) lock file of predictions file ``path``: one process writes a predictions file at a time."""
     return path.with_name(f".{path.name}.lock")
@@ -208,7 +220,9 @@ def predict(agent: Agent, sample: Sample) -> Prediction:
     any unexpected one (logged too). Outages (a remote service down, a missing checkpoint,
     out of memory: ``RexError`` and ``MemoryError``) stop the run, which then resumes."""
     try:
-        result = agent.locate(sample.image_path, sample.expression)
+        picture = load_image(sample.image_path, max_pixels=agent.config.max_image_pixels)
+        check_image_size(sample, picture.size)
+        result = agent.locate(picture, sample.expression)
     except SAMPLE_ERRORS as error:
         return Prediction(sample.id, Detections.empty(), {"error": f"{type(error).__name__}: {error}"})
     except (RexError, MemoryError):

@@ -310,3 +310,30 @@ def test_markup_in_user_text_is_printed_as_written(capsys, tmp_path, files, tiny
     assert repr(expression)[1:-1] in out and f"saved {save}" in out and save.is_file()
     assert main(["detect", str(files["{good}"]), expression, "--detector", str(tiny_mm_grounding_dino)]) == 0
     assert repr(expression)[1:-1] in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- silently wrong inputs
+
+def test_a_16_bit_png_is_scaled_not_clipped(tmp_path):
+    gradient = (np.arange(1024).reshape(1, -1).repeat(4, 0) * 64).astype(np.uint16)  # 0 .. 65472
+    path = tmp_path / "deep.png"
+    Image.fromarray(gradient).save(path)
+    assert Image.open(path).mode == "I;16"
+    rgb = np.asarray(load_image(path))
+    np.testing.assert_array_equal(rgb[..., 0], np.round(gradient / 257).astype(np.uint8))
+    assert (rgb == 255).mean() < 0.01  # clipping made 99.6% of it white
+    eight_bit = Image.fromarray(np.arange(256, dtype=np.int32).reshape(16, 16), mode="I")
+    np.testing.assert_array_equal(np.asarray(load_image(eight_bit))[..., 0], np.arange(256).reshape(16, 16))
+
+
+def test_eval_refuses_an_image_whose_size_is_not_the_annotations(tmp_path):
+    from agent.evaluate import predict
+    from tools.datasets import Sample
+
+    path = tmp_path / "rotated.png"
+    Image.new("RGB", (48, 64)).save(path)  # as an EXIF rotation would turn a 64x48 photo
+    agent = Agent(strategy="specialist", focus=False, detector=Detector())
+    wrong = predict(agent, Sample(1, path, "the cup", np.zeros((0, 4)), image_size=(64, 48)))
+    assert wrong.fields["error"].endswith("decodes to 48x64 (EXIF orientation applied) but the annotation says 64x48")
+    right = predict(agent, Sample(2, path, "the cup", np.zeros((0, 4)), image_size=(48, 64)))
+    assert "error" not in right.fields and len(right.boxes) == 1

@@ -50,7 +50,24 @@ def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_IMAGE_PI
     # pipeline (already loaded here) come back unchanged, the same object.
     if image.getexif().get(_ORIENTATION, 1) != 1:
         image = ImageOps.exif_transpose(image)
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return image if image.mode == "RGB" else _to_rgb(image)
+
+
+# Integer modes wider than 8 bits: PIL's convert("RGB") clips them at 255 instead of scaling.
+_WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` in RGB; 16-bit greyscale (and 32-bit integer images holding 16-bit values, as
+    PIL opens some 16-bit PNGs) is scaled from 0..65535 to 0..255, not clipped."""
+    if image.mode not in _WIDE_INTEGER_MODES:
+        return image.convert("RGB")
+    values = np.asarray(image).astype(np.float64)
+    if image.mode == "I" and values.size and values.max() <= 255 and values.min() >= 0:
+        scaled = values  # already 8-bit values in a 32-bit image
+    else:
+        scaled = values.clip(0, 65535) / 257.0
+    return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L").convert("RGB")
 
 
 def _open(path: Path, max_pixels: int | None) -> Image.Image:
