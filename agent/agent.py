@@ -76,9 +76,15 @@ class Agent:
         variant._bind(config, self.backends.with_config(config))
         return variant
 
+    def check_checkpoints(self) -> None:
+        """Raise ``CheckpointNotFoundError`` for a checkpoint the strategy needs that cannot be had,
+        before any model loads (``load_models`` and the CLI call it first)."""
+        self.backends.check_checkpoints()
+
     def load_models(self) -> None:
         """Load every model the strategy needs now (they otherwise load on first use), so a
         missing checkpoint or bad setting shows before the first query."""
+        self.check_checkpoints()
         needed = {"detector": self.config.uses_detector, "mllm": self.config.uses_mllm,
                   "extractor": self.config.uses_extractor}  # fmt: skip
         for backend in (name for name, used in needed.items() if used):

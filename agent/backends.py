@@ -51,6 +51,22 @@ class Backends:
         shared._models = self._models
         return shared
 
+    def check_checkpoints(self) -> None:
+        """Find every checkpoint the strategy will load (local folder, cache or Hub) without loading
+        any, so a missing one is reported before minutes are spent loading another."""
+        from tools.checkpoints import resolve_checkpoint
+
+        config = self.config
+        wanted = []
+        if config.uses_detector and "detector" not in self._models:
+            wanted.append((config.detector, "or pass --detector PATH"))
+        if config.uses_mllm and "mllm" not in self._models and not config.mllm.startswith(OPENAI_PREFIX):
+            wanted.append((config.mllm, "or pass --mllm PATH"))
+            if config.adapter:
+                wanted.append((config.adapter, "or pass --adapter PATH"))
+        for name, hint in wanted:
+            resolve_checkpoint(name, cache_dir=None, hint=hint)
+
     @property
     def loaded(self) -> set[str]:
         """The backends loaded or plugged in so far: some of "detector", "mllm", "extractor"."""

@@ -64,6 +64,8 @@ def detect(
     # Inputs are checked before any model loads, so mistakes are answered at once.
     picture = load_image(image)
     check_save_path(save)
+    if focus is not None and not focus.strip():
+        raise UserInputError("--focus is empty; give the phrase to score on, or leave the option out")
     span = find_phrase(text, focus) if focus else None
     check_text(text, span)
     model = GroundingDinoDetector.from_pretrained(detector, device=device, dtype=dtype)
@@ -119,7 +121,9 @@ def locate(
     check_save_path(save)
     expression = clean_expression(expression)
     resolve_device(settings.device)
-    result = Agent(config=settings).locate(picture, expression)
+    agent = Agent(config=settings)
+    agent.check_checkpoints()  # a missing --detector is reported before the MLLM loads
+    result = agent.locate(picture, expression)
     if save is not None:
         draw_detections(picture, result.detections).save(save)
     if as_json:

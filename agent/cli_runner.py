@@ -7,6 +7,7 @@ which shows the traceback instead.
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
@@ -39,5 +40,9 @@ def run_app(app: typer.Typer, argv: list[str] | None, prog_name: str) -> int:
     except Exception as error:  # noqa: BLE001 - the one place that turns crashes into a message
         if debug:
             raise
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:  # the disk, not the program
+            where = f" writing {error.filename}" if error.filename else ""
+            typer.echo(f"error: no space left on the device{where}; free some space and rerun to continue", err=True)
+            return 2
         typer.echo(f"internal error: {type(error).__name__}: {error} (rerun with --debug for details)", err=True)
         return 1

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tools.detectors.grounding_dino import DEFAULT_DETECTOR
-from tools.devices import check_dtype_name
+from tools.devices import check_device_name, check_dtype_name
 from tools.errors import UserInputError
 from tools.images import DEFAULT_MAX_IMAGE_PIXELS
 from tools.mllm.crs import LETTERS
@@ -77,6 +77,11 @@ class Configuration:
         get_profile(self.profile)
         check_dtype_name(self.dtype)
         check_dtype_name(self.detector_dtype)
+        check_device_name(self.device)
+        if self.max_image_pixels < 1:
+            raise UserInputError(f"max_image_pixels must be at least 1, got {self.max_image_pixels}")
+        if self.cache_dir is not None and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
+            raise UserInputError(f"cache_dir {self.cache_dir!r} is a file, not a folder")
         if self.strategy not in STRATEGIES:
             raise UserInputError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if self.crs_top_k < 1 or self.router_top_k < 1:
@@ -169,7 +174,8 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
             data = tomllib.loads(text)
     except ValueError as error:
         raise UserInputError(f"config file {file}: {error}") from None
-    data = data.get("agent", data)
+    if isinstance(data, dict):
+        data = data.get("agent", data)
     if not isinstance(data, dict):
         raise UserInputError(f"config file {file}: expected a table of settings")
     return {key.replace("-", "_"): value for key, value in data.items()}
@@ -195,6 +201,8 @@ def _coerce(name: str, value: Any) -> Any:
         if kind.startswith("bool") and isinstance(value, str):
             return _parse_env(name, value)
         if kind.startswith("int") and value is not None:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
             return int(value)
         if kind.startswith("float"):
             return float(value)

@@ -96,7 +96,7 @@ def evaluate(
     from agent.report import read_compared
     from tools.devices import resolve_device
     from tools.evaluation import PredictionWriter
-    from tools.files import exclusive_lock
+    from tools.files import check_output_folder, exclusive_lock
 
     # Everything the user typed is checked before any model loads.
     settings = Configuration.load(
@@ -105,6 +105,7 @@ def evaluate(
         detector_dtype=detector_dtype, max_pixels=max_pixels,
         cache_dir=None if cache_dir is None else str(cache_dir),
     )  # fmt: skip
+    check_output_folder(output)
     part = Shard.parse(shard) if shard is not None else Shard.from_environment()
     settings = dataclasses.replace(settings, device=local_device(settings.device))
     resolve_device(settings.device)

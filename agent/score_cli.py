@@ -65,6 +65,8 @@ def score(
     scorer = SCORERS[dataset_format]
     if scorer != "grec" and (score_threshold is not None or matching is not None):
         raise UserInputError("--score-threshold and --matching apply to grec and grefcoco only")
+    if score_threshold is not None and not 0 <= score_threshold <= 1:
+        raise UserInputError(f"--score-threshold must lie in [0, 1], got {score_threshold}")
     if confidence != "rex" and scorer != "finecops":
         raise UserInputError("--confidence applies to finecops-ref, ref-adv and ref-reasoning only")
     samples = list(read_dataset(dataset_format, annotations, split=split))

@@ -48,12 +48,13 @@ from tools import boxes as box_ops
 from tools.datasets import Sample, read_dataset
 from tools.detections import Detections
 from tools.detectors import Detector
-from tools.files import JsonLinesAppender, write_atomically
+from tools.files import JsonLinesAppender, check_output_folder, write_atomically
 from tools.errors import ImageLoadError, UserInputError
 from tools.evaluation import Prediction, PredictionWriter, read_predictions
 # The predictions writer's torn-last-line repair serves the samples file just as well.
 from tools.images import load_image
 from tools.mllm.crs import option_letters
+from prompts import check_prompts_dir
 from tools.profiles import get_profile
 from tools.routing import CRS_CANDIDATES, RoutingThresholds, crs_candidates
 
@@ -349,6 +350,11 @@ def _result_settings(config: BuildConfig) -> dict[str, Any]:
 
 def _check_config(config: BuildConfig) -> None:
     get_profile(config.profile)
+    check_output_folder(config.output_dir)
+    check_prompts_dir(config.prompts_dir)
+    if not config.dataset_name or any(sep in config.dataset_name for sep in ("/", "\\", "..")) \
+            or config.dataset_name.startswith("."):
+        raise UserInputError(f"--dataset-name {config.dataset_name!r}: a plain file name, without folders or '..'")
     if (config.detector is None) == (config.candidates_file is None):
         raise UserInputError("give either a detector or a candidates file")
     if config.top_k < 1 or config.top_k > DETECTOR_TOP_K:

@@ -27,7 +27,8 @@ from typing import Any, Sequence
 
 import torch
 
-from tools.files import write_atomically
+from prompts import check_prompts_dir
+from tools.files import check_output_folder, write_atomically
 from tools.checkpoints import resolve_checkpoint
 from tools.devices import resolve_dtype
 from tools.errors import UserInputError
@@ -348,6 +349,12 @@ def _check_config(config: TrainConfig) -> None:
         raise UserInputError("warmup_ratio and lora_dropout must lie in [0, 1)")
     if config.save_every < 0 or (config.save_total_limit is not None and config.save_total_limit < 1):
         raise UserInputError("save_every must be >= 0 and save_total_limit >= 1")
+    if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
+        raise UserInputError(f"the learning rate must be a positive number, got {config.learning_rate}")
+    if config.lora_alpha is not None and not (math.isfinite(config.lora_alpha) and config.lora_alpha > 0):
+        raise UserInputError(f"lora_alpha must be a positive number, got {config.lora_alpha}")
+    check_output_folder(config.output_dir)
+    check_prompts_dir(config.prompts_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

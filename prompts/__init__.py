@@ -20,6 +20,14 @@ def available_prompts(directory: str | Path | None = None) -> list[str]:
     return sorted(p.stem for p in Path(directory or PROMPTS_DIR).glob("*.txt"))
 
 
+def check_prompts_dir(directory: str | Path | None) -> None:
+    """Refuse a prompts folder that does not exist (``None``: the packaged templates)."""
+    if directory is not None and not Path(directory).is_dir():
+        from tools.errors import UserInputError
+
+        raise UserInputError(f"prompts folder {str(directory)!r}: no such folder")
+
+
 def load_prompt(name: str, directory: str | Path | None = None) -> str:
     """The template text of ``name`` (file ``<name>.txt``), without its final newline."""
     return _read(str(Path(directory or PROMPTS_DIR) / f"{name}.txt"))

@@ -17,7 +17,7 @@ from PIL import Image
 from agent import Agent, Configuration
 from agent.cli import main
 from tools import Detections, ImageLoadError, load_image
-from tools.errors import ModelOutputError, RemoteServiceError, RexError
+from tools.errors import ModelOutputError, RemoteServiceError, RexError, UserInputError
 from tools.mllm import QWEN2_VL
 from tools.mllm.openai_compat import ChatCompletionsClient
 
@@ -38,9 +38,14 @@ def files(tmp_path):
     empty.touch()
     config = tmp_path / "broken.toml"
     config.write_text("strategy = ")
+    list_config = tmp_path / "list.json"
+    list_config.write_text("[1, 2]")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
     return {"{good}": good, "{text}": text, "{cut}": truncated, "{empty}": empty, "{dir}": tmp_path,
             "{missing}": tmp_path / "missing.png", "{config}": config,
-            "{nodir}": tmp_path / "nowhere" / "out.png", "{txt}": tmp_path / "out.txt"}  # fmt: skip
+            "{nodir}": tmp_path / "nowhere" / "out.png", "{txt}": tmp_path / "out.txt",
+            "{list}": list_config, "{file}": a_file, "{out}": tmp_path / "out"}  # fmt: skip
 
 
 CLI_CASES = [
@@ -75,6 +80,28 @@ CLI_CASES = [
      "not an image file name"),
     (["detect", "{good}", EXPRESSION, "--save", "{txt}", "--detector", "./nowhere"], {}, 2,
      "not an image file name"),
+    # Inputs at fault answer exit 2 in one line, before anything runs.
+    (["locate", "{good}", EXPRESSION, "--config", "{list}"], {}, 2, "expected a table of settings"),
+    (["locate", "{good}", EXPRESSION], {"REX_MAX_IMAGE_PIXELS": "0"}, 2, "max_image_pixels must be at least 1"),
+    (["locate", "{good}", EXPRESSION], {"REX_CACHE_DIR": "@file"}, 2, "is a file, not a folder"),
+    (["locate", "{good}", EXPRESSION], {"REX_CRS_TOP_K": "1.7"}, 2, "crs_top_k='1.7' is not a valid int"),
+    (["detect", "{good}", EXPRESSION, "--focus", ""], {}, 2, "--focus is empty"),
+    (["score", "--format", "grec", "--annotations", "{file}", "--predictions", "{file}", "--score-threshold", "5"],
+     {}, 2, "--score-threshold must lie in [0, 1], got 5.0"),
+    (["eval", "--format", "finecops-ref", "--annotations", "{file}", "--output", "{file}"], {}, 2,
+     "is a file, not a folder"),
+    (["finetune-data", "--format", "finecops-ref", "--annotations", "{file}", "--candidates", "{file}",
+      "--output", "{out}", "--dataset-name", "../../x"], {}, 2, "a plain file name, without folders"),
+    (["finetune-data", "--format", "finecops-ref", "--annotations", "{file}", "--candidates", "{file}",
+      "--output", "{out}", "--prompts-dir", "{missing}"], {}, 2, "no such folder"),
+    (["finetune-data", "--format", "finecops-ref", "--annotations", "{file}", "--candidates", "{file}",
+      "--output", "{file}"], {}, 2, "is a file, not a folder"),
+    (["finetune", "--model", "x", "--train", "{file}", "--output", "{out}", "--lr", "-1"], {}, 2,
+     "the learning rate must be a positive number, got -1.0"),
+    (["finetune", "--model", "x", "--train", "{file}", "--output", "{out}", "--lr", "nan"], {}, 2,
+     "the learning rate must be a positive number, got nan"),
+    (["finetune", "--model", "x", "--train", "{file}", "--output", "{out}", "--lora-alpha", "-4"], {}, 2,
+     "lora_alpha must be a positive number, got -4.0"),
 ]
 
 
@@ -83,7 +110,7 @@ def test_cli_bad_inputs(capsys, monkeypatch, files, args, env, code, fragment):
     if "--device" in args and torch.cuda.is_available():
         pytest.skip("a GPU is present")
     for name, value in env.items():
-        monkeypatch.setenv(name, value)
+        monkeypatch.setenv(name, str(files["{file}"]) if value == "@file" else value)
     assert main([str(files.get(a, a)) for a in args]) == code
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
@@ -337,3 +364,73 @@ def test_eval_refuses_an_image_whose_size_is_not_the_annotations(tmp_path):
     assert wrong.fields["error"].endswith("decodes to 48x64 (EXIF orientation applied) but the annotation says 64x48")
     right = predict(agent, Sample(2, path, "the cup", np.zeros((0, 4)), image_size=(48, 64)))
     assert "error" not in right.fields and len(right.boxes) == 1
+
+
+# ---------------------------------------------------------------- checkpoints, disks and the Python API
+
+@pytest.fixture
+def broken_detectors(tmp_path, tiny_mm_grounding_dino):
+    import shutil
+
+    corrupt = shutil.copytree(tiny_mm_grounding_dino, tmp_path / "corrupt")
+    weights = next(corrupt.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    bad_config = shutil.copytree(tiny_mm_grounding_dino, tmp_path / "bad_config")
+    (bad_config / "config.json").write_text("{")
+    return {"corrupt": corrupt, "bad_config": bad_config}
+
+
+@pytest.mark.parametrize("which, fragment", [
+    ("qwen", "is a qwen2_vl checkpoint, not Grounding DINO / MM-Grounding-DINO"),
+    ("corrupt", "as a Grounding DINO / MM-Grounding-DINO checkpoint"),
+    ("bad_config", "as a Grounding DINO / MM-Grounding-DINO checkpoint"),
+])
+def test_a_checkpoint_that_is_not_a_detector_is_one_line(capsys, files, broken_detectors, tiny_qwen2_vl, which,
+                                                         fragment):
+    folder = tiny_qwen2_vl if which == "qwen" else broken_detectors[which]
+    args = ["locate", str(files["{good}"]), EXPRESSION, "--strategy", "specialist", "--no-focus", "--device", "cpu",
+            "--detector", str(folder)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_full_disk_names_the_file(capsys):
+    import errno
+
+    import typer
+
+    from agent.cli_runner import run_app
+
+    app = typer.Typer()
+
+    @app.command()
+    def write() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/run/predictions.jsonl")
+
+    assert run_app(app, [], "demo") == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("error: no space left on the device writing /data/run/predictions.jsonl; "
+                           "free some space and rerun to continue")
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    ({"device": "cdua"}, "unknown device 'cdua'"),
+    ({"crs_top_k": 1.7}, "crs_top_k=1.7 is not a valid int"),
+    ({"dtype": "fp8"}, "unknown dtype 'fp8'"),
+    ({"max_image_pixels": 0}, "max_image_pixels must be at least 1"),
+])
+def test_python_api_typos_are_refused_before_any_model_loads(settings, fragment):
+    with pytest.raises(UserInputError, match=fragment.replace("(", r"\(")):
+        Agent(**settings)
+
+
+def test_a_missing_detector_is_reported_before_the_mllm_loads(capsys, files, tiny_qwen2_vl, monkeypatch):
+    from tools.mllm import QwenVL
+
+    loads = []
+    monkeypatch.setattr(QwenVL, "from_pretrained", classmethod(lambda cls, *a, **k: loads.append(a)))
+    args = ["locate", str(files["{good}"]), EXPRESSION, "--strategy", "sfa", "--detector", "./nowhere",
+            "--mllm", str(tiny_qwen2_vl), "--device", "cpu"]
+    assert main(args) == 2
+    assert "'./nowhere': no such file or folder" in capsys.readouterr().err and loads == []

@@ -9,10 +9,36 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
 
-from .errors import CheckpointNotFoundError
+from .errors import CheckpointNotFoundError, RexError, UserInputError
+
+
+@contextmanager
+def unloadable_checkpoint(name_or_path: str | os.PathLike, kind: str) -> Iterator[None]:
+    """Turn transformers' errors on a checkpoint it cannot read (a bad ``config.json``, corrupt
+    weights, a folder of another kind) into one ``UserInputError`` naming it."""
+    try:
+        yield
+    except RexError:
+        raise
+    except _load_errors() as error:  # bad JSON, corrupt weights, "unrecognized configuration class"
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise UserInputError(f"cannot load {os.fspath(name_or_path)!r} as a {kind} checkpoint: {first_line}") from None
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError, ValueError, KeyError]
+    try:
+        from safetensors import SafetensorError  # a truncated or corrupt .safetensors file
+
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover - transformers always brings safetensors
+        pass
+    return tuple(errors)
 
 
 def resolve_checkpoint(

@@ -16,16 +16,24 @@ _DTYPES = {
 }
 
 
+def check_device_name(device: str | torch.device) -> None:
+    """Refuse a device name torch does not know (``"cdua"``), before anything loads."""
+    if isinstance(device, torch.device) or device == "auto":
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserInputError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks CUDA when present, else CPU; a CUDA device that is absent is an error."""
     if isinstance(device, torch.device):
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UserInputError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    check_device_name(device)
+    resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UserInputError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
     return resolved

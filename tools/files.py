@@ -35,6 +35,12 @@ def replaced_atomically(path: str | os.PathLike) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+def check_output_folder(path: str | os.PathLike) -> None:
+    """Refuse an output folder that names an existing file."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UserInputError(f"output {os.fspath(path)!r} is a file, not a folder")
+
+
 @contextmanager
 def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
     """Hold an exclusive lock on file ``path`` (created if needed) while the block runs.

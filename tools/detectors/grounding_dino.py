@@ -9,13 +9,15 @@ import torch
 from PIL import Image
 
 from .. import boxes as box_ops
-from ..checkpoints import resolve_checkpoint
+from ..checkpoints import resolve_checkpoint, unloadable_checkpoint
 from ..detections import Detections
 from ..devices import resolve_device, resolve_dtype
+from ..errors import UserInputError
 from .base import Span, caption_and_focus_tokens, check_focus_score, check_text, query_scores
 
 # The paper's router and specialist: MM-Grounding-DINO large, "pretrain all".
 DEFAULT_DETECTOR = "openmmlab-community/mm_grounding_dino_large_all"
+DETECTOR_MODEL_TYPES = ("grounding-dino", "mm-grounding-dino")
 
 
 class GroundingDinoDetector:
@@ -57,17 +59,23 @@ class GroundingDinoDetector:
         ``dtype="auto"`` keeps float32 even on a GPU: detection heads lose recall in
         half precision, and the detector is cheap next to the MLLM.
         """
-        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+        from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoProcessor
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device, half_on_gpu=False)
         hint = "or pass --detector PATH"
         source = resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir, hint=hint)
-        processor = AutoProcessor.from_pretrained(source, revision=revision, cache_dir=cache_dir)
-        model = AutoModelForZeroShotObjectDetection.from_pretrained(
-            source, revision=revision, cache_dir=cache_dir, dtype=torch_dtype
-        ).to(torch_device)
-        return cls(model, processor, max_detections=max_detections, focus_score=focus_score)
+        hub = {"revision": revision, "cache_dir": cache_dir}
+        with unloadable_checkpoint(name_or_path, "Grounding DINO / MM-Grounding-DINO"):
+            model_type = AutoConfig.from_pretrained(source, **hub).model_type
+            if model_type not in DETECTOR_MODEL_TYPES:
+                raise UserInputError(
+                    f"{os.fspath(name_or_path)!r} is a {model_type} checkpoint, not Grounding DINO / "
+                    "MM-Grounding-DINO; pass a detector to --detector"
+                )
+            processor = AutoProcessor.from_pretrained(source, **hub)
+            model = AutoModelForZeroShotObjectDetection.from_pretrained(source, **hub, dtype=torch_dtype)
+        return cls(model.to(torch_device), processor, max_detections=max_detections, focus_score=focus_score)
 
     @property
     def device(self) -> torch.device:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..checkpoints import resolve_checkpoint
+from ..checkpoints import resolve_checkpoint, unloadable_checkpoint
 from ..detections import Detections
 from ..devices import resolve_device, resolve_dtype
 from ..errors import ModelOutputError, RexError, UserInputError
@@ -155,7 +155,8 @@ class QwenVL:
             raise UserInputError(f"cannot read the model config of {name_or_path!r}: {error}") from None
         family = family_for_model(config.model_type)  # fail before loading any weights
         torch_device = resolve_device(device)
-        processor = AutoProcessor.from_pretrained(path, **hub)
+        with unloadable_checkpoint(name_or_path, "Qwen VL"):
+            processor = AutoProcessor.from_pretrained(path, **hub)
         load = {"dtype": resolve_dtype(dtype, torch_device), **hub}
         if attn_implementation:
             load["attn_implementation"] = attn_implementation
@@ -163,7 +164,8 @@ class QwenVL:
             warnings.warn(
                 "Qwen2-VL in float16 is known to overflow and write garbage; use bf16 (or fp32)", stacklevel=2
             )
-        model = AutoModelForImageTextToText.from_pretrained(path, **load)
+        with unloadable_checkpoint(name_or_path, "Qwen VL"):
+            model = AutoModelForImageTextToText.from_pretrained(path, **load)
         if adapter is not None:
             model = _load_adapter(model, adapter)
         with _explain_out_of_memory(name_or_path, torch_device, max_pixels):
