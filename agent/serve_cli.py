@@ -10,6 +10,7 @@ import typer
 
 from agent import cli_options as opt
 from tools.errors import UserInputError
+from tools.images import SERVER_MAX_IMAGE_PIXELS
 
 SERVE_PACKAGES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart": "python-multipart"}
 
@@ -45,6 +46,19 @@ def serve(
     url_timeout: float = typer.Option(10.0, "--url-timeout", min=0.1, help="Seconds for one image URL fetch."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest request body (MB)."),
     max_queue: int = typer.Option(32, "--max-queue", min=0, help="Waiting requests per device before 503."),
+    request_timeout: float = typer.Option(300.0, "--request-timeout", help="Seconds to answer a request before 504."),
+    max_image_pixels: int = typer.Option(
+        SERVER_MAX_IMAGE_PIXELS, "--max-image-pixels", help="Larger images are refused before decoding."),
+    max_decoded_mb: float = typer.Option(
+        1024.0, "--max-decoded-mb", help="Decoded images of requests in flight at most (MB); 503 beyond."),
+    allowed_hosts: Optional[str] = typer.Option(
+        None, "--allowed-hosts", help="Comma-separated Host names answered (default: --host and localhost names)."),
+    cors_origin: Optional[List[str]] = typer.Option(
+        None, "--cors-origin", help="A web page origin allowed to post (repeat for several; * for any)."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds for a request's headers."),
+    body_timeout: float = typer.Option(60.0, "--body-timeout", help="Seconds for a request's body before 408."),
+    keep_alive: float = typer.Option(5.0, "--keep-alive", help="Seconds an idle connection stays open."),
+    max_connections: int = typer.Option(256, "--max-connections", help="Open connections at most; 503 beyond."),
 ) -> None:
     """Serve the agent over HTTP: POST /locate, GET /healthz, a web page at /, OpenAPI docs at /docs."""
     missing = [package for module, package in SERVE_PACKAGES.items() if importlib.util.find_spec(module) is None]
@@ -54,6 +68,7 @@ def serve(
 
     from agent import Agent, Configuration
     from agent.serve import ServerOptions, create_app
+    from agent.serve.limits import uvicorn_config
     from tools.devices import resolve_device
 
     settings = Configuration.load(
@@ -72,6 +87,15 @@ def serve(
         api_key=_checked_api_key(api_key),
         image_urls=allow_image_urls,
         url_timeout=url_timeout,
+        allowed_hosts=_allowed_hosts(host, allowed_hosts),
+        cors_origins=tuple(cors_origin or ()),
+        request_timeout=request_timeout,
+        max_image_pixels=max_image_pixels,
+        max_decoded_bytes=int(max_decoded_mb * 2**20),
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        keep_alive=keep_alive,
+        max_connections=max_connections,
     )
     agents = [Agent(config=settings.updated(device=name)) for name in devices]
     app = create_app(agents, options)  # checks the options before any model loads
@@ -83,10 +107,22 @@ def serve(
             typer.echo(f"warning: serving on {host} without --api-key: anyone who reaches it can use it", err=True)
         shown = f"[{host}]" if ":" in host else host
         typer.echo(f"REX Agent on http://{shown}:{listener.getsockname()[1]}/ (API docs at /docs)", err=True)
-        uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[listener])
+        config = uvicorn_config(app, header_timeout=header_timeout, keep_alive=keep_alive,
+                                max_connections=max_connections)  # fmt: skip
+        uvicorn.Server(config).run(sockets=[listener])
     finally:
         app.state.pool.close()
         listener.close()
+
+
+def _allowed_hosts(host: str, given: str | None) -> tuple[str, ...]:
+    """The Host names answered: ``given``, else the bound address and localhost names (any, for a
+    wildcard address, whose clients name it as they like: it warns without a key)."""
+    if given:
+        return tuple(name.strip() for name in given.split(",") if name.strip())
+    if host in ("0.0.0.0", "::", ""):
+        return ("*",)
+    return tuple(dict.fromkeys((host, "localhost", "127.0.0.1")))
 
 
 def _checked_api_key(api_key: str | None) -> str | None:

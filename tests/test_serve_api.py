@@ -73,7 +73,8 @@ def test_healthz_tells_a_client_what_it_may_ask(client):
     assert health["defaults"] == {"strategy": "sfa", "focus": True, "allow_none": False, "multi": False}
     assert (health["image_urls"], health["api_key_required"], health["max_upload_bytes"]) == (False, False, 200_000)
     post(client)
-    assert client.get("/healthz").json()["devices"] == [{"device": "cpu", "running": 0, "waiting": 0, "served": 1}]
+    assert client.get("/healthz").json()["devices"] == [{"device": "cpu", "running": 0, "waiting": 0, "served": 1,
+                                                         "running_for_s": None, "stuck": False}]
 
 
 def test_openapi_and_the_page_are_served(client):
@@ -208,9 +209,157 @@ def test_model_server_failure_is_502_and_a_crash_is_a_json_500():
     with TestClient(create_app(plugin_agent())) as client:
         failed = post(client, strategy="mllm")
         assert failed.status_code == 502 and "the model server failed: http://gpu-box" in failed.json()["detail"]
-    crashing = plugin_agent(detector=Detector(failure=RuntimeError("CUDA error: an illegal memory access")))
-    with TestClient(create_app(crashing), raise_server_exceptions=False) as client:
-        crashed = post(client)
-        assert crashed.status_code == 500
-        assert crashed.json() == {"detail": "internal error: RuntimeError: CUDA error: an illegal memory access"}
-        assert post(client, image=b"junk").status_code == 400  # the server goes on
+    secret = "CUDA error: an illegal memory access in /root/.cache/huggingface/token"
+    for failure in (RuntimeError(secret), KeyboardInterrupt(secret), SystemExit(secret)):
+        crashing = plugin_agent(detector=Detector(failure=failure))
+        with TestClient(create_app(crashing), raise_server_exceptions=False) as client:
+            crashed = post(client)
+            assert crashed.status_code == 500, type(failure)
+            body = crashed.json()
+            # The client learns an id to quote; the details stay in the server's log.
+            assert set(body) == {"detail", "request_id"} and body["detail"] == "internal error"
+            assert crashed.headers["X-Request-ID"] == body["request_id"] and secret not in crashed.text
+            assert post(client, image=b"junk").status_code == 400  # the server goes on
+
+
+# ---------------------------------------------------------------- hostile clients (loopback only, bounded)
+
+import http.client  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from agent.serve import BackgroundServer  # noqa: E402
+
+
+class Hanging(Detector):
+    """A model call that hangs until released."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = threading.Event()
+
+    def detect(self, image, text, focus=None):
+        self.release.wait(10)
+        return super().detect(image, text, focus)
+
+
+def multipart(fields: dict, image: bytes) -> tuple[bytes, str]:
+    boundary = "rexboundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+             for name, value in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+                 "Content-Type: image/png\r\n\r\n".encode() + image + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_a_500_keeps_the_keep_alive_connection_for_the_next_request():
+    crashing = plugin_agent(detector=Detector(failure=RuntimeError("boom")))
+    with BackgroundServer(create_app(crashing)) as server:
+        connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=10)
+        body, kind = multipart({"expression": EXPRESSION}, png())
+        for _ in range(2):  # the same connection twice
+            connection.request("POST", "/locate", body, {"Content-Type": kind})
+            answer = connection.getresponse()
+            assert answer.status == 500 and json_of(answer)["detail"] == "internal error"
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
+        connection.close()
+
+
+def json_of(response) -> dict:
+    import json
+
+    return json.loads(response.read())
+
+
+def test_a_hanging_model_call_is_504_and_healthz_reports_the_stuck_device():
+    hanging = Hanging()
+    with TestClient(create_app(plugin_agent(detector=hanging), ServerOptions(request_timeout=0.3))) as client:
+        start = time.monotonic()
+        answer = post(client)
+        assert answer.status_code == 504 and "no answer within 0.3 s" in answer.json()["detail"]
+        assert time.monotonic() - start < 3
+        time.sleep(0.4)
+        health = client.get("/healthz")
+        assert health.status_code == 503 and health.json()["status"] == "stuck"
+        assert health.json()["devices"][0]["stuck"] is True
+        hanging.release.set()
+        for _ in range(50):  # the call returns; the device recovers
+            if client.get("/healthz").status_code == 200:
+                break
+            time.sleep(0.05)
+        assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_a_full_server_refuses_before_decoding_and_bounds_decoded_bytes(monkeypatch):
+    decoded = []
+    import agent.serve.app as app_module
+
+    monkeypatch.setattr(app_module, "load_image", lambda *a, **k: decoded.append(1) or Image.new("RGB", (8, 8)))
+    hanging = Hanging()
+    options = ServerOptions(max_queue=0, max_decoded_bytes=200_000)
+    with TestClient(create_app(plugin_agent(detector=hanging), options)) as client:
+        first = threading.Thread(target=post, args=(client,))
+        first.start()
+        for _ in range(100):
+            if client.get("/healthz").json()["devices"][0]["running"]:
+                break
+            time.sleep(0.02)
+        busy = post(client)
+        assert busy.status_code == 503 and decoded == [1]  # refused before its image was decoded
+        hanging.release.set()
+        first.join(10)
+        too_big = post(client, image=png((400, 300)))  # 400 x 300 x 4 bytes > 200,000
+        assert too_big.status_code == 413 and "decodes to" in too_big.json()["detail"]
+
+
+def test_slow_headers_and_slow_bodies_are_cut_off():
+    options = ServerOptions(header_timeout=0.5, body_timeout=0.5)
+    with BackgroundServer(create_app(plugin_agent(), options)) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as slow:
+            slow.sendall(b"POST /locate HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finishes its headers
+            start = time.monotonic()
+            assert slow.recv(1024) == b"" and time.monotonic() - start < 3  # closed by the server
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as trickle:
+            trickle.sendall(b"POST /locate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                            b"boundary=x\r\nContent-Length: 1000\r\n\r\n--x\r\n")
+            answer = b""
+            while b"did not arrive" not in answer and (chunk := trickle.recv(4096)):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.5 s" in answer
+
+
+def test_connections_beyond_the_limit_are_refused():
+    with BackgroundServer(create_app(plugin_agent(), ServerOptions(max_connections=2))) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        try:
+            time.sleep(0.2)
+            third = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            third.request("GET", "/healthz")
+            assert third.getresponse().status == 503
+            third.close()
+        finally:
+            for connection in held:
+                connection.close()
+
+
+def test_foreign_hosts_and_origins_are_refused_and_echoes_are_short():
+    options = ServerOptions(allowed_hosts=("localhost",), cors_origins=("https://tools.example",))
+    with TestClient(create_app(plugin_agent(), options), base_url="http://localhost") as client:
+        assert post(client).status_code == 200
+        rebound = client.get("/healthz", headers={"Host": "attacker.example"})  # DNS rebinding
+        assert rebound.status_code == 400
+        foreign = client.post("/locate", data={"expression": EXPRESSION}, files={"image": ("a.png", png())},
+                              headers={"Origin": "https://evil.example"})
+        assert foreign.status_code == 403 and "evil.example" in foreign.json()["detail"]
+        allowed = client.post("/locate", data={"expression": EXPRESSION}, files={"image": ("a.png", png())},
+                              headers={"Origin": "https://tools.example"})
+        assert allowed.status_code == 200
+        same = client.post("/locate", data={"expression": EXPRESSION}, files={"image": ("a.png", png())},
+                           headers={"Origin": "http://localhost"})
+        assert same.status_code == 200
+        long = post(client, expression="x" * 900_000)
+        assert long.status_code == 422 and len(long.text) < 2_000 and "900,000 characters" in long.text

@@ -84,3 +84,12 @@ def test_the_listening_socket_names_tcp_so_connections_get_nodelay():
 
     with listen("127.0.0.1", 0) as listener:
         assert listener.proto == socket.IPPROTO_TCP and listener.getsockname()[1] > 0
+
+
+def test_allowed_hosts_default_to_the_bound_address_and_localhost_names():
+    from agent.serve_cli import _allowed_hosts
+
+    assert _allowed_hosts("127.0.0.1", None) == ("127.0.0.1", "localhost")
+    assert _allowed_hosts("192.0.2.7", None) == ("192.0.2.7", "localhost", "127.0.0.1")
+    assert _allowed_hosts("0.0.0.0", None) == ("*",)  # a wildcard bind answers every name (and warns without a key)
+    assert _allowed_hosts("127.0.0.1", "rex.example, localhost") == ("rex.example", "localhost")

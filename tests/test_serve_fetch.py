@@ -56,6 +56,12 @@ def site():
                     self.wfile.write(b"\0")
                     self.wfile.flush()
                     time.sleep(0.05)
+            elif self.path == "/slow-headers":
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                for _ in range(60):  # a header byte every 0.05 s: each receive is quick, the headers never end
+                    self.wfile.write(b"X")
+                    self.wfile.flush()
+                    time.sleep(0.05)
             elif self.path in routes:
                 self.reply(*routes[self.path])
             else:
@@ -106,10 +112,11 @@ def test_refusals(site, path, error, message):
         local_fetcher().fetch(site[0] + path)
 
 
-def test_the_whole_fetch_is_bounded_in_time(site):
+@pytest.mark.parametrize("path", ["/slow", "/slow-headers"])
+def test_the_whole_fetch_is_bounded_in_time(site, path):
     start = time.monotonic()
     with pytest.raises(ImageFetchError, match="no complete answer within 0.5 s"):
-        local_fetcher(timeout=0.5).fetch(f"{site[0]}/slow")
+        local_fetcher(timeout=0.5).fetch(f"{site[0]}{path}")
     assert time.monotonic() - start < 1.5
 
 
@@ -120,6 +127,7 @@ def test_the_whole_fetch_is_bounded_in_time(site):
         ("file:///etc/passwd", "only http and https"),
         ("http:///a.png", "no host"),
         ("http://example.org:99999/a.png", "invalid port"),
+        ("http://[::1/a.png", "not a valid URL"),
         ("http://127.0.0.1:9/a.png", "127.0.0.1, which is not a public address"),
         ("http://localhost:9/a.png", "which is not a public address"),
         ("http://10.1.2.3/a.png", "10.1.2.3, which is not a public address"),

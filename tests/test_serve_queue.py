@@ -27,7 +27,8 @@ def test_concurrent_requests_on_the_tiny_models_are_all_answered(tiny_mm_groundi
         health = httpx.get(f"{server.url}/healthz").json()
     assert [response.status_code for response in responses] == [200] * len(strategies)
     assert [response.json()["strategy"] for response in responses] == strategies
-    assert health["devices"] == [{"device": "cpu", "running": 0, "waiting": 0, "served": len(strategies)}]
+    assert health["devices"] == [{"device": "cpu", "running": 0, "waiting": 0, "served": len(strategies),
+                                  "running_for_s": None, "stuck": False}]
     # Queued behind each other: the last one in waited at least as long as another one ran.
     timings = [response.json()["timings"] for response in responses]
     assert max(timing["queue"] for timing in timings) >= min(timing["total"] for timing in timings)

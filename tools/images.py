@@ -20,6 +20,8 @@ _ORIENTATION = 0x0112  # the EXIF tag
 # is PIL's own warning limit; PIL itself refuses files over twice its
 # ``Image.MAX_IMAGE_PIXELS``, so raise that too to go beyond 179 megapixels.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+# agent-cli serve's default: lower, since a server decodes what strangers send.
+SERVER_MAX_IMAGE_PIXELS = 40_000_000
 
 
 def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:

@@ -8,6 +8,9 @@ import time
 
 import uvicorn
 
+from .app import ServerOptions
+from .limits import uvicorn_config
+
 
 class BackgroundServer:
     """Context manager: ``with BackgroundServer(create_app(agent)) as server: ... server.url``.
@@ -19,7 +22,10 @@ class BackgroundServer:
         # IPPROTO_TCP named, so asyncio sets TCP_NODELAY on each connection (see serve_cli.listen).
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.bind(("127.0.0.1", 0))
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        options = getattr(app.state, "options", None) or ServerOptions()
+        config = uvicorn_config(app, header_timeout=options.header_timeout, keep_alive=options.keep_alive,
+                                max_connections=options.max_connections, log_level="warning")  # fmt: skip
+        self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
 
     @property

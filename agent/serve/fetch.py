@@ -9,8 +9,9 @@ A server that fetches what its clients name can be turned against the network it
   then connects to the very address it checked, so a second DNS answer cannot differ;
 - checks every redirect hop the same way, at most ``max_redirects`` of them;
 - stops at ``max_bytes`` (declared or received) and at ``timeout`` seconds for the whole
-  fetch, redirects included, however slowly the bytes trickle in (looking up the host
-  name is bounded by the system resolver's own timeout, not by this one).
+  fetch (connecting, the response headers, the body, redirects included), however slowly
+  the bytes trickle in: a watchdog shuts the socket down at the deadline (looking up the
+  host name is bounded by the system resolver's own timeout, not by this one).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -55,11 +57,12 @@ class UrlFetcher:
     max_redirects: int = 3
     allow_address: Callable[[IPAddress], bool] = is_public_address
 
-    def fetch(self, url: str) -> bytes:
-        deadline = time.monotonic() + self.timeout
+    def fetch(self, url: str, deadline: float | None = None) -> bytes:
+        """The bytes at ``url``; ``deadline`` (``time.monotonic()``) defaults to ``timeout`` from now."""
+        deadline = time.monotonic() + self.timeout if deadline is None else deadline
         try:
             for _ in range(self.max_redirects + 1):
-                connection, response, sock = self._request(url, deadline)
+                connection, response, sock, watchdog = self._request(url, deadline)
                 try:
                     if response.status in REDIRECTS and response.getheader("Location"):
                         url = urljoin(url, response.getheader("Location"))
@@ -68,21 +71,27 @@ class UrlFetcher:
                         raise ImageFetchError(f"{url}: the server answered {response.status} {response.reason}")
                     return self._read(url, response, sock, deadline)
                 finally:
+                    watchdog.cancel()
                     connection.close()
         except (TimeoutError, socket.timeout):
             raise ImageFetchError(f"{url}: no complete answer within {self.timeout:g} s") from None
         except ssl.SSLError as error:
             raise ImageFetchError(f"{url}: TLS failed ({error.reason or error})") from None
         except (OSError, http.client.HTTPException) as error:
+            if time.monotonic() >= deadline:  # the watchdog cut the connection
+                raise ImageFetchError(f"{url}: no complete answer within {self.timeout:g} s") from None
             raise ImageFetchError(f"{url}: fetch failed ({error or type(error).__name__})") from None
         raise ImageFetchError(f"{url}: more than {self.max_redirects} redirects")
 
     def _request(self, url: str, deadline: float):
-        """The connection, response and socket of ``GET url``, the host's address checked first."""
-        parts = urlsplit(url)
+        """The connection, response, socket and watchdog of ``GET url``, the host's address checked first."""
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+        except ValueError as error:  # e.g. "http://[::1/": an unclosed IPv6 literal
+            raise ImageFetchError(f"{url[:200]!r}: not a valid URL ({error})") from None
         if parts.scheme not in ("http", "https"):
             raise ImageFetchError(f"{url!r}: only http and https image URLs are fetched")
-        host = parts.hostname
         if not host:
             raise ImageFetchError(f"{url!r}: no host in the URL")
         try:
@@ -91,6 +100,10 @@ class UrlFetcher:
             raise ImageFetchError(f"{url!r}: invalid port") from None
         address = self._checked_address(url, host, port)
         sock = socket.create_connection((str(address), port), timeout=_remaining(deadline))
+        # Per-receive timeouts restart with every byte; this one does not.
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _shut, args=(sock,))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             if parts.scheme == "https":
                 sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
@@ -101,8 +114,9 @@ class UrlFetcher:
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             connection.request("GET", target, headers={"User-Agent": "rex-agent", "Accept": "image/*"})
             # The connection lets go of the socket when the response closes it, so it is returned too.
-            return connection, connection.getresponse(), sock
+            return connection, connection.getresponse(), sock, watchdog
         except BaseException:
+            watchdog.cancel()
             sock.close()  # a failed handshake or request must not leave the socket open
             raise
 
@@ -129,10 +143,20 @@ class UrlFetcher:
             sock.settimeout(_remaining(deadline))
             chunk = response.read1(CHUNK)
             if not chunk:
+                if time.monotonic() >= deadline:  # the watchdog ended it: cut short, not complete
+                    raise TimeoutError
                 return bytes(data)
             data += chunk
             if len(data) > self.max_bytes:
                 raise ImageTooLargeError(f"{url}: more than the limit of {self.max_bytes:,} bytes")
+
+
+def _shut(sock: socket.socket) -> None:
+    """End every wait on ``sock`` (a blocked receive returns at once)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
 
 
 def _remaining(deadline: float) -> float:

@@ -47,10 +47,12 @@ class DeviceStatus(BaseModel):
     running: int
     waiting: int
     served: int
+    running_for_s: Optional[float] = Field(None, description="Seconds the running query has taken so far.")
+    stuck: bool = Field(False, description="The running query has outlasted the request timeout.")
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description='"ok", or "stuck" (with status 503) when a device is stuck on a query.')
     version: str
     strategies: list[str] = Field(description="The strategies a request may ask for.")
     defaults: dict[str, str | bool] = Field(description="strategy, focus, allow_none and multi when a request omits them.")
@@ -64,10 +66,18 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+class InternalErrorBody(BaseModel):
+    detail: str = Field(description='"internal error"; the details are in the server log under request_id.')
+    request_id: str
+
+
 ERROR_RESPONSES = {
     400: {"model": ErrorBody, "description": "A bad image, expression or image URL; the reason in detail."},
     401: {"model": ErrorBody, "description": "Missing or wrong API key (only when the server has one)."},
+    403: {"model": ErrorBody, "description": "Posted from a web page of another origin (see --cors-origin)."},
     413: {"model": ErrorBody, "description": "The upload or fetched image is over the size limit."},
     502: {"model": ErrorBody, "description": "The remote model server failed."},
+    500: {"model": InternalErrorBody, "description": "An internal error; quote request_id to the operator."},
     503: {"model": ErrorBody, "description": "Every device queue is full; retry after Retry-After seconds."},
+    504: {"model": ErrorBody, "description": "No answer within the server's request timeout."},
 }
