@@ -168,3 +168,25 @@ def test_the_server_answers_a_fetched_image_and_413_over_the_limit(site, monkeyp
         too_big = client.post("/locate", data={"expression": EXPRESSION, "image_url": f"{url}/big-undeclared"})
     assert served.status_code == 200 and served.json()["image_size"] == [160, 120]
     assert too_big.status_code == 413 and "more than the limit of 15,000 bytes" in too_big.json()["detail"]
+
+
+def test_slow_image_urls_cannot_hold_up_uploads(site, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agent.serve import app as app_module
+
+    url, _, _ = site
+    monkeypatch.setattr(app_module, "UrlFetcher",
+                        lambda max_bytes, timeout: local_fetcher(max_bytes=max_bytes, timeout=timeout))
+    options = ServerOptions(image_urls=True, url_timeout=2.0)
+    with TestClient(create_app(plugin_agent(), options)) as client, ThreadPoolExecutor(8) as clients:
+        slow = [clients.submit(client.post, "/locate", data={"expression": EXPRESSION,
+                                                             "image_url": f"{url}/slow-headers"})
+                for _ in range(6)]  # more than the fetch pool's four workers
+        time.sleep(0.3)
+        start = time.monotonic()
+        upload = client.post("/locate", data={"expression": EXPRESSION}, files={"image": ("a.png", png())})
+        assert upload.status_code == 200 and time.monotonic() - start < 1.5  # not behind the fetches
+        answers = [future.result(timeout=10) for future in slow]
+    # Each fetch was bounded by the deadline from its arrival, waiting for a free fetcher included.
+    assert all(a.status_code == 400 and "no complete answer within 2 s" in a.json()["detail"] for a in answers)
