@@ -23,7 +23,11 @@ REFCOCO = "RefCOCO"
 REFCOCOG = "RefCOCOg"
 FINECOPS = "FineCops-Ref"
 
-CASES: tuple[Case, ...] = tuple(Case(*row) for row in (
+def _cases(*rows: tuple[str, str, str]) -> tuple[Case, ...]:
+    return tuple(Case(*row) for row in rows)
+
+
+CASES: tuple[Case, ...] = _cases(
     (REFCOCO, "man in red shirt", "man"),
     (REFCOCO, "left giraffe", "left giraffe"),
     (REFCOCO, "guy on the left", "guy"),
@@ -95,11 +99,11 @@ CASES: tuple[Case, ...] = tuple(Case(*row) for row in (
     (FINECOPS, "the pillow which is white and is on the left side of the bed", "the pillow"),
     (FINECOPS, "the car that is parked behind the truck that is red", "the car"),
     (FINECOPS, "under the large umbrella, a man sits reading a newspaper", "a man"),
-))
+)
 
 # Written after the heuristic's rules were settled and never used to tune them: its agreement
 # here is the honest estimate of how the rules generalise.
-HELD_OUT: tuple[Case, ...] = tuple(Case(*row) for row in (
+HELD_OUT: tuple[Case, ...] = _cases(
     (REFCOCO, "lady in pink", "lady"),
     (REFCOCO, "far left person", "far left person"),
     (REFCOCO, "sheep closest to camera", "sheep"),
@@ -125,7 +129,7 @@ HELD_OUT: tuple[Case, ...] = tuple(Case(*row) for row in (
     (FINECOPS, "the red apple located in front of the green pear", "the red apple"),
     (FINECOPS, "on the left of the sofa lies a sleeping cat", "a sleeping cat"),
     (FINECOPS, "the bicycle leaning against the wall that is painted blue", "the bicycle"),
-))
+)
 
 _ARTICLES = re.compile(r"^(?:the|a|an)\s+", flags=re.IGNORECASE)
 

@@ -4,9 +4,11 @@
 start-up, see ``agent-cli serve``) and the server's limits. Every answer is JSON; errors
 are ``{"detail": "one line"}`` with the status that says whose problem it is: 400 a bad
 image or URL (or a Host the server does not answer to), 401 a missing or wrong API key,
-403 a form posted from a foreign web page, 413 an upload or fetched image over the size
-limit, 422 a missing or malformed field (echoed input cut short), 502 a remote model server
-that failed, 503 every device queue full (with ``Retry-After``). Anything else is a 500
+403 a form posted from a foreign web page, 408 a body slower than the body timeout, 413 an
+upload or fetched image over the size limit (or one that would decode past the memory bound),
+422 a missing or malformed field (echoed input cut short), 502 a remote model server that
+failed, 503 every device queue full or the decoded-image memory in use (with ``Retry-After``),
+504 no answer within the request timeout. Anything else is a 500
 ``{"detail": "internal error", "request_id": ...}``: the details go to the server's log
 under that id, never to the client.
 """

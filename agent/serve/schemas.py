@@ -75,6 +75,7 @@ ERROR_RESPONSES = {
     400: {"model": ErrorBody, "description": "A bad image, expression or image URL; the reason in detail."},
     401: {"model": ErrorBody, "description": "Missing or wrong API key (only when the server has one)."},
     403: {"model": ErrorBody, "description": "Posted from a web page of another origin (see --cors-origin)."},
+    408: {"model": ErrorBody, "description": "The request body did not arrive within the body timeout."},
     413: {"model": ErrorBody, "description": "The upload or fetched image is over the size limit."},
     502: {"model": ErrorBody, "description": "The remote model server failed."},
     500: {"model": InternalErrorBody, "description": "An internal error; quote request_id to the operator."},
