@@ -5,6 +5,9 @@ PYTHON := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_IMAGE ?= examples/images/snow.png
 DEMO_TEXT ?= the long snowboard to the right of the skis
+# Empty: models that fit where it runs (examples/demo.py says which and why).
+DEMO_DETECTOR ?=
+DEMO_MLLM ?=
 
 .PHONY: install test lint bench demo clean
 
@@ -28,7 +31,8 @@ bench: install
 
 demo: install
 	mkdir -p outputs
-	$(VENV)/bin/agent-cli locate $(DEMO_IMAGE) "$(DEMO_TEXT)" --save outputs/demo.png
+	$(PYTHON) -m examples.demo --image $(DEMO_IMAGE) --text "$(DEMO_TEXT)" --save outputs/demo.png \
+		$(if $(DEMO_DETECTOR),--detector "$(DEMO_DETECTOR)") $(if $(DEMO_MLLM),--mllm "$(DEMO_MLLM)")
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -2,13 +2,18 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from tools.lazy import lazy_exports
+
 try:
     __version__ = version("rex-agent")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0"
 
-from .agent import Agent
-from .configuration import STRATEGIES, Configuration
-from .result import Result
-
-__all__ = ["Agent", "Configuration", "Result", "STRATEGIES", "__version__"]
+_EXPORTS = {
+    "Agent": ".agent",
+    "Configuration": ".configuration",
+    "STRATEGIES": ".configuration",
+    "Result": ".result",
+}
+__all__ = [*sorted(_EXPORTS), "__version__"]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

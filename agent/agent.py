@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import time
-import unicodedata
 from collections import OrderedDict
 from typing import Any, Sequence
 
 from PIL import Image
 
-from tools.detectors.base import check_text
 from tools.errors import UserInputError
 from tools.images import ImageInput, load_image
+from tools.text import clean_expression
 
 from .backends import Backends
 from .configuration import MODEL_SETTINGS, Configuration
@@ -145,21 +144,6 @@ class Agent:
 
     def __repr__(self) -> str:
         return f"Agent(strategy={self.config.strategy!r}, focus={self.config.focus})"
-
-
-# Code points that are not text: control characters and lone surrogates (valid in JSON as
-# "\ud800", unencodable as UTF-8, so every tokenizer fails on them).
-NOT_TEXT = ("Cc", "Cs")
-
-
-def clean_expression(expression: str) -> str:
-    """The expression with control characters and lone surrogates replaced by spaces (one for
-    one, so character spans keep their meaning); an empty or blank expression is a ``UserInputError``."""
-    if not isinstance(expression, str):
-        raise UserInputError(f"the expression must be text, got {type(expression).__name__}")
-    cleaned = "".join(" " if unicodedata.category(c) in NOT_TEXT else c for c in expression)
-    check_text(cleaned)
-    return cleaned
 
 
 def _decode_once(source: ImageInput, recent: "OrderedDict[str, Image.Image]", max_pixels: int, keep: int = 8):

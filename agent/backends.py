@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from tools.detections import Detections
-from tools.detectors.base import Span
+from tools.text import Span
 from tools.errors import ModelOutputError, UserInputError
 from tools.extraction import ChatExtractor, ExtractedTarget, HeuristicExtractor, LocalChatExtractor
 from tools.extraction import OpenAIChatExtractor

@@ -1,4 +1,4 @@
-"""``agent-cli``: the terminal front end (error contract: ``agent/cli_runner.py``)."""
+"""``agent-cli``: the terminal front end (error contract: ``tools/cli_runner.py``)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from agent import cli_options as opt
-from agent.cli_runner import run_app
+from agent.cli_settings import with_settings
+from agent.configuration import Configuration
 from agent.eval_cli import evaluate
 from agent.score_cli import score
 from agent.serve_cli import serve
 from finetune.cli import finetune
 from finetune.build_cli import finetune_data
-from tools.detectors.grounding_dino import DEFAULT_DETECTOR
+from tools.defaults import DEFAULT_DETECTOR
+from tools.cli_runner import run_app
 from tools.errors import UserInputError
 
 app = typer.Typer(
@@ -57,17 +58,19 @@ def detect(
     save: Optional[Path] = typer.Option(None, "--save", help="Write the image with the boxes drawn (PNG/JPEG)."),
 ) -> None:
     """Run the specialist detector alone and print its best boxes."""
-    from tools.detectors import GroundingDinoDetector, check_text
-    from tools.drawing import draw_detections
     from tools.images import load_image
+    from tools.text import check_text
 
-    # Inputs are checked before any model loads, so mistakes are answered at once.
+    # Inputs are checked before anything heavy is imported, so mistakes are answered at once.
     picture = load_image(image)
     check_save_path(save)
     if focus is not None and not focus.strip():
         raise UserInputError("--focus is empty; give the phrase to score on, or leave the option out")
     span = find_phrase(text, focus) if focus else None
     check_text(text, span)
+    from tools.detectors import GroundingDinoDetector
+    from tools.drawing import draw_detections
+
     model = GroundingDinoDetector.from_pretrained(detector, device=device, dtype=dtype)
     detections = model.detect(picture, text, focus=span).top_k(top_k)
     if save is not None:
@@ -84,42 +87,27 @@ def detect(
 
 
 @app.command()
+@with_settings()
 def locate(
     image: Path = typer.Argument(..., help="Image file."),
     expression: str = typer.Argument(..., help="Referring expression, e.g. 'the long snowboard right of the skis'."),
-    profile: opt.Profile = None,
-    strategy: opt.Strategy = None,
-    focus: opt.Focus = None,
-    allow_none: opt.AllowNone = None,
-    multi: opt.Multi = None,
-    detector: opt.DetectorName = None,
-    mllm: opt.MllmName = None,
-    llm: opt.LlmName = None,
-    adapter: opt.Adapter = None,
-    device: opt.Device = None,
-    dtype: opt.Dtype = None,
-    detector_dtype: opt.DetectorDtype = None,
-    max_pixels: opt.MaxPixels = None,
-    config: opt.ConfigFile = None,
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
     save: Optional[Path] = typer.Option(None, "--save", help="Write the image with the boxes drawn (PNG/JPEG)."),
+    *,
+    settings: Configuration,
 ) -> None:
     """Find what EXPRESSION refers to in IMAGE."""
-    from agent import Agent, Configuration
-    from agent.agent import clean_expression
-    from tools.devices import resolve_device
-    from tools.drawing import draw_detections
     from tools.images import load_image
+    from tools.text import clean_expression
 
-    # Inputs and settings are checked before any model loads, so mistakes are answered at once.
-    settings = Configuration.load(
-        config, profile=profile, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi,
-        detector=detector, mllm=mllm, llm=llm, adapter=adapter, device=device, dtype=dtype,
-        detector_dtype=detector_dtype, max_pixels=max_pixels,
-    )  # fmt: skip
+    # Inputs and settings are checked before anything heavy is imported, so mistakes are answered at once.
     picture = load_image(image, max_pixels=settings.max_image_pixels)
     check_save_path(save)
     expression = clean_expression(expression)
+    from agent.agent import Agent
+    from tools.devices import resolve_device
+    from tools.drawing import draw_detections
+
     resolve_device(settings.device)
     agent = Agent(config=settings)
     agent.check_checkpoints()  # a missing --detector is reported before the MLLM loads
@@ -162,15 +150,12 @@ def check_save_path(save: Path | None) -> None:
 
 
 @app.command()
-def graph(
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="Draw the graph of this strategy."),
-    focus: Optional[bool] = typer.Option(None, "--focus/--no-focus"),
-) -> None:
+@with_settings(only=("profile", "strategy", "focus"))
+def graph(*, settings: Configuration) -> None:
     """Print the agent's LangGraph state machine as a Mermaid diagram."""
-    from agent.configuration import Configuration
     from agent.graph import mermaid
 
-    typer.echo(mermaid(Configuration.load(strategy=strategy, focus=focus)))
+    typer.echo(mermaid(settings))
 
 
 app.command("score")(score)

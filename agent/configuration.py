@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from tools.detectors.grounding_dino import DEFAULT_DETECTOR
+from tools.defaults import CRS_CANDIDATES, DEFAULT_DETECTOR, DEFAULT_MLLM, OPTION_LETTERS, ROUTING, RoutingThresholds
 from tools.devices import check_device_name, check_dtype_name
 from tools.errors import UserInputError
 from tools.images import DEFAULT_MAX_IMAGE_PIXELS
-from tools.mllm.crs import LETTERS
-from tools.mllm.qwen import DEFAULT_CHECKPOINT as DEFAULT_MLLM
 from tools.profiles import PROFILES, Profile, get_profile
-from tools.routing import CRS_CANDIDATES, ROUTING, RoutingThresholds
 
 STRATEGIES = ("specialist", "mllm", "sfa", "crs", "sfa+crs")
 ENV_PREFIX = "REX_"
@@ -32,46 +29,78 @@ MODEL_SETTINGS = (
 )
 
 
+# How ``agent-cli --help`` groups the settings' flags, in this order.
+GROUPS = ("Method", "Models", "Routing (SFA)", "CRS", "Generalized REC")
+
+
+def setting(default: Any, group: str, help: str) -> Any:
+    """A field of ``Configuration``: its default, the flag group and the one help text that
+    ``--help``, the README's settings table and the error messages share."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown settings group {group!r}")
+    return field(default=default, metadata={"group": group, "help": help})
+
+
 @dataclass(frozen=True)
 class Configuration:
-    """Settings of one agent. See the README's "Settings" table for each one."""
+    """Settings of one agent: each field is a flag of ``agent-cli locate``, ``eval`` and ``serve``
+    (``--router-top-k`` for ``router_top_k``), a ``REX_*`` variable and a config-file key."""
 
-    # Method. "reference" reproduces the authors' released scripts (tools/profiles.py).
-    profile: str = "default"
-    strategy: str = "sfa"
-    focus: bool = True
-    allow_none: bool = False
-    multi: bool = False
-    # Models (Hub ids or local paths) and where they run
-    detector: str = DEFAULT_DETECTOR
-    mllm: str = DEFAULT_MLLM
-    llm: str = "auto"
-    adapter: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    # The detector's weights: "auto" keeps float32 everywhere (detection heads lose recall in
-    # half precision, and the detector is cheap next to the MLLM); fp16/bf16 on request.
-    detector_dtype: str = "auto"
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    # Image files with more pixels are refused before decoding (decompression bombs).
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    # A folder keeping detector answers and extracted targets across runs, so strategies
-    # compared on the same data do not recompute them (none: nothing is kept).
-    cache_dir: str | None = None
-    # SFA routing and CRS candidates (the paper's values, declared in tools/routing.py)
-    router_top_k: int = ROUTING.top_k
-    router_score_threshold: float = ROUTING.score_threshold
-    router_iou_threshold: float = ROUTING.iou_threshold
-    crs_top_k: int = CRS_CANDIDATES.top_k
-    crs_iou_threshold: float = CRS_CANDIDATES.iou_threshold
-    # Generalized REC: answers below these confidences count as "no target" when
-    # allow_none is on, and several boxes above them are kept when multi is on.
-    specialist_threshold: float = 0.3
-    mllm_threshold: float = 0.5
-    # With multi, CRS keeps every candidate whose probability is at least this share
-    # of the best option's.
-    multi_ratio: float = 0.5
+    profile: str = setting("default", "Method", "default, or reference: the authors' released scripts (README, Profiles)")
+    strategy: str = setting("sfa", "Method", "specialist, mllm, sfa, crs or sfa+crs")
+    focus: bool = setting(True, "Method", "target-focus matching (detector) and prompt (MLLM)")
+    allow_none: bool = setting(False, "Method", "a query may have no target")
+    multi: bool = setting(False, "Method", "a query may have several targets")
+    detector: str = setting(DEFAULT_DETECTOR, "Models", "Grounding DINO / MM-GDINO Hub id or folder")
+    mllm: str = setting(
+        DEFAULT_MLLM, "Models",
+        "Qwen2-VL / Qwen2.5-VL / Qwen3-VL Hub id or folder, or openai:MODEL for an OpenAI-compatible server",
+    )
+    llm: str = setting(
+        "auto", "Models",
+        "target extraction: auto (the MLLM text-only when the strategy loads one, else heuristic), mllm, "
+        "heuristic, openai:MODEL",
+    )
+    adapter: str | None = setting(
+        None, "Models",
+        "PEFT LoRA adapter folder loaded onto the MLLM (kept unmerged: target extraction runs with it "
+        "switched off, since it was tuned for CRS)",
+    )
+    device: str = setting("auto", "Models", "auto (CUDA when present), cpu, cuda or cuda:N")
+    dtype: str = setting(
+        "auto", "Models",
+        "the MLLM's weights: auto (bf16/fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16; Qwen2-VL in fp16 is "
+        "warned about (it overflows)",
+    )
+    # Detection heads lose recall in half precision, and the detector is cheap next to the MLLM.
+    detector_dtype: str = setting(
+        "auto", "Models", "the detector's weights: auto keeps fp32 everywhere, or fp16, bf16"
+    )
+    min_pixels: int | None = setting(None, "Models", "smallest pixel budget of the MLLM's image (default: the checkpoint's)")
+    max_pixels: int | None = setting(None, "Models", "largest pixel budget of the MLLM's image (default: the checkpoint's)")
+    # Decompression bombs are refused before they are decoded.
+    max_image_pixels: int = setting(
+        DEFAULT_MAX_IMAGE_PIXELS, "Models", "image files with more pixels are refused before decoding"
+    )
+    cache_dir: str | None = setting(
+        None, "Models",
+        "folder keeping detector answers and extracted targets across runs, so strategies compared on "
+        "the same data do not recompute them",
+    )
+    router_top_k: int = setting(ROUTING.top_k, "Routing (SFA)", "boxes of the target phrase considered")
+    router_score_threshold: float = setting(ROUTING.score_threshold, "Routing (SFA)", "minimum score of an instance")
+    router_iou_threshold: float = setting(ROUTING.iou_threshold, "Routing (SFA)", "NMS IoU merging duplicates")
+    crs_top_k: int = setting(CRS_CANDIDATES.top_k, "CRS", "candidates offered (before NMS)")
+    crs_iou_threshold: float = setting(CRS_CANDIDATES.iou_threshold, "CRS", "NMS IoU over the candidates")
+    specialist_threshold: float = setting(
+        0.3, "Generalized REC", "with allow_none: specialist answers scoring less are no target"
+    )
+    mllm_threshold: float = setting(
+        0.5, "Generalized REC", "with allow_none: MLLM boxes less confident are no target"
+    )
+    multi_ratio: float = setting(
+        0.5, "Generalized REC", "multi with CRS: share of the best option's probability to keep a candidate"
+    )
 
     def __post_init__(self) -> None:
         get_profile(self.profile)
@@ -86,8 +115,8 @@ class Configuration:
             raise UserInputError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if self.crs_top_k < 1 or self.router_top_k < 1:
             raise UserInputError("crs_top_k and router_top_k must be at least 1")
-        if self.crs_top_k + self.allow_none > len(LETTERS):
-            raise UserInputError(f"CRS offers at most {len(LETTERS)} options: crs_top_k={self.crs_top_k} is too many")
+        if self.crs_top_k + self.allow_none > len(OPTION_LETTERS):
+            raise UserInputError(f"CRS offers at most {len(OPTION_LETTERS)} options: crs_top_k={self.crs_top_k} is too many")
         for name in ("router_score_threshold", "router_iou_threshold", "crs_iou_threshold",
                      "specialist_threshold", "mllm_threshold", "multi_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -137,26 +166,49 @@ class Configuration:
         cls,
         config_file: str | os.PathLike | None = None,
         env: Mapping[str, str] | None = None,
+        defaults: Mapping[str, Any] | None = None,
         **overrides: Any,
     ) -> "Configuration":
-        """Defaults < config file < ``REX_*`` environment < ``overrides`` (``None`` values are ignored)."""
+        """Defaults < config file < ``REX_*`` environment < ``overrides`` (``None`` values are ignored).
+
+        ``defaults`` replace the fields' own defaults, e.g. a server's smaller image limit.
+        """
         env = os.environ if env is None else env
-        settings: dict[str, Any] = {}
+        settings: dict[str, Any] = dict(defaults or {})
         config_file = config_file or env.get(ENV_PREFIX + "CONFIG")
         if config_file:
             settings.update(read_config_file(config_file))
-        for field in fields(cls):
-            raw = env.get(ENV_PREFIX + field.name.upper())
+        for item in fields(cls):
+            raw = env.get(ENV_PREFIX + item.name.upper())
             if raw is not None:
-                settings[field.name] = _parse_env(field.name, raw)
+                settings[item.name] = _parse_env(item.name, raw)
         settings.update({key: value for key, value in overrides.items() if value is not None})
-        unknown = set(settings) - {field.name for field in fields(cls)}
+        unknown = set(settings) - {item.name for item in fields(cls)}
         if unknown:
             raise UserInputError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         return replace(cls(), **{key: _coerce(key, value) for key, value in settings.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def settings_table() -> str:
+    """The README's settings table (Markdown), written from the fields' defaults and help."""
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    for group in GROUPS:
+        rows.append(f"| **{group}** | | |")
+        for item in fields(Configuration):
+            if item.metadata["group"] == group:
+                rows.append(f"| `{item.name}` | {_shown_default(item.default)} | {item.metadata['help']} |")
+    return "\n".join(rows)
+
+
+def _shown_default(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -181,7 +233,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return {key.replace("-", "_"): value for key, value in data.items()}
 
 
-_FIELD_TYPES = {field.name: field.type for field in fields(Configuration)}
+_FIELD_TYPES = {item.name: item.type for item in fields(Configuration)}
 
 
 def _parse_env(name: str, raw: str) -> Any:

@@ -39,43 +39,27 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-
-from agent import cli_options as opt
 from rich.console import Console
+
+from agent.cli_settings import with_settings
+from agent.configuration import Configuration
+from tools.evaluation.formats import FORMAT_HELP
 
 stdout = Console()
 # A run stopped by Ctrl-C exits as a process killed by SIGINT would.
 INTERRUPTED_EXIT_CODE = 130
 
 
+@with_settings()
 def evaluate(
-    dataset_format: str = typer.Option(
-        ..., "--format", help="finecops-ref, ref-adv, ref-reasoning, refcoco, grec (COCO-style) or grefcoco (released)."
-    ),
+    dataset_format: str = typer.Option(..., "--format", help=FORMAT_HELP + " (see the README)."),
     annotations: Path = typer.Option(..., "--annotations", help="Annotation file of the benchmark."),
     image_root: Optional[Path] = typer.Option(None, "--image-root", help="Folder the annotations' file names are in."),
     split: Optional[str] = typer.Option(None, "--split", help="gRefCOCO split (grefcoco only), e.g. val."),
     output: Path = typer.Option(..., "--output", help="Run folder: predictions, settings, metrics and report."),
-    profile: opt.Profile = None,
-    strategy: opt.Strategy = None,
-    focus: opt.Focus = None,
-    allow_none: opt.AllowNone = None,
-    multi: opt.Multi = None,
-    detector: opt.DetectorName = None,
-    mllm: opt.MllmName = None,
-    llm: opt.LlmName = None,
-    adapter: opt.Adapter = None,
-    device: opt.Device = None,
-    dtype: opt.Dtype = None,
-    detector_dtype: opt.DetectorDtype = None,
-    max_pixels: opt.MaxPixels = None,
-    config: opt.ConfigFile = None,
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N samples only."),
     shard: Optional[str] = typer.Option(
         None, "--shard", help="i/n: every n-th sample from the i-th; default: RANK/WORLD_SIZE of a launcher, else all."
-    ),
-    cache_dir: Optional[Path] = typer.Option(
-        None, "--cache-dir", help="Keep detector answers and extracted targets here, for other runs on the same data."
     ),
     compare: list[Path] = typer.Option(
         [], "--compare", help="Another run folder to chart next to this one (repeat the option for several)."
@@ -84,12 +68,10 @@ def evaluate(
     retry_errors: bool = typer.Option(
         False, "--retry-errors", help="Answer again the samples recorded with an error (e.g. an image since restored)."
     ),
+    *,
+    settings: Configuration,
 ) -> None:
     """Run the agent over a benchmark (resumable), score it and write the report into OUTPUT."""
-    from tqdm import tqdm
-
-    from agent.agent import Agent
-    from agent.configuration import Configuration
     from agent.evaluate import PREDICTIONS_FILE, DatasetSpec, GracefulInterrupt, Shard, completed_ids
     from agent.evaluate import drop_errors, local_device, lock_file, merge_shards, record_run, run_samples
     from agent.evaluate import run_settings
@@ -99,20 +81,14 @@ def evaluate(
     from tools.files import check_output_folder, exclusive_lock
 
     # Everything the user typed is checked before any model loads.
-    settings = Configuration.load(
-        config, profile=profile, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi,
-        detector=detector, mllm=mllm, llm=llm, adapter=adapter, device=device, dtype=dtype,
-        detector_dtype=detector_dtype, max_pixels=max_pixels,
-        cache_dir=None if cache_dir is None else str(cache_dir),
-    )  # fmt: skip
     check_output_folder(output)
     part = Shard.parse(shard) if shard is not None else Shard.from_environment()
     settings = dataclasses.replace(settings, device=local_device(settings.device))
-    resolve_device(settings.device)
     dataset = DatasetSpec(dataset_format, annotations, image_root, split, limit)
     samples = dataset.read()
     mine = part.select(samples) if part else samples
     compared = read_compared(compare, dataset_format)
+    resolve_device(settings.device)  # the one check that needs torch: last
     output.mkdir(parents=True, exist_ok=True)
     path = output / (part.file_name if part else PREDICTIONS_FILE)
     # One process per predictions file: two runs on one --output would each do all the work.
@@ -126,6 +102,10 @@ def evaluate(
         done = completed_ids(path)
         todo = [sample for sample in mine if str(sample.id) not in done]
         if todo:
+            from tqdm import tqdm
+
+            from agent.agent import Agent
+
             agent = Agent(config=settings)
             agent.load_models()
             label = f"{settings.strategy}" + (f" shard {part}" if part else "")
@@ -158,7 +138,7 @@ def _score_and_report(dataset, samples, output: Path, run: dict, compared: list)
     from agent.evaluate import PREDICTIONS_FILE, RUN_FILE, score_run
     from agent.report import REPORT_PNG, build_metrics, finecops_confidences, print_report, run_label
     from agent.report import write_metrics, write_plot
-    from agent.score_cli import SCORERS
+    from tools.evaluation.formats import get_format
     from tools.evaluation import read_predictions
 
     wanted = {str(sample.id) for sample in samples}
@@ -168,7 +148,7 @@ def _score_and_report(dataset, samples, output: Path, run: dict, compared: list)
     metrics = build_metrics(dataset.format, result, predictions, run)
     json_path, csv_path = write_metrics(output, metrics)
     confidences = None
-    if SCORERS[dataset.format] == "finecops" and metrics["counts"]["negatives"]:
+    if get_format(dataset.format).metric.paired_negatives and metrics["counts"]["negatives"]:
         confidences = finecops_confidences(samples, predictions)
     runs = [(run_label(metrics, output), metrics), *compared]
     png_path = write_plot(output / REPORT_PNG, runs, confidences)
@@ -188,9 +168,6 @@ def _score_and_report(dataset, samples, output: Path, run: dict, compared: list)
 
 
 if __name__ == "__main__":  # accelerate launch -m agent.eval_cli ... / python -m agent.eval_cli ...
-    from agent.cli import main
+    from tools.cli_runner import run_command
 
-    arguments = sys.argv[1:]
-    # --debug belongs to the agent-cli app, before the command name.
-    debug = ["--debug"] if "--debug" in arguments else []
-    sys.exit(main([*debug, "eval", *(a for a in arguments if a != "--debug")]))
+    sys.exit(run_command(evaluate, None, "agent-cli eval"))

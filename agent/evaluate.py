@@ -25,19 +25,20 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from tools.datasets import Sample, read_dataset
+from tools.datasets import Sample
 from tools.detections import Detections
 from tools.errors import ModelOutputError, RexError, UserInputError
 from tools.evaluation import Prediction, PredictionWriter, read_predictions
-from tools.evaluation import score_finecops_ref, score_grec, score_refcoco
+from tools.evaluation.formats import get_format, read_dataset
 from tools.files import replaced_atomically, write_atomically
 from tools.images import load_image
 
-from .agent import Agent
 from .configuration import Configuration
-from .score_cli import SCORERS
+
+if TYPE_CHECKING:
+    from .agent import Agent
 
 PREDICTIONS_FILE = "predictions.jsonl"
 RUN_FILE = "run.json"
@@ -52,7 +53,6 @@ SAMPLE_ERRORS = (UserInputError, ModelOutputError)
 logger = logging.getLogger(__name__)
 # Expressions whose targets are extracted together (model extractors batch 8 per prompt).
 PREFETCH_CHUNK = 32
-SCORE_FUNCTIONS = {"finecops": score_finecops_ref, "refcoco": score_refcoco, "grec": score_grec}
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,6 @@ class DatasetSpec:
     limit: int | None = None
 
     def read(self) -> list[Sample]:
-        if self.format not in SCORERS:
-            raise UserInputError(f"unknown format {self.format!r}; choose one of {', '.join(SCORERS)}")
         samples = list(read_dataset(self.format, self.annotations, self.image_root, self.split))
         samples = samples[: self.limit] if self.limit is not None else samples
         if not samples:
@@ -327,10 +325,10 @@ def score_run(dataset: DatasetSpec, samples: list[Sample], predictions: list[Pre
     Only a ``limit`` leaves samples out: FineCops-Ref negatives whose positive lies beyond
     the limit cannot be paired with it and are not scored.
     """
-    scorer = SCORERS[dataset.format]
+    metric = get_format(dataset.format).metric
     left_out = 0
-    if scorer == "finecops" and dataset.limit is not None:
+    if metric.paired_negatives and dataset.limit is not None:
         positives = {str(sample.id) for sample in samples if not sample.is_negative}
         kept = [s for s in samples if not s.is_negative or str(s.negative["positive_id"]) in positives]
         samples, left_out = kept, len(samples) - len(kept)
-    return SCORE_FUNCTIONS[scorer](samples, predictions), left_out
+    return metric.score(samples, predictions), left_out

@@ -28,20 +28,12 @@ from tools.datasets import Sample
 from tools.errors import UserInputError
 from tools.evaluation import Prediction
 from tools.evaluation.finecops import answer_confidence
+from tools.evaluation.formats import FORMATS, get_format
 from tools.files import write_atomically
-
-from .score_cli import SCORERS, finecops_tables, grec_tables, refcoco_tables
 
 METRICS_JSON = "metrics.json"
 METRICS_CSV = "metrics.csv"
 REPORT_PNG = "report.png"
-SCORE_TABLES = {"finecops": finecops_tables, "refcoco": refcoco_tables, "grec": grec_tables}
-# What the chart shows per benchmark: a title and the bars of one run.
-HEADLINES = {
-    "finecops": ("Precision@1 by level (%)", lambda m: dict(m["precision_at_1"])),
-    "refcoco": ("Acc@0.5 (%)", lambda m: {"all": m["accuracy"]}),
-    "grec": ("GREC (%)", lambda m: {"Pr@(F1=1)": m["f1_precision"], "N-acc": m["n_acc"], "T-acc": m["t_acc"]}),
-}
 
 
 def timing_summary(predictions: Sequence[Prediction]) -> dict[str, Any]:
@@ -93,8 +85,8 @@ def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 def headline(metrics: dict[str, Any]) -> tuple[str, dict[str, float | None]]:
     """The chart's title and this run's bars."""
-    title, bars = HEADLINES[SCORERS[metrics["format"]]]
-    return title, bars(metrics)
+    metric = get_format(metrics["format"]).metric
+    return metric.headline_title, metric.headline(metrics)
 
 
 def run_label(metrics: dict[str, Any], directory: Path) -> str:
@@ -113,7 +105,8 @@ def read_compared(directories: Sequence[Path], dataset_format: str) -> list[tupl
             label = run_label(metrics, Path(directory))
         except (ValueError, KeyError, TypeError) as error:
             raise UserInputError(f"{path}: not a metrics file of agent-cli eval ({error})") from None
-        if SCORERS.get(metrics.get("format")) != SCORERS[dataset_format]:
+        scored_as = FORMATS.get(metrics.get("format"))
+        if scored_as is None or scored_as.metric is not get_format(dataset_format).metric:
             raise UserInputError(
                 f"--compare {directory}: scored as {metrics.get('format')!r}, not like {dataset_format!r}"
             )
@@ -184,7 +177,7 @@ def print_report(
 ) -> None:
     """The score tables (as ``agent-cli score`` prints them), the timing table and, with compared
     runs, one row of headline numbers per run."""
-    for table in SCORE_TABLES[SCORERS[metrics["format"]]](metrics):
+    for table in get_format(metrics["format"]).metric.tables(metrics):
         console.print(table)
     timing = metrics["timing"]
     steps = Table("step", "mean ms", "median ms", "samples", title="Time per step")

@@ -8,30 +8,20 @@ from typing import List, Optional
 
 import typer
 
-from agent import cli_options as opt
+from agent.cli_settings import with_settings
+from agent.configuration import Configuration
 from tools.errors import UserInputError
 from tools.images import SERVER_MAX_IMAGE_PIXELS
 
 SERVE_PACKAGES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart": "python-multipart"}
 
 
+# The server's images come from strangers: a smaller default limit; one --device per GPU (repeatable).
+@with_settings(exclude=("device",), defaults={"max_image_pixels": SERVER_MAX_IMAGE_PIXELS})
 def serve(
-    profile: opt.Profile = None,
-    strategy: opt.Strategy = None,
-    focus: opt.Focus = None,
-    allow_none: opt.AllowNone = None,
-    multi: opt.Multi = None,
-    detector: opt.DetectorName = None,
-    mllm: opt.MllmName = None,
-    llm: opt.LlmName = None,
-    adapter: opt.Adapter = None,
     device: Optional[List[str]] = typer.Option(
         None, "--device", help="auto, cpu, cuda or cuda:N; repeat for one model copy and queue per GPU."
     ),
-    dtype: opt.Dtype = None,
-    detector_dtype: opt.DetectorDtype = None,
-    max_pixels: opt.MaxPixels = None,
-    config: opt.ConfigFile = None,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 serves the whole network."),
     port: int = typer.Option(8000, "--port", min=0, max=65535),
     strategies: Optional[str] = typer.Option(
@@ -47,8 +37,6 @@ def serve(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest request body (MB)."),
     max_queue: int = typer.Option(32, "--max-queue", min=0, help="Waiting requests per device before 503."),
     request_timeout: float = typer.Option(300.0, "--request-timeout", help="Seconds to answer a request before 504."),
-    max_image_pixels: int = typer.Option(
-        SERVER_MAX_IMAGE_PIXELS, "--max-image-pixels", help="Larger images are refused before decoding."),
     max_decoded_mb: float = typer.Option(
         1024.0, "--max-decoded-mb", help="Decoded images of requests in flight at most (MB); 503 beyond."),
     allowed_hosts: Optional[str] = typer.Option(
@@ -59,6 +47,8 @@ def serve(
     body_timeout: float = typer.Option(60.0, "--body-timeout", help="Seconds for a request's body before 408."),
     keep_alive: float = typer.Option(5.0, "--keep-alive", help="Seconds an idle connection stays open."),
     max_connections: int = typer.Option(256, "--max-connections", help="Open connections at most; 503 beyond."),
+    *,
+    settings: Configuration,
 ) -> None:
     """Serve the agent over HTTP: POST /locate, GET /healthz, a web page at /, OpenAPI docs at /docs."""
     missing = [package for module, package in SERVE_PACKAGES.items() if importlib.util.find_spec(module) is None]
@@ -66,16 +56,11 @@ def serve(
         raise UserInputError(f"agent-cli serve needs {', '.join(missing)}: pip install 'rex-agent[serve]'")
     import uvicorn
 
-    from agent import Agent, Configuration
+    from agent.agent import Agent
     from agent.serve import ServerOptions, create_app
     from agent.serve.limits import uvicorn_config
     from tools.devices import resolve_device
 
-    settings = Configuration.load(
-        config, profile=profile, strategy=strategy, focus=focus, allow_none=allow_none, multi=multi,
-        detector=detector, mllm=mllm, llm=llm, adapter=adapter, dtype=dtype, detector_dtype=detector_dtype,
-        max_pixels=max_pixels,
-    )  # fmt: skip
     devices = [str(resolve_device(name)) for name in (device or [settings.device])]
     if len(set(devices)) != len(devices):
         raise UserInputError(f"each --device once: {', '.join(devices)}")
@@ -90,7 +75,7 @@ def serve(
         allowed_hosts=_allowed_hosts(host, allowed_hosts),
         cors_origins=tuple(cors_origin or ()),
         request_timeout=request_timeout,
-        max_image_pixels=max_image_pixels,
+        max_image_pixels=settings.max_image_pixels,
         max_decoded_bytes=int(max_decoded_mb * 2**20),
         header_timeout=header_timeout,
         body_timeout=body_timeout,

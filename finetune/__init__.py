@@ -3,6 +3,7 @@
 - ``samples``: the CRS sample JSONL format, its chat turns, LLaMA-Factory export;
 - ``collate``: tokens, images and answer-only labels of a batch;
 - ``train``: ``TrainConfig`` and ``train(config)``, LoRA on the language model;
-- ``checkpoints`` / ``history``: resumable state, loss log and plot;
-- ``cli``: ``agent-cli finetune`` / ``python -m finetune.train``.
+- ``trainer``: transformers' ``Trainer`` with the answer-only loss and option accuracy;
+- ``history``: the loss log's plot;
+- ``cli``, ``build_cli``: ``agent-cli finetune`` and ``finetune-data`` (also ``python -m finetune.cli``).
 """

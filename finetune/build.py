@@ -45,10 +45,11 @@ from typing import Any
 import numpy as np
 
 from tools import boxes as box_ops
-from tools.datasets import Sample, read_dataset
+from tools.datasets import Sample
+from tools.evaluation.formats import read_dataset
 from tools.detections import Detections
 from tools.detectors import Detector
-from tools.files import JsonLinesAppender, check_output_folder, write_atomically
+from tools.files import JsonLinesAppender, check_output_folder, read_json_lines, write_atomically
 from tools.errors import ImageLoadError, UserInputError
 from tools.evaluation import Prediction, PredictionWriter, read_predictions
 # The predictions writer's torn-last-line repair serves the samples file just as well.
@@ -83,7 +84,7 @@ DROP_REASONS = (MULTI_TARGET, UNREADABLE_IMAGE, MISSING_CANDIDATES, NO_CANDIDATE
 class BuildConfig:
     """Everything a build depends on; give exactly one of ``detector`` and ``candidates_file``."""
 
-    dataset_format: str  # a format of tools.datasets.read_dataset
+    dataset_format: str  # a format of tools.evaluation.formats
     annotations: str
     output_dir: str
     image_root: str | None = None
@@ -307,13 +308,10 @@ def _written_ids(path: Path) -> set[str]:
     if not path.exists():
         return set()
     ids = set()
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            try:
-                ids.add(str(json.loads(line)["id"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                if line.endswith("\n"):
-                    raise UserInputError(f"{path}: a line is not a CRS sample; rebuild in a new folder") from None
+    for where, record in read_json_lines(path):
+        if not isinstance(record, dict) or "id" not in record:
+            raise UserInputError(f"{where}: not a CRS sample; rebuild in a new folder")
+        ids.add(str(record["id"]))
     return ids
 
 
@@ -365,14 +363,3 @@ def _check_config(config: BuildConfig) -> None:
         raise UserInputError("positives and negatives must be at least 0")
     if config.none_option is False and config.negatives != 0:
         raise UserInputError("negatives answer 'None': they need the None option (drop --no-none-option)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m finetune.build``: the same options as ``agent-cli finetune-data``."""
-    from .build_cli import run_standalone
-
-    return run_standalone(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

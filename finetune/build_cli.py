@@ -1,25 +1,26 @@
-"""``agent-cli finetune-data`` (register ``finetune_data`` on the app) and ``python -m finetune.build``."""
+"""``agent-cli finetune-data`` (register ``finetune_data`` on the app), or on its own: ``python -m finetune.build_cli``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tools.defaults import CRS_CANDIDATES
 from tools.errors import UserInputError
+from tools.evaluation.formats import FORMAT_HELP
 from tools.profiles import PROFILES
-from tools.routing import CRS_CANDIDATES
 
-from .build import DROP_REASONS, REPORT_FILE, SAMPLES_FILE, BuildConfig, BuildReport
+if TYPE_CHECKING:
+    from .build import BuildReport
 
 
 def finetune_data(
-    dataset_format: str = typer.Option(
-        ..., "--format", help="finecops-ref, ref-adv, ref-reasoning, refcoco, grec (COCO-style) or grefcoco."),
+    dataset_format: str = typer.Option(..., "--format", help=FORMAT_HELP + " (see the README)."),
     annotations: Path = typer.Option(..., "--annotations", help="The dataset's annotation file."),
     image_root: Optional[Path] = typer.Option(None, "--image-root", help="Folder the file names are relative to."),
     split: Optional[str] = typer.Option(None, "--split", help="gRefCOCO split (grefcoco only), e.g. train."),
@@ -49,7 +50,7 @@ def finetune_data(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Build CRS instruction-tuning samples from a REC dataset and the specialist's candidates."""
-    from .build import build_crs_data
+    from .build import REPORT_FILE, BuildConfig, build_crs_data
 
     if candidates is not None and not candidates.is_file():
         raise UserInputError(f"no candidates file {str(candidates)!r}")
@@ -66,8 +67,9 @@ def finetune_data(
         raise UserInputError(f"no sample was kept; see {Path(output_dir) / REPORT_FILE}")
 
 
-def print_report(report: BuildReport, console: Console | None = None) -> None:
+def print_report(report: "BuildReport", console: Console | None = None) -> None:
     """The counts as a table: read, kept (positives / negatives), then each drop reason."""
+    from .build import DROP_REASONS, REPORT_FILE, SAMPLES_FILE
     table = Table("outcome", "samples", title=escape(f"CRS samples in {report.output_dir}"))
     table.add_row("read", str(report.read))
     table.add_row("kept: positives", str(report.kept_positives))
@@ -81,10 +83,7 @@ def print_report(report: BuildReport, console: Console | None = None) -> None:
                   markup=False)
 
 
-def run_standalone(argv: list[str] | None = None) -> int:
-    """Run ``finetune_data`` as its own command (``python -m finetune.build``), with agent-cli's error contract."""
-    from agent.cli_runner import run_app
+if __name__ == "__main__":  # python -m finetune.build_cli ...
+    from tools.cli_runner import run_command
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(finetune_data)
-    return run_app(app, argv, "finetune-data")
+    raise SystemExit(run_command(finetune_data, None, "finetune-data"))

@@ -1,4 +1,4 @@
-"""``agent-cli finetune`` (register ``finetune`` on the app) and ``python -m finetune.train``."""
+"""``agent-cli finetune`` (register ``finetune`` on the app), or on its own: ``python -m finetune.cli``."""
 
 from __future__ import annotations
 
@@ -40,7 +40,12 @@ def finetune(
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Use the same budget as at inference."),
     save_every: int = typer.Option(500, "--save-every", min=0, help="Checkpoint every N steps (0: at the end only)."),
     save_total_limit: Optional[int] = typer.Option(2, "--save-total-limit", min=1, help="Checkpoints kept."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="A checkpoint folder, or 'latest' in --output."),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", help="A checkpoint folder (checkpoint-N), or 'latest' in --output."),
+    deepspeed: Optional[Path] = typer.Option(None, "--deepspeed", help="DeepSpeed config file (JSON), as Trainer takes."),
+    fsdp: Optional[str] = typer.Option(None, "--fsdp", help="Trainer's FSDP options, e.g. 'full_shard auto_wrap'."),
+    report_to: str = typer.Option(
+        "none", "--report-to", help="Where Trainer also logs: tensorboard, wandb, mlflow, ... (comma-separated), all."),
     seed: int = typer.Option(0, "--seed"),
     num_workers: int = typer.Option(0, "--num-workers", min=0, help="DataLoader workers preparing batches."),
     merge: bool = typer.Option(False, "--merge", help="Also save the merged model and processor."),
@@ -59,21 +64,17 @@ def finetune(
         gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation,
         min_pixels=min_pixels, max_pixels=max_pixels, save_every=save_every, save_total_limit=save_total_limit,
         resume=resume, seed=seed, num_workers=num_workers, merge=merge, prompts_dir=prompts_dir,
+        deepspeed=str(deepspeed) if deepspeed else None, fsdp=fsdp, report_to=report_to,
     )
-    from accelerate import PartialState
-
     summary = train(config)
-    if not PartialState().is_main_process:  # under `accelerate launch`, one report is enough
+    if not summary:  # under `accelerate launch` only the main process reports
         return
     brief = {key: summary[key] for key in ("steps", "steps_run", "first_loss", "last_loss", "eval_accuracy",
                                            "adapter_dir", "seconds")}
     typer.echo(json.dumps(brief, indent=2))
 
 
-def run_standalone(argv: list[str] | None = None) -> int:
-    """Run ``finetune`` as its own command (``python -m finetune.train``), with agent-cli's error contract."""
-    from agent.cli_runner import run_app
+if __name__ == "__main__":  # python -m finetune.cli ... / accelerate launch -m finetune.cli ...
+    from tools.cli_runner import run_command
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(finetune)
-    return run_app(app, argv, "finetune")
+    raise SystemExit(run_command(finetune, None, "finetune"))

@@ -11,7 +11,6 @@ model has to project onto the vocabulary (``logits_to_keep``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -29,27 +28,19 @@ from .samples import CRSSample, sample_conversation
 IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
 
 
-@dataclass
-class CRSBatch:
-    """Model inputs of a batch plus what training and evaluation need to read the answer."""
-
-    inputs: dict[str, torch.Tensor]  # input_ids, attention_mask, pixel_values, image_grid_thw
-    labels: torch.Tensor  # (rows, length): IGNORE_INDEX except the answer tokens
-    answer_length: int  # supervised tokens per row: the letter, then the end-of-turn token
-    option_token_ids: list[list[list[int]]]  # per row, per option: the ids that spell its letter
-    answer_options: list[int]  # per row: index of the right option
-
-    def __len__(self) -> int:
-        return len(self.answer_options)
-
-    def to(self, device: torch.device | str) -> "CRSBatch":
-        inputs = {name: value.to(device) for name, value in self.inputs.items()}
-        return CRSBatch(inputs, self.labels.to(device), self.answer_length, self.option_token_ids,
-                        self.answer_options)
+# The batch keys that are not model inputs: what evaluation needs to read the chosen option.
+OPTION_IDS = "option_token_ids"  # per row, per option: the ids that spell its letter
+ANSWER_OPTIONS = "answer_options"  # per row: index of the right option
+CRS_KEYS = (OPTION_IDS, ANSWER_OPTIONS)
 
 
 class CRSCollator:
-    """Turns a list of ``CRSSample`` into a ``CRSBatch`` (usable as a DataLoader ``collate_fn``).
+    """Turns a list of ``CRSSample`` into a batch dict (a ``Trainer``'s ``data_collator``).
+
+    The batch holds the model inputs (``input_ids``, ``attention_mask``, ``pixel_values``,
+    ``image_grid_thw``), ``labels`` (``IGNORE_INDEX`` except the answer tokens),
+    ``logits_to_keep`` (the answer length + 1: only those columns are projected onto the
+    vocabulary) and the ``CRS_KEYS``, which ``CRSTrainer`` takes out before the forward pass.
 
     Images are loaded as at inference and resized by ``qwen_vl_utils`` within
     ``min_pixels``/``max_pixels`` (default: the processor's budget, as ``QwenVL`` uses); the
@@ -72,7 +63,7 @@ class CRSCollator:
         self.prompts_dir = prompts_dir
         self._letter_ids: dict[tuple[str, ...], list[list[int]]] = {}
 
-    def __call__(self, samples: Sequence[CRSSample]) -> CRSBatch:
+    def __call__(self, samples: Sequence[CRSSample]) -> dict:
         from qwen_vl_utils import process_vision_info
 
         conversations, texts, answer_ids = [], [], []
@@ -100,13 +91,13 @@ class CRSCollator:
             raise ValueError("the answer tokens merged with the prompt's last token; cannot mask labels")
         labels = torch.full_like(input_ids, IGNORE_INDEX)
         labels[:, -answer_length:] = expected
-        return CRSBatch(
-            inputs=dict(encoded),
-            labels=labels,
-            answer_length=answer_length,
-            option_token_ids=[self._letter_token_ids(sample.letters) for sample in samples],
-            answer_options=[sample.answer_index for sample in samples],
-        )
+        return {
+            **encoded,
+            "labels": labels,
+            "logits_to_keep": answer_length + 1,
+            OPTION_IDS: [self._letter_token_ids(sample.letters) for sample in samples],
+            ANSWER_OPTIONS: [sample.answer_index for sample in samples],
+        }
 
     def _split_answer(self, conversation: list[dict], sample: CRSSample) -> tuple[str, str]:
         """The prompt as at inference, and the supervised continuation (letter + end of turn).
@@ -134,30 +125,27 @@ class CRSCollator:
         return self._letter_ids[key]
 
 
-def answer_logits(model, batch: CRSBatch) -> torch.Tensor:
-    """``(rows, answer_length, vocab)`` logits, position ``j`` predicting answer token ``j``.
+def answer_loss(outputs, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy over the answer tokens (the ``Trainer``'s ``compute_loss_func``).
 
-    One forward pass; only the last columns are projected onto the vocabulary.
+    ``outputs.logits`` holds the last ``answer_length + 1`` columns (``logits_to_keep``): column
+    ``j`` predicts answer token ``j``. The sum is divided by ``num_items_in_batch``, the answer
+    tokens of the whole optimizer step (all micro-batches and processes), so every token weighs
+    the same whatever the micro-batch sizes; without it, by this batch's own count.
     """
-    outputs = model(**batch.inputs, logits_to_keep=batch.answer_length + 1, use_cache=False)
-    return outputs.logits[:, :-1]
+    logits = outputs.logits[:, :-1]
+    targets = labels[:, -logits.shape[1]:]
+    total = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                            reduction="sum")
+    count = targets.ne(IGNORE_INDEX).sum() if num_items_in_batch is None else num_items_in_batch
+    return total / count
 
 
-def answer_loss_sum(logits: torch.Tensor, batch: CRSBatch) -> torch.Tensor:
-    """Summed cross-entropy over the answer tokens (divide by their count for the mean)."""
-    targets = batch.labels[:, -batch.answer_length:]
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
-
-
-def option_hits(logits: torch.Tensor, batch: CRSBatch) -> list[bool]:
-    """Per row: does the most probable option letter at the answer position match the answer?
+def chosen_options(logits: torch.Tensor, option_ids: Sequence[Sequence[Sequence[int]]]) -> list[int]:
+    """Per row, the option with the most probable letter at the answer position.
 
     The same reading as ``QwenVL.select``: option probabilities from the next-token logits
-    of the letters (all their spellings), argmax.
+    of the letters (all their spellings), argmax. ``logits`` are the kept columns.
     """
     letter_logits = logits[:, 0]
-    return [
-        int(np.argmax(letter_distribution(letter_logits[row], batch.option_token_ids[row]))) == answer
-        for row, answer in enumerate(batch.answer_options)
-    ]
+    return [int(np.argmax(letter_distribution(letter_logits[row], ids))) for row, ids in enumerate(option_ids)]

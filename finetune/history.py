@@ -1,41 +1,19 @@
-"""The training log (JSONL, one record per optimizer step or evaluation) and its plot."""
+"""The training log (JSONL, one record per optimizer step or evaluation; ``trainer.LogFileCallback``
+writes it) and its plot."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from tools.files import write_atomically
-
-
-class TrainingLog:
-    """Appends records to ``path``; only the main process writes (``enabled``).
-
-    A run resumed from step ``resume_step`` first drops the records of later steps: those
-    steps happened after the checkpoint and are about to be trained again.
-    """
-
-    def __init__(self, path: Path, *, resume_step: int | None = None, enabled: bool = True) -> None:
-        self.path = path
-        self.enabled = enabled
-        if not enabled:
-            return
-        kept = [] if resume_step is None else [r for r in read_log(path) if r["step"] <= resume_step]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, "".join(json.dumps(record) + "\n" for record in kept))
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with self.path.open("a") as log:
-                log.write(json.dumps(record) + "\n")
+from tools.files import read_json_lines
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
     """All records of a log file (none when it does not exist)."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for _, record in read_json_lines(path)]
 
 
 def plot_history(records: list[dict[str, Any]], path: Path) -> Path | None:

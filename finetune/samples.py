@@ -27,7 +27,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from tools.files import write_atomically
+from tools.files import read_json_lines, write_atomically
 from tools.detections import Detections
 from tools.errors import UserInputError
 from tools.mllm.crs import crs_prompt, option_letters
@@ -159,24 +159,16 @@ def read_samples(path: str | os.PathLike) -> list[CRSSample]:
     if not path.is_file():
         raise UserInputError(f"no CRS sample file {str(path)!r}")
     samples: list[CRSSample] = []
-    seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserInputError(f"{where}: not valid JSON ({error.msg})") from None
-            sample = parse_sample(record, where)
-            if sample.id in seen:
-                raise UserInputError(f"{where}: field 'id' {sample.id!r} repeats line {seen[sample.id]}")
-            seen[sample.id] = number
-            image = Path(sample.image).expanduser()
-            if not image.is_absolute():
-                image = path.parent / image
-            samples.append(replace(sample, image=str(image)))
+    seen: dict[str, str] = {}
+    for where, record in read_json_lines(path):
+        sample = parse_sample(record, where)
+        if sample.id in seen:
+            raise UserInputError(f"{where}: field 'id' {sample.id!r} repeats {seen[sample.id]}")
+        seen[sample.id] = where.rpartition(": ")[2]  # "line N"
+        image = Path(sample.image).expanduser()
+        if not image.is_absolute():
+            image = path.parent / image
+        samples.append(replace(sample, image=str(image)))
     if not samples:
         raise UserInputError(f"{path}: no samples")
     return samples
@@ -186,9 +178,7 @@ def write_samples(samples: Iterable[CRSSample], path: str | os.PathLike) -> Path
     """Write ``samples`` as JSONL (image paths as they are in the samples); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as out:
-        for sample in samples:
-            out.write(json.dumps(sample.to_dict(), ensure_ascii=False) + "\n")
+    write_atomically(path, "".join(json.dumps(sample.to_dict(), ensure_ascii=False) + "\n" for sample in samples))
     return path
 
 

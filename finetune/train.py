@@ -1,50 +1,44 @@
-"""LoRA instruction tuning of a Qwen VL checkpoint for Candidate Region Selection.
+"""LoRA instruction tuning of a Qwen VL checkpoint for Candidate Region Selection, on ``Trainer``.
 
 Only the language model learns: LoRA adapters on its attention and MLP projections, the
 vision tower and every base weight frozen. The loss covers the answer tokens alone (the
 option letter and the end-of-turn token), and accuracy is read as at inference: argmax
-over the option letters' next-token probabilities at the answer position.
+over the option letters' next-token probabilities at the answer position (``trainer.py``).
 
-Runs as one CPU/GPU process (``python -m finetune.train ...``) or on several GPUs with
-``accelerate launch -m finetune.train ...``. Layout of ``output_dir``::
+Runs as one CPU/GPU process (``python -m finetune.cli ...``) or on several GPUs with
+``accelerate launch -m finetune.cli ...`` / ``torchrun -m finetune.cli ...``, with
+DeepSpeed (``deepspeed``) or FSDP (``fsdp``) as ``Trainer`` runs them. Layout of ``output_dir``::
 
     adapter/                the trained LoRA adapter (QwenVL.from_pretrained(..., adapter=...))
-    checkpoints/checkpoint-<step>/   resumable state, see checkpoints.py
+    checkpoints/checkpoint-<step>/   Trainer's resumable checkpoints (adapter, optimizer, RNG, state)
     merged/                 with merge: the full model with the adapter merged, plus processor
     log.jsonl, loss.png, train_config.json, summary.json
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
-
-import torch
+from typing import Any
 
 from prompts import check_prompts_dir
-from tools.files import check_output_folder, write_atomically
 from tools.checkpoints import resolve_checkpoint
-from tools.devices import resolve_dtype
 from tools.errors import UserInputError
-from tools.mllm.families import family_for_model
-
-from .checkpoints import find_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
-from .collate import CRSCollator, answer_logits, answer_loss_sum, option_hits
-from .history import TrainingLog, plot_history, read_log
-from .samples import CRSSample, read_samples
+from tools.files import check_output_folder, write_atomically
 
 LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEFAULT_LORA_TARGET = ",".join(LLM_PROJECTIONS)
 REGEX_TARGET_PREFIX = "re:"
 SCHEDULERS = ("cosine", "linear", "constant_with_warmup", "constant")
 LOG_FILE = "log.jsonl"
-_MIXED_PRECISION = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
+CHECKPOINTS_DIR = "checkpoints"
+LATEST = "latest"
+# With save_every=0 no step is a multiple of this; Trainer's steps strategy still saves at the end.
+_END_ONLY = 2**31
 
 
 @dataclass
@@ -77,6 +71,9 @@ class TrainConfig:
     save_every: int = 500  # checkpoint every N optimizer steps (and at the end); 0: end only
     save_total_limit: int | None = 2  # checkpoints kept; None keeps all
     resume: str | None = None  # a checkpoint folder, or "latest" under output_dir/checkpoints
+    deepspeed: str | None = None  # a DeepSpeed config file (JSON)
+    fsdp: str | None = None  # Trainer's FSDP options, e.g. "full_shard auto_wrap"
+    report_to: str = "none"  # comma-separated: tensorboard, wandb, mlflow, ...; "all", or "none"
     seed: int = 0
     num_workers: int = 0  # DataLoader workers that load and tokenise batches
     merge: bool = False  # also save the merged model and processor
@@ -106,207 +103,171 @@ def lora_target_regex(target: str) -> str:
     return rf"(?:.*\.)?language_model\.layers\.\d+\.(?:self_attn|mlp)\.(?:{'|'.join(names)})"
 
 
-def epoch_micro_batches(num_samples: int, epoch: int, *, seed: int, batch_size: int, process_index: int = 0,
-                        num_processes: int = 1) -> list[list[int]]:
-    """Sample indices of this process's micro-batches in ``epoch``, a pure function of its arguments.
-
-    The shuffle is seeded by ``seed + epoch``; every process gets the same number of samples
-    (wrapping around), so all of them take the same number of optimizer steps.
-    """
-    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-    per_process = math.ceil(num_samples / num_processes)
-    order = [order[i % num_samples] for i in range(per_process * num_processes)]
-    shard = order[process_index::num_processes]
-    return [shard[start:start + batch_size] for start in range(0, len(shard), batch_size)]
-
-
-def evaluate(model, samples: Sequence[CRSSample], collator: CRSCollator, *, batch_size: int,
-             accelerator=None) -> dict[str, float]:
-    """Option accuracy and mean answer-token loss of ``model`` on ``samples``.
-
-    One forward pass per batch, no generation. With an ``accelerator`` the samples are
-    split over its processes and the counts summed.
-    """
-    index, processes = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    device = accelerator.device if accelerator else next(model.parameters()).device
-    mine = list(samples)[index::processes]
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # hits, rows, loss sum, tokens
-    was_training = model.training
-    model.eval()
-    autocast = accelerator.autocast() if accelerator else contextlib.nullcontext()
-    with torch.no_grad(), autocast:
-        for start in range(0, len(mine), batch_size):
-            batch = collator(mine[start:start + batch_size]).to(device)
-            logits = answer_logits(model, batch)
-            totals += torch.tensor([sum(option_hits(logits, batch)), len(batch),
-                                    answer_loss_sum(logits, batch).item(), len(batch) * batch.answer_length],
-                                   dtype=torch.float64, device=device)
-    model.train(was_training)
-    if accelerator:
-        totals = accelerator.reduce(totals, reduction="sum")
-    hits, rows, loss, tokens = totals.tolist()
-    return {"accuracy": hits / max(rows, 1), "loss": loss / max(tokens, 1), "count": int(rows)}
-
-
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Fine-tune as ``config`` says; returns a summary (also written to ``summary.json``)."""
-    from accelerate import Accelerator, PartialState
-    from accelerate.utils import parse_flag_from_env, set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
+    """Fine-tune as ``config`` says; returns the summary written to ``summary.json`` (on the main
+    process; the others, under ``accelerate launch`` or ``torchrun``, return an empty dict)."""
+    from .samples import read_samples
 
+    # Every mistake in the settings and files is answered before torch is imported.
     _check_config(config)
     started = time.perf_counter()
-    # "auto" depends on the device, known before the Accelerator fixes its mixed precision. The
-    # first PartialState must see `accelerate launch --cpu` (ACCELERATE_USE_CPU) for multi-CPU runs.
-    device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
-    weights_dtype = resolve_dtype(config.dtype, device)
-    accelerator = Accelerator(mixed_precision=_MIXED_PRECISION[weights_dtype])
-    set_seed(config.seed)
     output = Path(config.output_dir)
-    checkpoints_dir = output / "checkpoints"
+    checkpoints_dir = output / CHECKPOINTS_DIR
+    resume_from = find_checkpoint(config.resume, checkpoints_dir) if config.resume else None
+    if resume_from is not None:
+        _check_resumable(resume_from, config)
     train_samples = read_samples(config.train_file)
     eval_samples = read_samples(config.eval_file) if config.eval_file else []
-    model, processor, trainable = _lora_model(config, weights_dtype)
+
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+    from transformers import set_seed
+
+    from tools.devices import resolve_dtype
+    from tools.mllm.families import family_for_model
+
+    from .collate import CRSCollator
+    from .trainer import CRSTrainer, LogFileCallback
+
+    # "auto" depends on the device; the first PartialState must see `accelerate launch --cpu`.
+    device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+    weights_dtype = resolve_dtype(config.dtype, device)
+    set_seed(config.seed)  # the LoRA weights' initialisation
+    model, processor = _lora_model(config, weights_dtype)
     collator = CRSCollator(processor, min_pixels=config.min_pixels, max_pixels=config.max_pixels,
                            prompts_dir=config.prompts_dir, family=family_for_model(model.config.model_type))
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
-
-    order = dict(seed=config.seed, batch_size=config.batch_size, process_index=accelerator.process_index,
-                 num_processes=accelerator.num_processes)
-    steps_per_epoch = math.ceil(len(epoch_micro_batches(len(train_samples), 0, **order)) / config.grad_accum)
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    # Stepped once per optimizer step by us, not by accelerate (which would step it per process).
-    scheduler = get_scheduler(config.lr_scheduler, optimizer,
-                              num_warmup_steps=round(config.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
-    data_order = dict(seed=config.seed, batch_size=config.batch_size, grad_accum=config.grad_accum,
-                      num_processes=accelerator.num_processes, train_samples=len(train_samples))
-    step = 0
-    if config.resume:
-        step = load_checkpoint(find_checkpoint(config.resume, checkpoints_dir), model=model, optimizer=optimizer,
-                               scheduler=scheduler, accelerator=accelerator, data_order=data_order)
-    start_step = step
-    main = accelerator.is_main_process
-    log = TrainingLog(output / LOG_FILE, resume_step=step if config.resume else None, enabled=main)
-    if main:
+    resume_step = _checkpoint_step(resume_from) if resume_from else None
+    trainer = CRSTrainer(
+        model=model, args=training_arguments(config, weights_dtype, has_eval=bool(eval_samples)),
+        train_dataset=train_samples, eval_dataset=eval_samples or None, data_collator=collator,
+        callbacks=[LogFileCallback(output / LOG_FILE, resume_step=resume_step)],
+    )
+    if trainer.is_world_process_zero():
+        output.mkdir(parents=True, exist_ok=True)
         write_atomically(output / "train_config.json", json.dumps(asdict(config), indent=2))
-
-    def save(at_step: int) -> None:
-        save_checkpoint(checkpoints_dir, step=at_step, model=model, optimizer=optimizer, scheduler=scheduler,
-                        accelerator=accelerator, data_order=data_order)
-        if main:
-            prune_checkpoints(checkpoints_dir, config.save_total_limit)
-
-    def run_eval(at_step: int) -> None:
-        if eval_samples:
-            result = evaluate(accelerator.unwrap_model(model), eval_samples, collator, accelerator=accelerator,
-                              batch_size=config.eval_batch_size or config.batch_size)
-            log.write({"step": at_step, "epoch": round(at_step / steps_per_epoch, 4),
-                       "eval_accuracy": result["accuracy"], "eval_loss": result["loss"]})
-
-    model.train()
-    progress = tqdm(total=total_steps, initial=step, desc="CRS fine-tuning",
-                    disable=not accelerator.is_local_main_process)
-    while step < total_steps:
-        epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        micro_batches = epoch_micro_batches(len(train_samples), epoch, **order)
-        groups = [micro_batches[i:i + config.grad_accum] for i in range(0, len(micro_batches), config.grad_accum)]
-        groups = groups[done_in_epoch:done_in_epoch + total_steps - step]  # skip what was already trained
-        loader = iter(torch.utils.data.DataLoader(
-            train_samples, batch_sampler=[batch for group in groups for batch in group], collate_fn=collator,
-            num_workers=config.num_workers))
-        for group in groups:
-            batches = [next(loader) for _ in group]
-            loss, hits, rows = _accumulate(model, batches, accelerator)
-            if config.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            totals = accelerator.reduce(torch.tensor([loss, hits, rows], device=accelerator.device), "sum")
-            record = {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                      "loss": totals[0].item() / accelerator.num_processes,
-                      "accuracy": totals[1].item() / totals[2].item(), "lr": scheduler.get_last_lr()[0]}
-            log.write(record)
-            progress.update(1)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.2f}")
-            if step % steps_per_epoch == 0:
-                run_eval(step)
-            if (config.save_every and step % config.save_every == 0) or step == total_steps:
-                save(step)
-    progress.close()
-    if step % steps_per_epoch:  # the run ended mid-epoch: evaluate where it stopped
-        run_eval(step)
-    return _finish(config, accelerator, model, processor, output, start_step=start_step, step=step,
-                   seconds=time.perf_counter() - started, trainable=sum(p.numel() for p in trainable),
-                   sizes=(len(train_samples), len(eval_samples)))
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    step = trainer.state.global_step
+    evaluated = any("eval_accuracy" in r and r.get("step") == step for r in trainer.state.log_history)
+    if eval_samples and not evaluated:  # the run ended mid-epoch: evaluate where it stopped
+        trainer.evaluate()
+    return _finish(config, trainer, processor, output, start_step=resume_step or 0,
+                   seconds=time.perf_counter() - started, sizes=(len(train_samples), len(eval_samples)))
 
 
-def _accumulate(model, batches, accelerator) -> tuple[float, int, int]:
-    """Forward and backward over one optimizer step's micro-batches; loss, hits and rows seen.
+def training_arguments(config: TrainConfig, weights_dtype, *, has_eval: bool):
+    """``TrainingArguments`` for ``config``: the flags of ``agent-cli finetune`` in Trainer's names."""
+    import torch
+    from transformers import TrainingArguments
 
-    The loss is the mean over all answer tokens of the step, whatever the micro-batch sizes.
-    """
-    tokens = sum(len(batch) * batch.answer_length for batch in batches)
-    loss_value, hits = 0.0, 0
-    for i, batch in enumerate(batches):
-        batch = batch.to(accelerator.device)
-        # Gradients are all-reduced across processes only on the last micro-batch of the step.
-        sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(model)
-        with sync:
-            with accelerator.autocast():
-                logits = answer_logits(model, batch)
-                loss = answer_loss_sum(logits, batch) / tokens
-            accelerator.backward(loss)
-        loss_value += loss.item()
-        hits += sum(option_hits(logits.detach(), batch))
-    return loss_value, hits, sum(len(batch) for batch in batches)
+    arguments = dict(
+        output_dir=str(Path(config.output_dir) / CHECKPOINTS_DIR),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size or config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler,
+        max_grad_norm=config.max_grad_norm,
+        bf16=weights_dtype == torch.bfloat16,
+        fp16=weights_dtype == torch.float16,
+        eval_strategy="epoch" if has_eval else "no",
+        logging_strategy="steps",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=config.save_every or _END_ONLY,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        dataloader_num_workers=config.num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        remove_unused_columns=False,  # the collator reads CRSSample objects, not columns
+        label_names=["labels"],
+        report_to=[] if config.report_to == "none" else config.report_to.split(","),
+        deepspeed=config.deepspeed,
+        fsdp=config.fsdp or "",
+    )
+    # transformers 5 renamed these: warmup_steps below 1 is a ratio, activation_checkpointing.
+    known = TrainingArguments.__dataclass_fields__
+    arguments["warmup_ratio" if "warmup_ratio" in known else "warmup_steps"] = config.warmup_ratio
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
+    if config.gradient_checkpointing:
+        arguments[checkpointing] = True
+        # Non-reentrant checkpointing gets gradients to the adapters although the inputs need none.
+        arguments[checkpointing + "_kwargs"] = {"use_reentrant": False}
+    return TrainingArguments(**arguments)
 
 
-def _finish(config, accelerator, model, processor, output: Path, *, start_step, step, seconds, trainable,
-            sizes) -> dict[str, Any]:
+def find_checkpoint(resume: str, folder: Path) -> Path:
+    """The checkpoint ``resume`` names: a folder, or ``latest`` (the highest step in ``folder``)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if resume == LATEST:
+        found = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+        if found is None:
+            raise UserInputError(f"--resume latest: no checkpoint in {folder}")
+        return Path(found)
+    checkpoint = Path(resume)
+    if not (checkpoint / "trainer_state.json").is_file():
+        raise UserInputError(f"--resume {resume!r}: not a checkpoint folder (no trainer_state.json)")
+    return checkpoint
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+
+
+def _check_resumable(checkpoint: Path, config: TrainConfig) -> None:
+    """Refuse to resume with another batch size: the samples already seen would change."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    if state.get("train_batch_size") not in (None, config.batch_size):
+        raise UserInputError(f"{checkpoint} was trained with batch size {state['train_batch_size']}, not "
+                             f"{config.batch_size}: the data order would change; resume with the same settings")
+
+
+def _finish(config, trainer, processor, output: Path, *, start_step, seconds, sizes) -> dict[str, Any]:
     """Save the adapter (and merged model), plot the log, write and return the summary."""
-    accelerator.wait_for_everyone()
-    records = read_log(output / LOG_FILE)
-    train_records = [r for r in records if "loss" in r]
-    eval_records = [r for r in records if "eval_accuracy" in r]
-    summary = {
-        "start_step": start_step,
-        "steps": step,
-        "steps_run": step - start_step,
-        "train_samples": sizes[0],
-        "eval_samples": sizes[1],
-        "trainable_parameters": trainable,
-        "first_loss": train_records[0]["loss"] if train_records else None,
-        "last_loss": train_records[-1]["loss"] if train_records else None,
-        "eval_accuracy": eval_records[-1]["eval_accuracy"] if eval_records else None,
-        "eval_history": eval_records,
-        "adapter_dir": str(output / "adapter"),
-        "merged_dir": str(output / "merged") if config.merge else None,
-        "log_file": str(output / LOG_FILE),
-        "plot_file": None,
-        "seconds": round(seconds, 2),
-    }
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(output / "adapter")
+    from .history import plot_history, read_log
+
+    step = trainer.state.global_step
+    trainer.save_model(str(output / "adapter"))  # every process: DeepSpeed and FSDP gather the weights
+    summary: dict[str, Any] = {}
+    if trainer.is_world_process_zero():
+        records = read_log(output / LOG_FILE)
+        train_records = [r for r in records if "loss" in r]
+        eval_records = [r for r in records if "eval_accuracy" in r]
         plot = plot_history(records, output / "loss.png")
-        summary["plot_file"] = str(plot) if plot else None
         if config.merge:
-            unwrapped.merge_and_unload().save_pretrained(output / "merged")
+            trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().save_pretrained(output / "merged")
             processor.save_pretrained(output / "merged")
+        summary = {
+            "start_step": start_step,
+            "steps": step,
+            "steps_run": step - start_step,
+            "train_samples": sizes[0],
+            "eval_samples": sizes[1],
+            "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+            "first_loss": train_records[0]["loss"] if train_records else None,
+            "last_loss": train_records[-1]["loss"] if train_records else None,
+            "eval_accuracy": eval_records[-1]["eval_accuracy"] if eval_records else None,
+            "eval_history": eval_records,
+            "adapter_dir": str(output / "adapter"),
+            "merged_dir": str(output / "merged") if config.merge else None,
+            "log_file": str(output / LOG_FILE),
+            "plot_file": str(plot) if plot else None,
+            "seconds": round(seconds, 2),
+        }
         write_atomically(output / "summary.json", json.dumps(summary, indent=2))
-    accelerator.wait_for_everyone()
+    trainer.accelerator.wait_for_everyone()
     return summary
 
 
-def _lora_model(config: TrainConfig, weights_dtype: torch.dtype):
-    """The base checkpoint with LoRA on its language model; returns model, processor, trainable params."""
+def _lora_model(config: TrainConfig, weights_dtype):
+    """The base checkpoint with LoRA on its language model, and its processor."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    from tools.mllm.families import family_for_model
 
     path = resolve_checkpoint(config.model)
     family_for_model(AutoConfig.from_pretrained(path).model_type)  # only Qwen VL families: fail early
@@ -316,13 +277,6 @@ def _lora_model(config: TrainConfig, weights_dtype: torch.dtype):
         load["attn_implementation"] = config.attn_implementation
     model = AutoModelForImageTextToText.from_pretrained(path, **load)
     model.config.use_cache = False  # no KV cache when training
-    if config.gradient_checkpointing:
-        # Non-reentrant checkpointing gets gradients to the adapters although the inputs need none.
-        # transformers 5 renamed gradient_checkpointing_enable (now deprecated) to this:
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or 2 * config.lora_rank,
                       lora_dropout=config.lora_dropout, target_modules=lora_target_regex(config.lora_target),
                       task_type="CAUSAL_LM")
@@ -331,7 +285,7 @@ def _lora_model(config: TrainConfig, weights_dtype: torch.dtype):
     except ValueError as error:  # PEFT: no module matched
         raise UserInputError(f"--lora-target {config.lora_target!r} matches no module of {config.model}: "
                              f"{error}") from None
-    return model, processor, [p for p in model.parameters() if p.requires_grad]
+    return model, processor
 
 
 def _check_config(config: TrainConfig) -> None:
@@ -353,16 +307,10 @@ def _check_config(config: TrainConfig) -> None:
         raise UserInputError(f"the learning rate must be a positive number, got {config.learning_rate}")
     if config.lora_alpha is not None and not (math.isfinite(config.lora_alpha) and config.lora_alpha > 0):
         raise UserInputError(f"lora_alpha must be a positive number, got {config.lora_alpha}")
+    if config.merge and (config.deepspeed or config.fsdp):
+        raise UserInputError("--merge needs the whole model in one process: merge the adapter after a "
+                             "DeepSpeed or FSDP run (QwenVL.from_pretrained(..., adapter=...) loads it unmerged)")
+    if config.deepspeed and not Path(config.deepspeed).is_file():
+        raise UserInputError(f"--deepspeed {config.deepspeed!r}: no such file")
     check_output_folder(config.output_dir)
     check_prompts_dir(config.prompts_dir)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m finetune.train``: the same options as ``agent-cli finetune``."""
-    from .cli import run_standalone
-
-    return run_standalone(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -19,7 +19,7 @@ from agent.cli import main
 from tools import Detections, ImageLoadError, load_image
 from tools.errors import ModelOutputError, RemoteServiceError, RexError, UserInputError
 from tools.mllm import QWEN2_VL
-from tools.mllm.openai_compat import ChatCompletionsClient
+from tools.mllm.openai_compat import ChatCompletionsClient, RetryPolicy
 
 EXPRESSION = "the red car to the left of the green car"
 
@@ -237,7 +237,7 @@ def test_dropped_connections_are_retried_then_reported():
     thread = threading.Thread(target=drop_every_connection, daemon=True)
     thread.start()
     client = ChatCompletionsClient(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", "sk-test",
-                                   max_retries=2, backoff=0.01, timeout=2.0)  # fmt: skip
+                                   retry=RetryPolicy(max_retries=2, backoff=0.01, timeout=2.0))
     with pytest.raises(RemoteServiceError, match="on each of 3 attempts"):
         client.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
     thread.join(timeout=5)
@@ -400,7 +400,7 @@ def test_a_full_disk_names_the_file(capsys):
 
     import typer
 
-    from agent.cli_runner import run_app
+    from tools.cli_runner import run_app
 
     app = typer.Typer()
 

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from tools.datasets import FORMATS, read_dataset, read_finecops_ref, read_grec, read_grefcoco, read_refcoco
+from tools.datasets import read_finecops_ref, read_grec, read_grefcoco, read_refcoco
+from tools.evaluation.formats import FORMATS, read_dataset
 from tools.errors import UserInputError
 
 
@@ -158,7 +159,7 @@ def test_read_dataset_checks_format_and_split(tmp_path):
     assert set(FORMATS) == {"finecops-ref", "ref-adv", "ref-reasoning", "refcoco", "grefcoco", "grec"}
     with pytest.raises(UserInputError, match="unknown dataset format 'coco'"):
         read_dataset("coco", tmp_path / "x.json")
-    with pytest.raises(UserInputError, match="a split applies to 'grefcoco' only"):
+    with pytest.raises(UserInputError, match="a split applies to grefcoco only"):
         read_dataset("refcoco", tmp_path / "x.json", split="val")
 
 

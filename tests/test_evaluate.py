@@ -21,7 +21,8 @@ from agent.backends import Backends
 from agent.cli import main
 from agent.configuration import Configuration
 from agent.evaluate import PREDICTIONS_FILE, Shard, local_device, lock_file, predict
-from tools.datasets import Sample, read_dataset
+from tools.datasets import Sample
+from tools.evaluation.formats import read_dataset
 from tools.detections import Detections
 from tools.detectors import GroundingDinoDetector
 from tools.detectors.cache import CachedDetector

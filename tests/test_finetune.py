@@ -20,11 +20,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from finetune.cli import run_standalone
+from finetune.cli import finetune
 from finetune.collate import IGNORE_INDEX, CRSCollator
 from finetune.samples import (CRSSample, export_llama_factory, parse_sample, read_samples, sample_conversation,
                               write_samples)
 from finetune.train import TrainConfig, lora_target_regex, train
+from tools.cli_runner import run_command
 from tools.detections import Detections
 from tools.errors import UserInputError
 from tools.mllm.crs import crs_prompt
@@ -108,7 +109,7 @@ def test_reader_names_line_and_field(dataset, tmp_path, change, message):
     records = [samples[0].to_dict(), samples[1].to_dict() | change]
     bad = tmp_path / "bad.jsonl"
     bad.write_text("".join(json.dumps(record) + "\n" for record in records))
-    with pytest.raises(UserInputError, match=r"bad\.jsonl:2: ") as error:
+    with pytest.raises(UserInputError, match=r"bad\.jsonl: line 2: ") as error:
         read_samples(bad)
     assert message in str(error.value)
 
@@ -117,18 +118,19 @@ def test_reader_rejects_broken_json_and_repeated_ids(dataset, tmp_path):
     _, samples = dataset
     broken = tmp_path / "broken.jsonl"
     broken.write_text(json.dumps(samples[0].to_dict()) + "\n\n{not json\n")
-    with pytest.raises(UserInputError, match=r"broken\.jsonl:3: not valid JSON"):
+    with pytest.raises(UserInputError, match=r"broken\.jsonl: line 3: not valid JSON"):
         read_samples(broken)
     twice = tmp_path / "twice.jsonl"
     twice.write_text((json.dumps(samples[0].to_dict()) + "\n") * 2)
-    with pytest.raises(UserInputError, match=r"twice\.jsonl:2: field 'id' 's0' repeats line 1"):
+    with pytest.raises(UserInputError, match=r"twice\.jsonl: line 2: field 'id' 's0' repeats line 1"):
         read_samples(twice)
     with pytest.raises(UserInputError, match="missing"):
         parse_sample({"id": "x"})
 
 
 def test_command_line_answers_mistakes_with_exit_code_2(tmp_path, capsys):
-    assert run_standalone(["--model", "m", "--train", str(tmp_path / "none.jsonl"), "--output", str(tmp_path)]) == 2
+    args = ["--model", "m", "--train", str(tmp_path / "none.jsonl"), "--output", str(tmp_path)]
+    assert run_command(finetune, args, "finetune") == 2
     assert "no CRS sample file" in capsys.readouterr().err
 
 
@@ -145,22 +147,25 @@ def test_conversation_is_the_inference_question(dataset, collator, tiny_qwen2_vl
     picture = Image.open(sample.image).convert("RGB")
     inference_inputs, _ = qwen._encode([qwen._conversation(picture, expected)])
     batch = collator([sample])
-    prompt_ids = batch.inputs["input_ids"][0, :-batch.answer_length]
+    answer_length = batch["logits_to_keep"] - 1
+    prompt_ids = batch["input_ids"][0, :-answer_length]
     assert torch.equal(prompt_ids, inference_inputs["input_ids"][0])
-    assert torch.equal(batch.inputs["pixel_values"], inference_inputs["pixel_values"])
+    assert torch.equal(batch["pixel_values"], inference_inputs["pixel_values"])
 
 
 def test_labels_cover_only_the_answer_letter_and_end_of_turn(dataset, collator):
     _, samples = dataset
     batch = collator(samples[:5])
     tokenizer = collator.tokenizer
-    assert batch.labels.shape == batch.inputs["input_ids"].shape
+    labels = batch["labels"]
+    assert labels.shape == batch["input_ids"].shape
     for row, sample in enumerate(samples[:5]):
-        labelled = batch.labels[row][batch.labels[row] != IGNORE_INDEX]
+        labelled = labels[row][labels[row] != IGNORE_INDEX]
         assert tokenizer.decode(labelled) == sample.answer + "<|im_end|>"
-        assert len(labelled) == batch.answer_length == 2
-    padding = batch.inputs["attention_mask"] == 0
-    assert padding.any() and (batch.labels[padding] == IGNORE_INDEX).all()  # left padding, unlabelled
+        assert len(labelled) == batch["logits_to_keep"] - 1 == 2
+    padding = batch["attention_mask"] == 0
+    assert padding.any() and (labels[padding] == IGNORE_INDEX).all()  # left padding, unlabelled
+    assert batch["answer_options"] == [sample.answer_index for sample in samples[:5]]
 
 
 def test_llama_factory_export(dataset, tmp_path):
@@ -243,13 +248,18 @@ def select_all(qwen: QwenVL, samples: list[CRSSample]):
     return [selections[s.id] for s in samples]
 
 
+def training_steps(log_file) -> list[int]:
+    """The steps of the training records (loss per optimizer step) of a run's log."""
+    return [record["step"] for line in log_file.read_text().splitlines() if "loss" in (record := json.loads(line))]
+
+
 def test_resumed_run_continues_the_step_count(dataset, tiny_qwen2_vl, tmp_path):
     train_file, _ = dataset
     straight = tmp_path / "straight"
-    # Through the command line, as `python -m finetune.train` runs it.
-    code = run_standalone(["--model", str(tiny_qwen2_vl), "--train", str(train_file), "--output", str(straight),
+    # Through the command line, as `python -m finetune.cli` runs it.
+    code = run_command(finetune, ["--model", str(tiny_qwen2_vl), "--train", str(train_file), "--output", str(straight),
                            "--max-steps", "6", "--save-every", "3", "--batch-size", "4", "--grad-accum", "2",
-                           "--lr", "1e-2", "--lora-dropout", "0.1", "--seed", "0"])
+                           "--lr", "1e-2", "--lora-dropout", "0.1", "--seed", "0"], "finetune")
     assert code == 0
     checkpoints = sorted(p.name for p in (straight / "checkpoints").iterdir())
     assert checkpoints == ["checkpoint-3", "checkpoint-6"]
@@ -259,7 +269,7 @@ def test_resumed_run_continues_the_step_count(dataset, tiny_qwen2_vl, tmp_path):
                                warmup_ratio=0.03, learning_rate=1e-2,
                                resume=str(straight / "checkpoints" / "checkpoint-3")))
     assert (summary["start_step"], summary["steps"], summary["steps_run"]) == (3, 6, 3)
-    steps = [json.loads(line)["step"] for line in (resumed / "log.jsonl").read_text().splitlines()]
+    steps = training_steps(resumed / "log.jsonl")
     assert steps == [4, 5, 6]  # steps 1-3 are not trained again
     # Same data order, schedule, optimizer moments and dropout draws: the same weights.
     final = load_file(straight / "adapter" / "adapter_model.safetensors")
@@ -272,7 +282,7 @@ def test_resumed_run_continues_the_step_count(dataset, tiny_qwen2_vl, tmp_path):
     summary = train(config_for(tiny_qwen2_vl, train_file, straight, max_steps=8, lr_scheduler="cosine",
                                warmup_ratio=0.03, resume="latest"))
     assert (summary["start_step"], summary["steps"]) == (6, 8)
-    steps = [json.loads(line)["step"] for line in (straight / "log.jsonl").read_text().splitlines()]
+    steps = training_steps(straight / "log.jsonl")
     assert steps == list(range(1, 9))
 
     with pytest.raises(UserInputError, match="data order would change"):

@@ -14,15 +14,23 @@ import pytest
 from PIL import Image
 
 from agent.cli import main as agent_cli
-from finetune.build import (NO_CANDIDATE_OVER_IOU, BuildConfig, SampleDropped, build_crs_data,
-                            main as build_main, make_crs_sample)
+from finetune.build import NO_CANDIDATE_OVER_IOU, BuildConfig, SampleDropped, build_crs_data, make_crs_sample
+from finetune.build_cli import finetune_data
 from finetune.samples import read_samples
 from tools import boxes as box_ops
-from tools.datasets import read_dataset
+from tools.cli_runner import run_command
 from tools.detections import Detections
 from tools.errors import UserInputError
+from tools.evaluation.formats import read_dataset
 
 SIZE = (200, 100)
+
+
+def build_main(args: list[str]) -> int:
+    """``python -m finetune.build_cli ARGS``, in this process."""
+    return run_command(finetune_data, args, "finetune-data")
+
+
 GT = [10, 10, 60, 60]  # xyxy
 # id: (caption, level, ground truth xyxy or None for a negative, candidates [(box, score)] or None for no line).
 CASES = {

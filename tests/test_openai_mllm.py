@@ -22,6 +22,7 @@ from tools.mllm.base import MLLM
 from tools.mllm.openai_compat import (
     MARK_COLOURS,
     ChatCompletionsClient,
+    RetryPolicy,
     OpenAICompatibleMLLM,
     option_probabilities,
     parse_option_letter,
@@ -178,7 +179,7 @@ def test_ground_unparseable_answer_is_a_model_output_error():
 
 def fast_client(server: FakeChatServer, **settings) -> ChatCompletionsClient:
     settings = {"timeout": 2.0, "backoff": 0.01, "max_backoff": 0.05, "total_timeout": 5.0, **settings}
-    return ChatCompletionsClient(server.base_url, SECRET, **settings)
+    return ChatCompletionsClient(server.base_url, SECRET, retry=RetryPolicy(**settings))
 
 
 def ask(client: ChatCompletionsClient):
@@ -231,7 +232,8 @@ def test_refused_connection_is_retried_then_reported():
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    client = ChatCompletionsClient(f"http://127.0.0.1:{port}/v1", SECRET, backoff=0.01, max_retries=2, timeout=1.0)
+    client = ChatCompletionsClient(f"http://127.0.0.1:{port}/v1", SECRET,
+                                   retry=RetryPolicy(backoff=0.01, max_retries=2, timeout=1.0))
     with pytest.raises(RemoteServiceError, match="connection failed on each of 3 attempts"):
         ask(client)
 

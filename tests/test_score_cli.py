@@ -108,9 +108,11 @@ def test_refcoco_table(capsys, tmp_path):
 @pytest.mark.parametrize(
     "extra, fragment",
     [
-        (["--format", "coco"], "unknown format 'coco'"),
-        (["--format", "finecops-ref", "--matching", "iou"], "apply to grec and grefcoco only"),
-        (["--format", "finecops-ref", "--split", "val"], "a split applies to 'grefcoco' only"),
+        (["--format", "coco"], "unknown dataset format 'coco'"),
+        (["--format", "finecops-ref", "--matching", "iou"], "--matching applies to grefcoco, grec only"),
+        (["--format", "grec", "--confidence", "reference"],
+         "--confidence applies to finecops-ref, ref-adv, ref-reasoning only"),
+        (["--format", "finecops-ref", "--split", "val"], "a split applies to grefcoco only"),
         (["--format", "grec", "--matching", "dice"], "unknown matching 'dice'"),
     ],
 )

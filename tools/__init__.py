@@ -4,34 +4,27 @@
     from tools import boxes            # every box conversion, IoU and NMS
 """
 
-from . import boxes
-from .detections import Detections
-from .detectors import DEFAULT_DETECTOR, Detector, GroundingDinoDetector
-from .errors import (
-    CheckpointNotFoundError,
-    ImageLoadError,
-    ModelOutputError,
-    RemoteServiceError,
-    RexError,
-    UserInputError,
-)
-from .images import load_image
-from .routing import RoutingThresholds, count_instances, difficulty_level
+from .lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_DETECTOR",
-    "CheckpointNotFoundError",
-    "Detections",
-    "Detector",
-    "GroundingDinoDetector",
-    "ImageLoadError",
-    "ModelOutputError",
-    "RemoteServiceError",
-    "RexError",
-    "RoutingThresholds",
-    "UserInputError",
-    "boxes",
-    "count_instances",
-    "difficulty_level",
-    "load_image",
-]
+_EXPORTS = {
+    "boxes": ".boxes",
+    "Detections": ".detections",
+    "CRS_CANDIDATES": ".defaults",
+    "ROUTING": ".defaults",
+    "DEFAULT_DETECTOR": ".defaults",
+    "DEFAULT_MLLM": ".defaults",
+    "Detector": ".detectors",
+    "GroundingDinoDetector": ".detectors",
+    "CheckpointNotFoundError": ".errors",
+    "ImageLoadError": ".errors",
+    "ModelOutputError": ".errors",
+    "RemoteServiceError": ".errors",
+    "RexError": ".errors",
+    "UserInputError": ".errors",
+    "load_image": ".images",
+    "RoutingThresholds": ".defaults",
+    "count_instances": ".routing",
+    "difficulty_level": ".routing",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -4,17 +4,20 @@ Every function takes and returns ``numpy`` arrays of shape ``(N, 4)`` (or ``(4,)
 for a single box where noted) in float64, so results do not depend on the caller's
 dtype. Pixel boxes are ``xyxy`` with the origin at the top-left corner; ``x2``/``y2``
 are exclusive edges, so a box covering the whole image is ``(0, 0, width, height)``.
-IoU, generalized IoU and NMS delegate to ``torchvision.ops``; ``opencv_nms`` reproduces, in
-numpy, how the authors' scripts call OpenCV's NMS (see there).
+IoU, generalized IoU and NMS delegate to ``torchvision.ops`` (imported when first needed:
+readers, scorers and the command line use this module without paying for torch);
+``opencv_nms`` reproduces, in numpy, how the authors' scripts call OpenCV's NMS (see there).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import sys
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
-import torchvision.ops
+
+if TYPE_CHECKING:
+    import torch
 
 # Qwen2-VL writes coordinates as integers normalised to 0..1000.
 QWEN_SCALE = 1000
@@ -22,7 +25,8 @@ QWEN_SCALE = 1000
 
 def as_boxes(boxes: np.ndarray | Sequence[Sequence[float]] | torch.Tensor) -> np.ndarray:
     """Return ``boxes`` as a float64 ``(N, 4)`` array (an empty input gives ``(0, 4)``)."""
-    if isinstance(boxes, torch.Tensor):
+    torch = sys.modules.get("torch")  # without torch imported, nothing is a tensor
+    if torch is not None and isinstance(boxes, torch.Tensor):
         boxes = boxes.detach().to("cpu", torch.float64).numpy()
     array = np.asarray(boxes, dtype=np.float64)
     if array.size == 0:
@@ -113,12 +117,12 @@ def is_valid(boxes) -> np.ndarray:
 
 def box_iou(boxes_a, boxes_b) -> np.ndarray:
     """Pairwise IoU, shape ``(len(a), len(b))``."""
-    return _pairwise(torchvision.ops.box_iou, boxes_a, boxes_b)
+    return _pairwise("box_iou", boxes_a, boxes_b)
 
 
 def generalized_box_iou(boxes_a, boxes_b) -> np.ndarray:
     """Pairwise generalized IoU (in -1..1), shape ``(len(a), len(b))``; used by the GREC metric."""
-    return _pairwise(torchvision.ops.generalized_box_iou, boxes_a, boxes_b)
+    return _pairwise("generalized_box_iou", boxes_a, boxes_b)
 
 
 def nms(boxes, scores, iou_threshold: float) -> np.ndarray:
@@ -133,6 +137,9 @@ def nms(boxes, scores, iou_threshold: float) -> np.ndarray:
         raise ValueError(f"{len(b)} boxes but {len(s)} scores")
     if len(b) == 0:
         return np.zeros(0, dtype=np.int64)
+    import torch
+    import torchvision.ops
+
     order = np.argsort(-s, kind="stable")
     # Strictly decreasing stand-in scores make torchvision's own ordering follow ours.
     rank_scores = torch.arange(len(order), 0, -1, dtype=torch.float64)
@@ -179,12 +186,16 @@ def opencv_nms(boxes, scores, score_threshold: float, iou_threshold: float) -> n
     return np.array(kept, dtype=np.int64)
 
 
-def _pairwise(op, boxes_a, boxes_b) -> np.ndarray:
+def _pairwise(op: str, boxes_a, boxes_b) -> np.ndarray:
+    """``torchvision.ops.<op>`` on two box sets."""
     a, b = as_boxes(boxes_a), as_boxes(boxes_b)
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)), dtype=np.float64)
+    import torch
+    import torchvision.ops
+
     # torch.tensor copies, so read-only arrays (frozen Detections) raise no warning.
-    return op(torch.tensor(a), torch.tensor(b)).numpy()
+    return getattr(torchvision.ops, op)(torch.tensor(a), torch.tensor(b)).numpy()
 
 
 def _check_size(width: float, height: float) -> None:

@@ -1,33 +1,46 @@
-"""Choosing the torch device and dtype from user settings ("auto", "cuda:1", "bf16", ...)."""
+"""Choosing the torch device and dtype from user settings ("auto", "cuda:1", "bf16", ...).
+
+The name checks run when settings are read, before anything loads, so they avoid importing
+torch for the names everyone types.
+"""
 
 from __future__ import annotations
 
-import torch
+import re
+from typing import TYPE_CHECKING
 
 from .errors import UserInputError
 
+if TYPE_CHECKING:
+    import torch
+
 _DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
+    "fp32": "float32",
+    "float32": "float32",
+    "fp16": "float16",
+    "float16": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
 }
+_COMMON_DEVICE = re.compile(r"(cpu|cuda|mps)(:\d+)?")
 
 
-def check_device_name(device: str | torch.device) -> None:
+def check_device_name(device: "str | torch.device") -> None:
     """Refuse a device name torch does not know (``"cdua"``), before anything loads."""
-    if isinstance(device, torch.device) or device == "auto":
+    if not isinstance(device, str) or device == "auto" or _COMMON_DEVICE.fullmatch(device):
         return
+    import torch
+
     try:
         torch.device(device)
     except (RuntimeError, TypeError):
         raise UserInputError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
+def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
     """``"auto"`` picks CUDA when present, else CPU; a CUDA device that is absent is an error."""
+    import torch
+
     if isinstance(device, torch.device):
         return device
     if device == "auto":
@@ -46,15 +59,17 @@ def check_dtype_name(dtype: str) -> str:
     return dtype
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device, *, half_on_gpu: bool = True) -> torch.dtype:
+def resolve_dtype(dtype: "str | torch.dtype", device: "torch.device", *, half_on_gpu: bool = True) -> "torch.dtype":
     """``"auto"``: bf16 (or fp16 without bf16 support) on CUDA when ``half_on_gpu``, else fp32.
 
     Half precision on CPU is slow and poorly supported, so "auto" never picks it there.
     """
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         if device.type == "cuda" and half_on_gpu:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    return _DTYPES[check_dtype_name(dtype).lower()]
+    return getattr(torch, _DTYPES[check_dtype_name(dtype).lower()])

@@ -83,6 +83,29 @@ def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
         os.fsync(out.fileno())
 
 
+def read_json_lines(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+    """``(where, record)`` for each line of a JSON Lines file, ``where`` being ``"PATH: line N"``.
+
+    Blank lines are skipped. A last line that does not end in a newline and does not parse is
+    a write interrupted by a crash: it is skipped with a warning. Any other line that is not
+    JSON is a ``UserInputError`` naming it. The file must exist (callers word that error).
+    """
+    path = Path(path)
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}: line {number}"
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                if not line.endswith(b"\n"):
+                    warnings.warn(f"{where}: ignoring a torn last line (an interrupted write)", stacklevel=2)
+                    return
+                raise UserInputError(f"{where}: not valid JSON ({error})") from None
+            yield where, record
+
+
 class JsonLinesAppender:
     """Appends JSON objects to a JSON Lines file, each line flushed and fsynced before ``write`` returns.
 

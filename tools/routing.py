@@ -10,35 +10,12 @@ the agent and the instruction-data builder alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from . import boxes as box_ops
+from .defaults import CRS_CANDIDATES, ROUTING, RoutingThresholds
 from .detections import Detections
-from .errors import UserInputError
-from .profiles import NMS_METHODS
 
-
-@dataclass(frozen=True)
-class RoutingThresholds:
-    """Top-k, then boxes scoring at least ``score_threshold`` (strictly above it with
-    ``nms="opencv"``, as OpenCV does), then NMS at ``iou_threshold`` by ``nms`` (see
-    ``tools.profiles.NMS_METHODS``)."""
-
-    top_k: int = 10
-    score_threshold: float = 0.2
-    iou_threshold: float = 0.7
-    nms: str = "iou"
-
-    def __post_init__(self) -> None:
-        if self.nms not in NMS_METHODS:
-            raise UserInputError(f"unknown NMS method {self.nms!r}; choose one of {', '.join(NMS_METHODS)}")
-        if self.top_k < 1:
-            raise UserInputError(f"top_k must be at least 1, got {self.top_k}")
-
-
-ROUTING = RoutingThresholds()
-# The authors' CRS: top-5, NMS 0.7, and a score threshold of 0 (OpenCV keeps scores above it).
-CRS_CANDIDATES = RoutingThresholds(top_k=5, score_threshold=0.0, iou_threshold=0.7)
+__all__ = ["CRS_CANDIDATES", "ROUTING", "RoutingThresholds", "count_instances", "crs_candidates",
+           "difficulty_level", "distinct_boxes"]
 
 
 def distinct_boxes(detections: Detections, rule: RoutingThresholds = ROUTING) -> Detections:

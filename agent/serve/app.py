@@ -34,9 +34,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from tools.errors import RemoteServiceError, UserInputError
 from tools.images import SERVER_MAX_IMAGE_PIXELS, load_image
+from tools.text import clean_expression
 
 from .. import __version__
-from ..agent import Agent, clean_expression
+from ..agent import Agent
 from ..configuration import STRATEGIES
 from .fetch import ImageTooLargeError, UrlFetcher
 from .limits import BodySizeLimit

@@ -1,15 +1,15 @@
 """Specialist detectors: the protocol and the bundled backends."""
 
-from .base import Detector, Span, caption_and_focus_tokens, check_text
-from .grounding_dino import DEFAULT_DETECTOR, GroundingDinoDetector
-from .groundingdino_original import OriginalGroundingDinoDetector
+from ..lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_DETECTOR",
-    "Detector",
-    "GroundingDinoDetector",
-    "OriginalGroundingDinoDetector",
-    "Span",
-    "caption_and_focus_tokens",
-    "check_text",
-]
+_EXPORTS = {
+    "Detector": ".base",
+    "Span": "..text",
+    "caption_and_focus_tokens": ".base",
+    "check_text": "..text",
+    "DEFAULT_DETECTOR": "..defaults",
+    "GroundingDinoDetector": ".grounding_dino",
+    "OriginalGroundingDinoDetector": ".groundingdino_original",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

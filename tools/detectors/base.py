@@ -9,8 +9,7 @@ from PIL import Image
 
 from ..detections import Detections
 from ..errors import UserInputError
-
-Span = tuple[int, int]
+from ..text import Span
 
 
 @runtime_checkable
@@ -49,22 +48,6 @@ def query_scores(token_probs, score_tokens: list[int] | None, focus_score: str =
         return token_probs.max(dim=-1).values
     focused = token_probs[:, score_tokens]
     return focused.mean(dim=-1) if focus_score == "mean" else focused.max(dim=-1).values
-
-
-def check_text(text: str, focus: Span | None = None) -> None:
-    """Raise ``UserInputError`` for an empty text or a focus span that is not inside it."""
-    if not isinstance(text, str) or not text.strip():
-        raise UserInputError("the expression is empty")
-    if focus is None:
-        return
-    try:
-        start, end = (int(v) for v in focus)
-    except (TypeError, ValueError):
-        raise UserInputError(f"focus must be a (start, end) pair of ints, got {focus!r}") from None
-    if not 0 <= start < end <= len(text):
-        raise UserInputError(f"focus span {(start, end)} lies outside the text (length {len(text)}): {text!r}")
-    if not text[start:end].strip():
-        raise UserInputError(f"focus span {(start, end)} covers only whitespace in {text!r}")
 
 
 def caption_and_focus_tokens(

@@ -34,7 +34,8 @@ from PIL import Image
 
 from ..detections import Detections
 from ..files import write_atomically
-from .base import Detector, Span
+from ..text import Span
+from .base import Detector
 
 # Bumped when the file layout changes, so old files are never misread.
 FORMAT_VERSION = 1

@@ -9,14 +9,15 @@ import torch
 from PIL import Image
 
 from .. import boxes as box_ops
+from ..defaults import DEFAULT_DETECTOR
 from ..checkpoints import resolve_checkpoint, unloadable_checkpoint
 from ..detections import Detections
 from ..devices import resolve_device, resolve_dtype
 from ..errors import UserInputError
-from .base import Span, caption_and_focus_tokens, check_focus_score, check_text, query_scores
+from ..text import Span, check_text
+from .base import caption_and_focus_tokens, check_focus_score, query_scores
 
 # The paper's router and specialist: MM-Grounding-DINO large, "pretrain all".
-DEFAULT_DETECTOR = "openmmlab-community/mm_grounding_dino_large_all"
 DETECTOR_MODEL_TYPES = ("grounding-dino", "mm-grounding-dino")
 
 

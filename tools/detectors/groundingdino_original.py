@@ -22,7 +22,8 @@ from ..checkpoints import resolve_checkpoint
 from ..detections import Detections
 from ..devices import resolve_device
 from ..errors import CheckpointNotFoundError, UserInputError
-from .base import Span, caption_and_focus_tokens, check_focus_score, check_text, query_scores
+from ..text import Span, check_text
+from .base import caption_and_focus_tokens, check_focus_score, query_scores
 
 INSTALL_HINT = "pip install 'rex-agent[groundingdino]'"
 # The image normalisation and resize of groundingdino.util.inference.load_image.

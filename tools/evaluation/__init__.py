@@ -6,20 +6,18 @@
 - :mod:`.export`: predictions in the authors' evaluator input formats, for cross-checks.
 """
 
-from .export import export_finecops_jsonl, export_finecops_npy
-from .finecops import score_finecops_ref
-from .grec import grec_sample_f1, score_grec
-from .predictions import Prediction, PredictionWriter, read_predictions
-from .refcoco import score_refcoco
+from ..lazy import lazy_exports
 
-__all__ = [
-    "Prediction",
-    "PredictionWriter",
-    "export_finecops_jsonl",
-    "export_finecops_npy",
-    "grec_sample_f1",
-    "read_predictions",
-    "score_finecops_ref",
-    "score_grec",
-    "score_refcoco",
-]
+_EXPORTS = {
+    "export_finecops_jsonl": ".export",
+    "export_finecops_npy": ".export",
+    "score_finecops_ref": ".finecops",
+    "grec_sample_f1": ".grec",
+    "score_grec": ".grec",
+    "Prediction": ".predictions",
+    "PredictionWriter": ".predictions",
+    "read_predictions": ".predictions",
+    "score_refcoco": ".refcoco",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

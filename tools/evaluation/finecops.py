@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from .. import boxes as box_ops
 from ..datasets import Sample
@@ -234,6 +233,7 @@ def _roc_measures(positive: list[float], negative: list[float]) -> tuple[float |
     """AUROC, FPR@95 and AUPR in percent with the positives as class 1; ``None`` without both classes."""
     if not positive or not negative:
         return None, None, None
+    from sklearn.metrics import average_precision_score, roc_auc_score  # a second's import, for negatives only
     labels = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
     scores = np.r_[positive, negative]
     return (
@@ -250,6 +250,8 @@ def _fpr_at_recall(labels: np.ndarray, scores: np.ndarray, recall_level: float) 
     recall, take the one whose true-positive rate is closest to ``recall_level``; on a tie
     the reference scans from low thresholds up, so the later point wins.
     """
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
     # scikit-learn starts the curve with an extra (0, 0) point above every score; the reference has none.
     fpr, tpr = fpr[1:], tpr[1:]

@@ -13,9 +13,7 @@ warning, and the writer cuts it off before appending, so a run can resume.
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..detections import Detections
-from ..files import JsonLinesAppender
+from ..files import JsonLinesAppender, read_json_lines
 from ..errors import UserInputError
 
 RESERVED_FIELDS = ("id", "boxes", "scores")
@@ -87,31 +85,17 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     path = Path(path)
     if path.is_dir():
         raise UserInputError(f"{path}: is a directory, expected a JSON Lines predictions file")
+    if not path.is_file():
+        raise UserInputError(f"{path}: no such file")
     predictions: list[Prediction] = []
-    first_line: dict[str, int] = {}
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        raise UserInputError(f"{path}: no such file") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {number}"
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                if not line.endswith(b"\n"):
-                    warnings.warn(f"{where}: ignoring a torn last line (an interrupted write)", stacklevel=2)
-                    break
-                raise UserInputError(f"{where}: not valid JSON ({error})") from None
-            prediction = Prediction.from_record(record, where)
-            key = str(prediction.id)
-            if key in first_line:
-                earlier = first_line[key]
-                raise UserInputError(f"{where}: id {prediction.id!r} already has a prediction on line {earlier}")
-            first_line[key] = number
-            predictions.append(prediction)
+    first_seen: dict[str, str] = {}
+    for where, record in read_json_lines(path):
+        prediction = Prediction.from_record(record, where)
+        key = str(prediction.id)
+        if key in first_seen:
+            raise UserInputError(f"{where}: id {prediction.id!r} already has a prediction on {first_seen[key]}")
+        first_seen[key] = where.rpartition(": ")[2]  # "line N"
+        predictions.append(prediction)
     return predictions
 
 

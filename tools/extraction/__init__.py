@@ -7,33 +7,24 @@ the model-backed ones also offer ``extract_spans`` with the character span and w
 the model's answer or the heuristic fallback was used.
 """
 
-from .align import align_target, heuristic_target, same_noun, singular_forms
-from .base import ExtractedTarget, TargetExtractor
-from .cache import ExtractionCache
-from .extractors import (
-    ChatExtractor,
-    HeuristicExtractor,
-    LocalChatExtractor,
-    OpenAIChatExtractor,
-    TextGenerator,
-    heuristic_extraction,
-)
-from .parsing import extraction_prompt, parse_targets
+from ..lazy import lazy_exports
 
-__all__ = [
-    "ChatExtractor",
-    "ExtractedTarget",
-    "ExtractionCache",
-    "HeuristicExtractor",
-    "LocalChatExtractor",
-    "OpenAIChatExtractor",
-    "TargetExtractor",
-    "TextGenerator",
-    "align_target",
-    "extraction_prompt",
-    "heuristic_extraction",
-    "heuristic_target",
-    "parse_targets",
-    "same_noun",
-    "singular_forms",
-]
+_EXPORTS = {
+    "align_target": ".align",
+    "heuristic_target": ".align",
+    "same_noun": ".align",
+    "singular_forms": ".align",
+    "ExtractedTarget": ".base",
+    "TargetExtractor": ".base",
+    "ExtractionCache": ".cache",
+    "ChatExtractor": ".extractors",
+    "HeuristicExtractor": ".extractors",
+    "LocalChatExtractor": ".extractors",
+    "OpenAIChatExtractor": ".extractors",
+    "TextGenerator": ".extractors",
+    "heuristic_extraction": ".extractors",
+    "extraction_prompt": ".parsing",
+    "parse_targets": ".parsing",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 from ..errors import UserInputError
-from ..mllm.openai_compat import ChatCompletionsClient
+from ..mllm.openai_compat import ChatCompletionsClient, RetryPolicy
 from .align import align_target, heuristic_target
 from .base import ExtractedTarget
 from .cache import ExtractionCache
@@ -116,9 +116,7 @@ class OpenAIChatExtractor(ChatExtractor):
         base_url: str | None = None,
         api_key: str | None = None,
         max_tokens: int = 512,
-        timeout: float = 60.0,
-        max_retries: int = 4,
-        total_timeout: float = 300.0,
+        retry: RetryPolicy | None = None,
         batch_size: int = 8,
         cache: ExtractionCache | str | Path | None = None,
         prompts_dir: str | Path | None = None,
@@ -126,9 +124,7 @@ class OpenAIChatExtractor(ChatExtractor):
         super().__init__(batch_size=batch_size, cache=cache, prompts_dir=prompts_dir)
         self.model = model
         self.max_tokens = max_tokens
-        self.client = ChatCompletionsClient(
-            base_url, api_key, timeout=timeout, max_retries=max_retries, total_timeout=total_timeout
-        )
+        self.client = ChatCompletionsClient(base_url, api_key, retry=retry)
 
     def _complete(self, prompt: str) -> str:
         response = self.client.create(

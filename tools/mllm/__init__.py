@@ -1,37 +1,25 @@
 """Multimodal LLM backends: the ``MLLM`` protocol and its implementations."""
 
-from .base import MLLM
-from .families import (
-    FAMILIES,
-    QWEN2_5_VL,
-    QWEN2_VL,
-    QWEN3_VL,
-    BoxConfidence,
-    ParsedAnswer,
-    QwenFamily,
-    box_token_confidence,
-    family_for_model,
-    get_family,
-)
-from .openai_compat import ChatCompletionsClient, OpenAICompatibleMLLM
-from .qwen import GroundingOutput, QwenVL
-from .selection import Selection
+from ..lazy import lazy_exports
 
-__all__ = [
-    "FAMILIES",
-    "QWEN2_5_VL",
-    "QWEN2_VL",
-    "QWEN3_VL",
-    "MLLM",
-    "BoxConfidence",
-    "ChatCompletionsClient",
-    "GroundingOutput",
-    "OpenAICompatibleMLLM",
-    "ParsedAnswer",
-    "QwenFamily",
-    "QwenVL",
-    "Selection",
-    "box_token_confidence",
-    "family_for_model",
-    "get_family",
-]
+_EXPORTS = {
+    "MLLM": ".base",
+    "FAMILIES": ".families",
+    "QWEN2_5_VL": ".families",
+    "QWEN2_VL": ".families",
+    "QWEN3_VL": ".families",
+    "BoxConfidence": ".families",
+    "ParsedAnswer": ".families",
+    "QwenFamily": ".families",
+    "box_token_confidence": ".families",
+    "family_for_model": ".families",
+    "get_family": ".families",
+    "ChatCompletionsClient": ".openai_compat",
+    "OpenAICompatibleMLLM": ".openai_compat",
+    "RetryPolicy": ".openai_compat",
+    "GroundingOutput": ".qwen",
+    "QwenVL": ".qwen",
+    "Selection": ".selection",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -9,19 +9,23 @@ Options are written in the MLLM family's own box language (``QwenFamily.option_b
 
 from __future__ import annotations
 
-import string
 from typing import Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from prompts import render_prompt
 
+from ..defaults import OPTION_LETTERS
 from ..detections import Detections
 from ..errors import UserInputError
 from .families import QWEN2_VL, QwenFamily
 
-LETTERS = string.ascii_uppercase
+if TYPE_CHECKING:  # the prompt builders run without torch (data builders, the command line)
+    import torch
+
+LETTERS = OPTION_LETTERS
 NONE_OPTION = "None"
 
 
@@ -105,6 +109,8 @@ def letter_distribution(logits: torch.Tensor, ids_per_letter: Sequence[Sequence[
     An option's logit is the log-sum-exp over its spellings, so the mass of ``"A"``
     and ``" A"`` both counts for A. The result sums to 1.
     """
+    import torch
+
     logits = logits.detach().to(torch.float64)
     option_logits = torch.stack([torch.logsumexp(logits[list(ids)], dim=0) for ids in ids_per_letter])
     return torch.softmax(option_logits, dim=0).cpu().numpy()
@@ -112,6 +118,8 @@ def letter_distribution(logits: torch.Tensor, ids_per_letter: Sequence[Sequence[
 
 def letter_mass(logits: torch.Tensor, ids_per_letter: Sequence[Sequence[int]]) -> float:
     """Total probability of every spelling of every option letter under the full softmax of ``logits``."""
+    import torch
+
     logprobs = torch.log_softmax(logits.detach().to(torch.float64), dim=-1)
     ids = sorted({token for spellings in ids_per_letter for token in spellings})
     return float(torch.logsumexp(logprobs[ids], dim=0).exp())
@@ -120,5 +128,7 @@ def letter_mass(logits: torch.Tensor, ids_per_letter: Sequence[Sequence[int]]) -
 def bare_letter_logprobs(logits: torch.Tensor, ids_per_letter: Sequence[Sequence[int]]) -> list[float]:
     """Each option's bare letter token (its first spelling, ``"A"``) log-probability under the
     full softmax of ``logits``: what the authors' scripts read (``none_prob_norm``)."""
+    import torch
+
     logprobs = torch.log_softmax(logits.detach().to(torch.float64), dim=-1)
     return [float(logprobs[ids[0]]) for ids in ids_per_letter]

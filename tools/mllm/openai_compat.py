@@ -22,8 +22,10 @@ import re
 import time
 from typing import Any, Sequence
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
-import openai
 from PIL import Image
 
 
@@ -34,6 +36,9 @@ from ..images import load_image
 from .crs import NONE_OPTION, crs_marks_prompt, crs_prompt, option_letters
 from .families import box_token_confidence, get_family
 from .selection import Selection
+
+if TYPE_CHECKING:
+    import openai
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Local servers (vLLM, SGLang, LM Studio) accept any key, but the client insists on one.
@@ -46,49 +51,61 @@ TOP_LOGPROBS = 20
 MARK_COLOURS = ((255, 0, 255), (255, 200, 0), (0, 255, 255), (255, 80, 0), (120, 0, 255), (0, 160, 0))
 
 
-class ChatCompletionsClient:
-    """``chat.completions.create`` with exponential backoff and a bound on the total time.
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How patiently a remote server is asked: every OpenAI-compatible backend takes one.
 
     Timeouts, connection errors, HTTP 408/429 and 5xx are retried up to ``max_retries``
     times, waiting ``backoff * 2**n`` seconds (at most ``max_backoff``, or the server's
-    ``Retry-After``), and never past ``total_timeout`` seconds for the whole call.
-    Other 4xx answers fail at once. Either way a ``RemoteServiceError`` with one line of
-    explanation is raised; the API key never appears in messages or ``repr``.
+    ``Retry-After``), each request bounded by ``timeout`` seconds and the whole call, retries
+    included, by ``total_timeout``.
+    """
+
+    timeout: float = 60.0
+    max_retries: int = 4
+    total_timeout: float = 300.0
+    backoff: float = 0.5
+    max_backoff: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or self.total_timeout <= 0 or self.max_retries < 0:
+            raise UserInputError("timeout and total_timeout must be positive and max_retries >= 0")
+
+
+class ChatCompletionsClient:
+    """``chat.completions.create`` retried as ``retry`` (a ``RetryPolicy``) says.
+
+    Other 4xx answers than 408/429 fail at once. Either way a ``RemoteServiceError`` with one
+    line of explanation is raised; the API key never appears in messages or ``repr``.
     ``last_attempts`` counts the requests the latest call made.
     ``base_url``/``api_key`` default to ``OPENAI_BASE_URL``/``OPENAI_API_KEY``.
     """
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        *,
-        timeout: float = 60.0,
-        max_retries: int = 4,
-        total_timeout: float = 300.0,
-        backoff: float = 0.5,
-        max_backoff: float = 8.0,
-    ) -> None:
-        if timeout <= 0 or total_timeout <= 0 or max_retries < 0:
-            raise UserInputError("timeout and total_timeout must be positive and max_retries >= 0")
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
+                 retry: RetryPolicy | None = None) -> None:
+        import openai  # a quarter second: paid by the OpenAI backends only
+
+        self.retry = retry or RetryPolicy()
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self._secret = api_key or os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_API_KEY
-        self.timeout, self.max_retries, self.total_timeout = timeout, max_retries, total_timeout
-        self.backoff, self.max_backoff = backoff, max_backoff
         # Retries are ours (bounded in total time), so the client's own are off.
-        self._client = openai.OpenAI(base_url=self.base_url, api_key=self._secret, max_retries=0, timeout=timeout)
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=self._secret, max_retries=0,
+                                     timeout=self.retry.timeout)
         self.last_attempts = 0
 
     def create(self, **request: Any) -> Any:
         """One chat completion (the ``openai`` response object); ``request`` as for ``openai``."""
+        import openai
+
+        retry = self.retry
         started = time.monotonic()
-        deadline = started + self.total_timeout
+        deadline = started + retry.total_timeout
         self.last_attempts = 0
         while True:
             self.last_attempts += 1
             remaining = deadline - time.monotonic()
             try:
-                return self._client.chat.completions.create(**request, timeout=min(self.timeout, remaining))
+                return self._client.chat.completions.create(**request, timeout=min(retry.timeout, remaining))
             except openai.APIStatusError as error:
                 if error.status_code not in RETRYABLE_STATUS and error.status_code < 500:
                     raise RemoteServiceError(self._refusal(error)) from None
@@ -96,11 +113,11 @@ class ChatCompletionsClient:
             except openai.APIConnectionError as error:
                 failure = "timed out" if isinstance(error, openai.APITimeoutError) else "connection failed"
                 retry_after = None
-            delay = min(self.max_backoff, max(self.backoff * 2 ** (self.last_attempts - 1), retry_after or 0))
-            if self.last_attempts > self.max_retries or time.monotonic() + delay >= deadline:
+            delay = min(retry.max_backoff, max(retry.backoff * 2 ** (self.last_attempts - 1), retry_after or 0))
+            if self.last_attempts > retry.max_retries or time.monotonic() + delay >= deadline:
                 raise RemoteServiceError(
                     f"{self.base_url}: {failure} on each of {self.last_attempts} attempts "
-                    f"({time.monotonic() - started:.1f}s, bound {self.total_timeout:g}s)"
+                    f"({time.monotonic() - started:.1f}s, bound {retry.total_timeout:g}s)"
                 ) from None
             time.sleep(delay)
 
@@ -115,7 +132,7 @@ class ChatCompletionsClient:
         return text.replace(self._secret, "***") if self._secret != PLACEHOLDER_API_KEY else text
 
     def __repr__(self) -> str:
-        settings = f"timeout={self.timeout:g}, max_retries={self.max_retries}"
+        settings = f"timeout={self.retry.timeout:g}, max_retries={self.retry.max_retries}"
         return f"ChatCompletionsClient(base_url={self.base_url!r}, {settings})"
 
 
@@ -151,9 +168,7 @@ class OpenAICompatibleMLLM:
         max_new_tokens: int = 128,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
-        timeout: float = 60.0,
-        max_retries: int = 4,
-        total_timeout: float = 300.0,
+        retry: RetryPolicy | None = None,
         prompts_dir: str | None = None,
     ) -> None:
         if image_format.lower() not in ("png", "jpeg", "jpg"):
@@ -165,9 +180,7 @@ class OpenAICompatibleMLLM:
         self.max_new_tokens = max_new_tokens
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
         self.prompts_dir = prompts_dir
-        self.client = ChatCompletionsClient(
-            base_url, api_key, timeout=timeout, max_retries=max_retries, total_timeout=total_timeout
-        )
+        self.client = ChatCompletionsClient(base_url, api_key, retry=retry)
 
     def __repr__(self) -> str:
         return (

@@ -43,6 +43,7 @@ import torch
 from PIL import Image
 
 from ..checkpoints import resolve_checkpoint, unloadable_checkpoint
+from ..defaults import DEFAULT_MLLM
 from ..detections import Detections
 from ..devices import resolve_device, resolve_dtype
 from ..errors import ModelOutputError, RexError, UserInputError
@@ -52,7 +53,6 @@ from .decoding import chosen_scores, first_step_scores, forget_rope_deltas, stop
 from .families import QWEN2_VL, QwenFamily, box_token_confidence, family_for_model
 from .selection import Selection
 
-DEFAULT_CHECKPOINT = "Qwen/Qwen2-VL-7B-Instruct"
 DEFAULT_MAX_NEW_TOKENS = 128
 DEFAULT_BATCH_SIZE = 8
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -126,7 +126,7 @@ class QwenVL:
     @classmethod
     def from_pretrained(
         cls,
-        name_or_path: str = DEFAULT_CHECKPOINT,
+        name_or_path: str = DEFAULT_MLLM,
         *,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "auto",

@@ -1,8 +1,9 @@
-"""Running a typer app with REX Agent's error contract.
+"""Running a typer app or command with REX Agent's error contract.
 
 User mistakes (``UserInputError``, missing files or weights) exit with code 2 and one
 line on stderr; other failures exit with code 1 and a hint to rerun with ``--debug``,
-which shows the traceback instead.
+which shows the traceback instead. ``agent-cli`` and every command run on its own
+(``python -m agent.eval_cli``, ``python -m finetune.cli``, ...) answer the same way.
 """
 
 from __future__ import annotations
@@ -12,13 +13,20 @@ import sys
 
 import typer
 
-from tools.errors import RexError, UserInputError
+from typing import Callable
+
+from .errors import RexError, UserInputError
+
+DEBUG_FLAG = "--debug"
 
 
-def run_app(app: typer.Typer, argv: list[str] | None, prog_name: str) -> int:
-    """Run ``app`` on ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+def run_app(app: typer.Typer, argv: list[str] | None, prog_name: str, *, debug: bool | None = None) -> int:
+    """Run ``app`` on ``argv`` (default: ``sys.argv[1:]``) and return the exit code.
+
+    ``debug`` (default: whether ``argv`` holds ``--debug``) shows tracebacks instead of one line.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
+    debug = DEBUG_FLAG in args if debug is None else debug
     try:
         # Without standalone mode typer returns, rather than exits with, a command's code
         # (typer.Exit(n), or 130 after Ctrl-C), so it must be passed on.
@@ -46,3 +54,11 @@ def run_app(app: typer.Typer, argv: list[str] | None, prog_name: str) -> int:
             return 2
         typer.echo(f"internal error: {type(error).__name__}: {error} (rerun with --debug for details)", err=True)
         return 1
+
+
+def run_command(command: Callable, argv: list[str] | None, prog_name: str) -> int:
+    """Run one typer command as its own program; ``--debug`` may stand anywhere in ``argv``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(command)
+    return run_app(app, [arg for arg in args if arg != DEBUG_FLAG], prog_name, debug=DEBUG_FLAG in args)

@@ -1,0 +1,45 @@
+"""The method's numbers and the default checkpoints, declared once.
+
+Everything here is plain data, importable without torch, so settings, command-line flags
+and their help text can be built from it at once (``agent/configuration.py``). The modules
+that use these values (``tools.routing``, the backends) import them from here.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+
+from .errors import UserInputError
+from .profiles import NMS_METHODS
+
+# The paper's specialist (MM-Grounding-DINO-L) and MLLM (Qwen2-VL-7B-Instruct).
+DEFAULT_DETECTOR = "openmmlab-community/mm_grounding_dino_large_all"
+DEFAULT_MLLM = "Qwen/Qwen2-VL-7B-Instruct"
+
+# CRS options are lettered A, B, C, ...: at most this many options can be offered.
+OPTION_LETTERS = string.ascii_uppercase
+
+
+@dataclass(frozen=True)
+class RoutingThresholds:
+    """Top-k, then boxes scoring at least ``score_threshold`` (strictly above it with
+    ``nms="opencv"``, as OpenCV does), then NMS at ``iou_threshold`` by ``nms`` (see
+    ``tools.profiles.NMS_METHODS``)."""
+
+    top_k: int = 10
+    score_threshold: float = 0.2
+    iou_threshold: float = 0.7
+    nms: str = "iou"
+
+    def __post_init__(self) -> None:
+        if self.nms not in NMS_METHODS:
+            raise UserInputError(f"unknown NMS method {self.nms!r}; choose one of {', '.join(NMS_METHODS)}")
+        if self.top_k < 1:
+            raise UserInputError(f"top_k must be at least 1, got {self.top_k}")
+
+
+# The authors' router: top-10, scores of at least 0.2, NMS at 0.7.
+ROUTING = RoutingThresholds()
+# The authors' CRS: top-5, NMS 0.7, and a score threshold of 0 (OpenCV keeps scores above it).
+CRS_CANDIDATES = RoutingThresholds(top_k=5, score_threshold=0.0, iou_threshold=0.7)
