@@ -85,7 +85,7 @@ class Agent:
         missing checkpoint or bad setting shows before the first query."""
         self.check_checkpoints()
         needed = {"detector": self.config.uses_detector, "mllm": self.config.uses_mllm,
-                  "extractor": self.config.uses_extractor}  # fmt: skip
+                  "extractor": self.config.uses_extractor}
         for backend in (name for name, used in needed.items() if used):
             getattr(self.backends, backend)
 
@@ -97,7 +97,7 @@ class Agent:
         decode_time = time.perf_counter() - start
         state = self.graph.invoke(
             {"image": picture, "expression": expression, "trace": [], "timings": {}, "fallbacks": [],
-             "detector_memo": {}}  # fmt: skip
+             "detector_memo": {}}
         )
         timings = {"load_image": decode_time, **state["timings"], "total": time.perf_counter() - start}
         return Result(

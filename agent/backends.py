@@ -114,7 +114,7 @@ class Backends:
             if isinstance(self.mllm, OpenAICompatibleMLLM):  # the same served model, as a chat model
                 name = f"{OPENAI_PREFIX}{self.mllm.model}"
                 return OpenAIChatExtractor(self.mllm.model, base_url=self.mllm.client.base_url,
-                                           cache=self._extraction_cache(name))  # fmt: skip
+                                           cache=self._extraction_cache(name))
             if not hasattr(self.mllm, "generate_text"):
                 return HeuristicExtractor()  # a plug-in MLLM without text-only generation
             model = self.config.mllm + (f" adapter={self.config.adapter}" if self.config.adapter else "")

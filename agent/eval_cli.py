@@ -72,9 +72,9 @@ def evaluate(
     settings: Configuration,
 ) -> None:
     """Run the agent over a benchmark (resumable), score it and write the report into OUTPUT."""
-    from agent.evaluate import PREDICTIONS_FILE, DatasetSpec, GracefulInterrupt, Shard, completed_ids
-    from agent.evaluate import drop_errors, local_device, lock_file, merge_shards, record_run, run_samples
-    from agent.evaluate import run_settings
+    from agent.benchmark_run import PREDICTIONS_FILE, DatasetSpec, GracefulInterrupt, Shard, completed_ids
+    from agent.benchmark_run import drop_errors, local_device, lock_file, merge_shards, record_run, run_samples
+    from agent.benchmark_run import run_settings
     from agent.report import read_compared
     from tools.devices import resolve_device
     from tools.evaluation import PredictionWriter
@@ -112,7 +112,7 @@ def evaluate(
             with GracefulInterrupt() as stop, PredictionWriter(path) as writer, tqdm(
                 total=len(mine), initial=len(mine) - len(todo), unit="sample", desc=label, dynamic_ncols=True,
                 position=part.index if part else None,  # one line per process under a launcher
-            ) as progress:  # fmt: skip
+            ) as progress:
                 written = run_samples(agent, todo, writer, progress, stop)
             reused = getattr(agent.backends.detector, "hits", None) if settings.uses_detector else None
             if reused is not None:  # a CachedDetector (--cache-dir)
@@ -121,21 +121,21 @@ def evaluate(
             if written < len(todo):
                 finished = len(mine) - len(todo) + written
                 typer.echo(f"interrupted: {finished} of {len(mine)} samples done, in {path}; "
-                           "run the same command to resume", err=True)  # fmt: skip
+                           "run the same command to resume", err=True)
                 raise typer.Exit(INTERRUPTED_EXIT_CODE)
 
         if part and merge_shards(output, samples, part.count) is None:
             stdout.print(f"shard {part}: {len(mine)} samples done, in {path}; the process that completes the "
-                         "last shard merges them and writes the report", markup=False, soft_wrap=True)  # fmt: skip
+                         "last shard merges them and writes the report", markup=False, soft_wrap=True)
             return
         run = {**run_settings(dataset, settings), "device": settings.device, "cache_dir": settings.cache_dir,
-               "limit": dataset.limit, "shards": part.count if part else None, "samples": len(samples)}  # fmt: skip
+               "limit": dataset.limit, "shards": part.count if part else None, "samples": len(samples)}
         _score_and_report(dataset, samples, output, run, compared)
 
 
 def _score_and_report(dataset, samples, output: Path, run: dict, compared: list) -> None:
     """Score ``output/predictions.jsonl``, write metrics and chart, print tables and where files went."""
-    from agent.evaluate import PREDICTIONS_FILE, RUN_FILE, score_run
+    from agent.benchmark_run import PREDICTIONS_FILE, RUN_FILE, score_run
     from agent.report import REPORT_PNG, build_metrics, finecops_confidences, print_report, run_label
     from agent.report import write_metrics, write_plot
     from tools.evaluation.formats import get_format
@@ -163,7 +163,7 @@ def _score_and_report(dataset, samples, output: Path, run: dict, compared: list)
     for note in notes:
         stdout.print(note, markup=False, soft_wrap=True)
     for name, file in (("settings", output / RUN_FILE), ("predictions", output / PREDICTIONS_FILE),
-                       ("metrics", json_path), ("metrics csv", csv_path), ("chart", png_path)):  # fmt: skip
+                       ("metrics", json_path), ("metrics csv", csv_path), ("chart", png_path)):
         stdout.print(f"{name}: {file}", markup=False, soft_wrap=True)
 
 

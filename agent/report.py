@@ -44,7 +44,7 @@ def timing_summary(predictions: Sequence[Prediction]) -> dict[str, Any]:
         for step, value in (prediction.fields.get("timings") or {}).items():
             seconds[step].append(float(value))
     steps = {step: {"mean_s": float(np.mean(values)), "median_s": float(np.median(values)), "samples": len(values)}
-             for step, values in seconds.items()}  # fmt: skip
+             for step, values in seconds.items()}
     totals = seconds.get("total", [])
     return {
         "steps": steps,
@@ -54,7 +54,7 @@ def timing_summary(predictions: Sequence[Prediction]) -> dict[str, Any]:
 
 
 def build_metrics(dataset_format: str, result: dict[str, Any], predictions: Sequence[Prediction],
-                  run: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+                  run: dict[str, Any]) -> dict[str, Any]:
     """``metrics.json``'s content (see the module docstring)."""
     errors = sum("error" in prediction.fields for prediction in predictions)
     return {"format": dataset_format, **result, "errors": errors, "timing": timing_summary(predictions), "run": run}

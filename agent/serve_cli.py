@@ -54,16 +54,9 @@ def serve(
     missing = [package for module, package in SERVE_PACKAGES.items() if importlib.util.find_spec(module) is None]
     if missing:
         raise UserInputError(f"agent-cli serve needs {', '.join(missing)}: pip install 'rex-agent[serve]'")
-    import uvicorn
+    from agent.serve.options import ServerOptions
 
-    from agent.agent import Agent
-    from agent.serve import ServerOptions, create_app
-    from agent.serve.limits import uvicorn_config
-    from tools.devices import resolve_device
-
-    devices = [str(resolve_device(name)) for name in (device or [settings.device])]
-    if len(set(devices)) != len(devices):
-        raise UserInputError(f"each --device once: {', '.join(devices)}")
+    # The options are checked before anything heavy is imported.
     allowed = tuple(name.strip() for name in strategies.split(",") if name.strip()) if strategies else None
     options = ServerOptions(
         **({"strategies": allowed} if allowed else {}),
@@ -82,8 +75,18 @@ def serve(
         keep_alive=keep_alive,
         max_connections=max_connections,
     )
+    import uvicorn
+
+    from agent.agent import Agent
+    from agent.serve import create_app
+    from agent.serve.limits import uvicorn_config
+    from tools.devices import resolve_device
+
+    devices = [str(resolve_device(name)) for name in (device or [settings.device])]
+    if len(set(devices)) != len(devices):
+        raise UserInputError(f"each --device once: {', '.join(devices)}")
     agents = [Agent(config=settings.updated(device=name)) for name in devices]
-    app = create_app(agents, options)  # checks the options before any model loads
+    app = create_app(agents, options)  # before any model loads
     listener = listen(host, port)  # a busy port, too, is answered before the models load
     try:
         typer.echo(f"loading models on {', '.join(devices)} for {', '.join(options.strategies)} ...", err=True)
@@ -93,7 +96,7 @@ def serve(
         shown = f"[{host}]" if ":" in host else host
         typer.echo(f"REX Agent on http://{shown}:{listener.getsockname()[1]}/ (API docs at /docs)", err=True)
         config = uvicorn_config(app, header_timeout=header_timeout, keep_alive=keep_alive,
-                                max_connections=max_connections)  # fmt: skip
+                                max_connections=max_connections)
         uvicorn.Server(config).run(sockets=[listener])
     finally:
         app.state.pool.close()

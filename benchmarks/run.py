@@ -8,7 +8,8 @@
 - ``walltime``: CRS ``select`` against one prefill and against ``ground``, one mid-size model;
 - ``orchestration``: ``Agent.locate``'s own time per query with instant plug-in backends;
 - ``serving``: what ``agent-cli serve`` adds per request (HTTP, upload, decoding, queue), same plug-ins;
-- ``extraction``: the model-free target extractor's agreement with a reader's targets.
+- ``extraction``: the model-free target extractor's agreement with a reader's targets;
+- ``cli_latency``: how fast ``agent-cli`` answers help, ``graph`` and bad input (no model runs).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import extraction, flops, orchestration, serving, walltime
+from . import cli_latency, extraction, flops, orchestration, serving, walltime
 
 BENCHMARKS = {"flops": flops, "walltime": walltime, "orchestration": orchestration, "serving": serving,
-              "extraction": extraction}
+              "extraction": extraction, "cli_latency": cli_latency}
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:

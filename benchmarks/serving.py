@@ -43,7 +43,7 @@ def measure(requests: int, clients: int) -> dict:
         def ask(_: int) -> float:
             started = time.perf_counter()
             response = client.post("/locate", data={"expression": query.EXPRESSION},
-                                   files={"image": ("query.png", image, "image/png")})  # fmt: skip
+                                   files={"image": ("query.png", image, "image/png")})
             response.raise_for_status()
             return (time.perf_counter() - started) * 1000
 
@@ -56,7 +56,7 @@ def measure(requests: int, clients: int) -> dict:
         throughput = requests / (time.perf_counter() - started)
     return {"median_ms": statistics.median(latencies), "p90_ms": float(np.percentile(latencies, 90)),
             "requests": requests, "clients": clients, "requests_per_s": throughput,
-            "image_bytes": len(image)}  # fmt: skip
+            "image_bytes": len(image)}
 
 
 def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -69,9 +69,9 @@ def run(args: argparse.Namespace) -> dict:
     """Measure, print the table and write ``serving.json``; returns the JSON payload."""
     result = measure(args.requests, args.clients)
     rows = [["one client", f"{result['median_ms']:.2f}", f"{result['p90_ms']:.2f}", "-"],
-            [f"{args.clients} clients", "-", "-", f"{result['requests_per_s']:.0f}"]]  # fmt: skip
+            [f"{args.clients} clients", "-", "-", f"{result['requests_per_s']:.0f}"]]
     title = (f"Serving overhead, sfa+crs with instant plug-ins, {result['image_bytes']:,}-byte PNG upload, "
-             f"{args.requests} requests")  # fmt: skip
+             f"{args.requests} requests")
     print(format_table(["clients", "median ms", "p90 ms", "requests/s"], rows, title=title))
     print(f"\nwrote {write_json(args.out, 'serving', result)}")
     return result

@@ -20,12 +20,12 @@ def locate(url: str, image: str, expression: str, retries: int = 3, **options) -
     """The server's JSON result for ``expression`` in the image file ``image``."""
     headers = {"X-API-Key": os.environ["REX_API_KEY"]} if os.environ.get("REX_API_KEY") else {}
     fields = {"expression": expression, **{name: str(value).lower() if isinstance(value, bool) else value
-                                           for name, value in options.items() if value is not None}}  # fmt: skip
+                                           for name, value in options.items() if value is not None}}
     with open(image, "rb") as file:
         content = file.read()
     for _ in range(retries + 1):
         response = httpx.post(f"{url.rstrip('/')}/locate", data=fields, headers=headers, timeout=300,
-                              files={"image": (os.path.basename(image), content)})  # fmt: skip
+                              files={"image": (os.path.basename(image), content)})
         if response.status_code != 503:
             break
         time.sleep(float(response.headers.get("Retry-After", "1")))
@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         result = locate(args.url, args.image, args.expression, strategy=args.strategy, allow_none=args.allow_none,
-                        multi=args.multi)  # fmt: skip
+                        multi=args.multi)
     except (OSError, httpx.HTTPError) as error:
         sys.exit(f"error: {error}")
     print(f"path: {result['path']}  level: {result['level']}  target: {result['target']!r}")

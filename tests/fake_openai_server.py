@@ -31,7 +31,7 @@ def completion(content: str | None, tokens: list[dict[str, Any]] | None = None) 
         "logprobs": None if tokens is None else {"content": tokens},
     }
     return FakeReply(payload={"id": "fake", "object": "chat.completion", "created": 0, "model": "fake",
-                              "choices": [choice]})  # fmt: skip
+                              "choices": [choice]})
 
 
 def token(text: str, logprob: float, top: list[tuple[str, float]] = ()) -> dict[str, Any]:

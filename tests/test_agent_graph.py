@@ -260,11 +260,6 @@ def test_models_a_strategy_does_not_use_are_never_loaded(image):
     assert agent.backends.loaded == {"detector", "extractor"}
 
 
-def test_unknown_strategy_is_a_clear_error():
-    with pytest.raises(UserInputError, match="unknown strategy 'fast'"):
-        Agent("fast", config=Configuration())
-
-
 def test_sfa_plus_crs_detects_target_and_expression_in_one_batched_call(image):
     class Batching(FakeDetector):
         def __init__(self):
@@ -320,7 +315,7 @@ def test_prefetched_targets_are_asked_in_batches_then_served_from_the_cache(imag
 
     expressions = [f"the dog number {i}" for i in range(10)]
     agent = Agent("specialist", detector=FakeDetector(), extractor=LocalChatExtractor(Generator()),
-                  config=Configuration())  # fmt: skip
+                  config=Configuration())
     agent.prefetch_targets(expressions + ["  "])  # a blank one is left for locate to report
     assert Generator.prompts == 2  # 8 + 2 expressions
     result = agent.locate(image, expressions[3])
@@ -329,7 +324,7 @@ def test_prefetched_targets_are_asked_in_batches_then_served_from_the_cache(imag
 
 def test_with_settings_shares_the_models_and_keeps_the_model_settings(image):
     base = Agent("specialist", detector=FakeDetector(instances=2), mllm=FakeMLLM(), extractor=FakeExtractor(),
-                 config=Configuration())  # fmt: skip
+                 config=Configuration())
     variant = base.with_settings(strategy="sfa+crs", allow_none=True)
     assert (variant.config.strategy, variant.config.allow_none) == ("sfa+crs", True)
     assert (base.config.strategy, base.config.allow_none) == ("specialist", False)

@@ -45,7 +45,7 @@ def files(tmp_path):
     return {"{good}": good, "{text}": text, "{cut}": truncated, "{empty}": empty, "{dir}": tmp_path,
             "{missing}": tmp_path / "missing.png", "{config}": config,
             "{nodir}": tmp_path / "nowhere" / "out.png", "{txt}": tmp_path / "out.txt",
-            "{list}": list_config, "{file}": a_file, "{out}": tmp_path / "out"}  # fmt: skip
+            "{list}": list_config, "{file}": a_file, "{out}": tmp_path / "out"}
 
 
 CLI_CASES = [
@@ -68,6 +68,8 @@ CLI_CASES = [
     (["locate", "{good}", EXPRESSION, "--profile", "paper"], {}, 2, "unknown profile 'paper'"),
     (["locate", "{good}", EXPRESSION, "--detector", "./nowhere", "--strategy", "specialist", "--no-focus"], {}, 2,
      "'./nowhere': no such file or folder"),
+    (["locate", "{good}", EXPRESSION, "--mllm", "./missing-model", "--strategy", "mllm"], {}, 2,
+     "'./missing-model': no such file or folder"),
     (["locate", "{good}", EXPRESSION, "--config", "{missing}"], {}, 2, "missing.png: no such file"),
     (["locate", "{good}", EXPRESSION, "--config", "{config}"], {}, 2, "config file"),
     (["locate", "{good}", EXPRESSION], {"REX_MULTI": "maybe"}, 2, "REX_MULTI='maybe' is not a boolean"),
@@ -176,7 +178,7 @@ class Extractor:
 
 def run_agent(strategy, answer="<|box_start|>(100,200),(500,800)<|box_end|>", extracted="the red car", **settings):
     agent = Agent(strategy, detector=Detector(), mllm=WritingMLLM(answer), extractor=Extractor(extracted),
-                  config=Configuration(), **settings)  # fmt: skip
+                  config=Configuration(), **settings)
     return agent.locate(Image.new("RGB", (200, 100)), EXPRESSION)
 
 
@@ -354,7 +356,7 @@ def test_a_16_bit_png_is_scaled_not_clipped(tmp_path):
 
 
 def test_eval_refuses_an_image_whose_size_is_not_the_annotations(tmp_path):
-    from agent.evaluate import predict
+    from agent.benchmark_run import predict
     from tools.datasets import Sample
 
     path = tmp_path / "rotated.png"

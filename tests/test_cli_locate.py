@@ -36,19 +36,21 @@ def test_every_strategy_runs_saves_a_png_and_prints_its_result_as_json(
 ):
     out_png = tmp_path / "out.png"
     code = main(["locate", str(image_file), EXPRESSION, "--strategy", strategy, "--llm", "heuristic",
-                 *models, "--json", "--save", str(out_png)])  # fmt: skip
+                 *models, "--json", "--save", str(out_png)])
     printed = capsys.readouterr().out
     assert code == 0
     result = json.loads(printed)
     with Image.open(out_png) as saved:
         assert saved.format == "PNG" and saved.size == (160, 120)
     agent = Agent(config=Configuration(strategy=strategy, llm="heuristic", detector=str(tiny_mm_grounding_dino),
-                                       mllm=str(tiny_qwen2_vl), device="cpu"))  # fmt: skip
+                                       mllm=str(tiny_qwen2_vl), device="cpu"))
     expected = agent.locate(image_file, EXPRESSION).to_dict()
     assert without_timings(result) == without_timings(expected)
     assert result["strategy"] == strategy and result["trace"][-1] == "finish"
     # Random weights give meaningless boxes, but every path with a detector answers with one.
-    assert len(result["boxes"]) == len(result["scores"]) == (1 if strategy != "mllm" else len(result["boxes"]))
+    assert len(result["boxes"]) == len(result["scores"])
+    if strategy != "mllm":
+        assert len(result["boxes"]) == 1
     assert set(result["timings"]) >= set(result["trace"]) | {"total"}
 
 
@@ -66,23 +68,6 @@ def test_table_output_names_path_and_target(capsys, image_file, models):
     code = main(["locate", str(image_file), EXPRESSION, "--strategy", "specialist", "--llm", "heuristic", *models])
     out = capsys.readouterr().out
     assert code == 0 and "path specialist" in out and "target 'the red car'" in out
-
-
-@pytest.mark.parametrize(
-    "args, fragment",
-    [
-        (["locate", "{missing}", "a dog"], "no such file"),
-        (["locate", "{image}", ""], "expression is empty"),
-        (["locate", "{image}", "a dog", "--strategy", "fast"], "unknown strategy 'fast'"),
-        (["locate", "{image}", "a dog", "--config", "{missing}"], "no such file"),
-        (["locate", "{image}", "a dog", "--mllm", "./missing-model", "--strategy", "mllm"], "no such file or folder"),
-    ],
-)
-def test_locate_mistakes_exit_2_before_loading_models(capsys, tmp_path, image_file, args, fragment):
-    paths = {"{missing}": str(tmp_path / "nope.png"), "{image}": str(image_file)}
-    code = main([paths.get(a, a) for a in args])
-    err = capsys.readouterr().err
-    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
 
 
 def test_config_file_and_environment_feed_the_settings(capsys, tmp_path, image_file, models, monkeypatch):

@@ -61,18 +61,30 @@ def test_bad_environment_boolean_and_bad_file(tmp_path):
         Configuration.load(broken, env={})
 
 
+# strategy: (detector, MLLM, target extractor) without focus, and the extractor with focus.
+MODELS_NEEDED = {
+    "specialist": (True, False, False, True),
+    "mllm": (False, True, False, True),
+    "sfa": (True, True, True, True),
+    "crs": (True, True, False, True),
+    "sfa+crs": (True, True, True, True),
+}
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_which_models_each_strategy_needs(strategy):
-    config = Configuration(strategy=strategy, focus=False)
-    assert config.uses_detector == (strategy != "mllm")
-    assert config.uses_mllm == (strategy != "specialist")
-    assert config.uses_extractor == (strategy in ("sfa", "sfa+crs"))
+    plain, focused = Configuration(strategy=strategy, focus=False), Configuration(strategy=strategy)
+    detector, mllm, extractor, extractor_with_focus = MODELS_NEEDED[strategy]
+    assert (plain.uses_detector, plain.uses_mllm, plain.uses_extractor) == (detector, mllm, extractor)
+    assert focused.uses_extractor == extractor_with_focus
+    # The reference profile's CRS never extracts a target, focus or not.
+    assert Configuration(strategy="crs", profile="reference").uses_extractor is False
 
 
 def test_agent_arguments_override_a_given_configuration():
     agent = Agent("crs", False, config=Configuration(strategy="sfa", allow_none=True), multi=True)
     assert (agent.config.strategy, agent.config.focus, agent.config.allow_none, agent.config.multi) == (
-        "crs", False, True, True)  # fmt: skip
+        "crs", False, True, True)
 
 
 def test_the_reference_profile_is_one_setting_away(tmp_path):

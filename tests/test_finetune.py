@@ -288,3 +288,27 @@ def test_resumed_run_continues_the_step_count(dataset, tiny_qwen2_vl, tmp_path):
     with pytest.raises(UserInputError, match="data order would change"):
         train(config_for(tiny_qwen2_vl, train_file, tmp_path / "other", max_steps=8, batch_size=2,
                          resume=str(straight / "checkpoints" / "checkpoint-6")))
+
+
+def test_gradient_checkpointing_and_merge_on_trainer(dataset, tiny_qwen2_vl, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    train_file, _ = dataset
+    summary = train(config_for(tiny_qwen2_vl, train_file, tmp_path, max_steps=2, gradient_checkpointing=True,
+                               merge=True, report_to="none"))
+    assert summary["steps"] == 2 and summary["merged_dir"] == str(tmp_path / "merged")
+    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    assert (tmp_path / "merged" / "tokenizer.json").is_file()  # the processor is saved beside it
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-2"]  # end only
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(merge=True, fsdp="full_shard"), "--merge needs the whole model"),
+    (dict(deepspeed="missing.json"), "--deepspeed 'missing.json': no such file"),
+    (dict(resume="latest"), "--resume latest: no checkpoint"),
+])
+def test_trainer_settings_are_checked_before_loading(dataset, tiny_qwen2_vl, tmp_path, overrides, message):
+    train_file, _ = dataset
+    with pytest.raises(UserInputError, match=message):
+        train(config_for(tiny_qwen2_vl, train_file, tmp_path / "run", **overrides))

@@ -157,8 +157,11 @@ def test_unfocused_score_is_the_max_over_all_tokens(detector, street_image):
     probs, cxcywh = _raw_outputs(detector, street_image, TEXT + ".")
     scores = probs.max(dim=-1).values.numpy()
     best = int(scores.argmax())
-    expected_box = box_ops.scale_boxes(box_ops.cxcywh_to_xyxy(cxcywh[best]), street_image.width, street_image.height)
-    expected_box = box_ops.clip_boxes(expected_box, street_image.width, street_image.height)
+    # By hand: centre and size relative to the image, to corner pixels, clipped to the image.
+    cx, cy, w, h = cxcywh[best].tolist()
+    width, height = street_image.size
+    expected_box = np.clip([[(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width,
+                             (cy + h / 2) * height]], 0, [width, height, width, height])
 
     detections = detector.detect(street_image, TEXT)
     np.testing.assert_allclose(detections.scores, np.sort(scores)[::-1], rtol=1e-6)

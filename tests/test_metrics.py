@@ -124,7 +124,7 @@ def test_ties_in_scores_rank_as_the_reference_ranks_them():
 def test_routed_level_precision_when_predictions_record_it():
     samples = [Sample(i, "a.jpg", "cup", [[0, 0, 10, 10]], level=1) for i in (1, 2, 3)]
     predictions = [Prediction(i, Detections([[0, 0, 10, 10 if i != 3 else 1]], [0.9]), {"level": 1 + (i > 1)})
-                   for i in (1, 2, 3)]  # fmt: skip
+                   for i in (1, 2, 3)]
     assert score_finecops_ref(samples, predictions)["precision_at_1_by_route"] == {"1": 100.0, "2": 50.0}
 
 
@@ -158,7 +158,7 @@ def test_precision_and_recall_grow_with_k(answers, random):
         samples.append(Sample(index, "a.jpg", "cup", [[10, 10, 30, 30]], level=level))
         predictions.append(Prediction(index, Detections(np.array(xyxy).reshape(-1, 4), scores)))
         negative = {"negative_type": "t", "negative_level": 1, "negative_cate": "text", "positive_id": index,
-                    "tuple_type": None}  # fmt: skip
+                    "tuple_type": None}
         samples.append(Sample(f"n{index}", "a.jpg", "cup", np.zeros((0, 4)), level=level, negative=negative))
         predictions.append(Prediction(f"n{index}", Detections([[0, 0, 1, 1]] * 3, [random.random() for _ in range(3)])))
     result = score_finecops_ref(samples, predictions)
@@ -221,7 +221,7 @@ def test_grec_precision_n_acc_t_acc():
     assert result["n_acc"] == 50.0
     assert result["t_acc"] == pytest.approx(200 / 3)
     assert result["counts"] == {"samples": 5, "no_target": 2, "targeted": 3, "correct": 2,
-                                "missing_predictions": 0, "unmatched_predictions": 0}  # fmt: skip
+                                "missing_predictions": 0, "unmatched_predictions": 0}
     lenient = score_grec(*grec_case(), score_threshold=0.0)
     assert lenient["f1_precision"] == 40.0 and lenient["n_acc"] == 0.0 and lenient["t_acc"] == 100.0
 
@@ -277,11 +277,11 @@ def test_predictions_file_round_trip_and_torn_last_line(tmp_path):
 
 def test_prediction_from_an_agent_result():
     result = Result("the cup", (100, 100), "sfa", Detections([[0, 0, 5, 5]], [0.7]), level=2, path="mllm",
-                    target="the cup", timings={"router": 0.1})  # fmt: skip
+                    target="the cup", timings={"router": 0.1})
     prediction = Prediction.from_result(4, result, confidence=0.7)
     assert prediction.to_record() == {"id": 4, "boxes": [[0.0, 0.0, 5.0, 5.0]], "scores": [0.7], "level": 2,
                                       "path": "mllm", "target": "the cup", "timings": {"router": 0.1},
-                                      "confidence": 0.7}  # fmt: skip
+                                      "confidence": 0.7}
 
 
 def test_a_complete_last_record_without_newline_is_kept(tmp_path):

@@ -84,7 +84,6 @@ def test_input_size_follows_smart_resize():
 def test_qwen2_box_tokens_convert_from_1000_grid():
     text = "<|object_ref_start|>the car<|object_ref_end|><|box_start|>(100,200),(500,600)<|box_end|>"
     parsed = QWEN2_VL.parse_answer(text, IMAGE)
-    np.testing.assert_allclose(parsed.boxes, box_ops.qwen_to_pixels([[100, 200, 500, 600]], *IMAGE))
     np.testing.assert_allclose(parsed.boxes, [[64, 96, 320, 288]])
     assert parsed.labels == ("the car",)
     start, end = parsed.spans[0]
@@ -116,7 +115,6 @@ def test_qwen2_5_rescales_from_the_resized_input():
     # The model saw 640x480 as 364x252 and answered in those pixels.
     parsed = QWEN2_5_VL.parse_answer(FENCED.format("91, 63, 182, 126"), IMAGE, input_size=(364, 252))
     np.testing.assert_allclose(parsed.boxes, [[160, 120, 320, 240]])
-    np.testing.assert_allclose(parsed.boxes, box_ops.resize_boxes([[91, 63, 182, 126]], (364, 252), IMAGE))
     assert parsed.labels == ("the car",)
     # Under the default budget the input is 644x476; its full extent is the full image.
     parsed = QWEN2_5_VL.parse_answer(FENCED.format("0, 0, 644, 476"), IMAGE, input_size=(644, 476))

@@ -11,9 +11,14 @@ def test_reference_grounding_prompt_and_focus_suffix():
 
 
 def test_every_template_renders_with_its_own_fields():
-    for name in available_prompts():
-        fields = {field: f"<{field}>" for field in prompt_fields(name)}
-        assert render_prompt(name, **fields)
+    names = available_prompts()
+    assert {"crs_select", "crs_none_instruction", "target_extraction", "qwen2_vl_ground"} <= set(names)
+    for name in names:
+        fields = {field: f"<<{field}>>" for field in prompt_fields(name)}
+        text = render_prompt(name, **fields)
+        # Every field lands in the text, and none is left unfilled.
+        assert all(value in text for value in fields.values()), name
+        assert not any("{" + field + "}" in text for field in fields), name
 
 
 def test_missing_field_and_missing_template_are_named():

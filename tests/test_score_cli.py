@@ -6,17 +6,9 @@ import json
 
 import pytest
 
-from agent.cli import app, main
-from agent.score_cli import score
+from agent.cli import main
 from tests.test_datasets import annotation, grefcoco_files, image_entry, write_json
 from tests.test_metrics import FINECOPS_COCO, FINECOPS_PREDICTIONS
-
-
-@pytest.fixture(scope="module", autouse=True)
-def score_command():
-    """Register ``score`` on the app unless ``agent/cli.py`` already does."""
-    if not any(info.name == "score" or info.callback is score for info in app.registered_commands):
-        app.command("score")(score)
 
 
 def write_lines(tmp_path, records):
@@ -39,7 +31,7 @@ def finecops_files(tmp_path):
 def test_finecops_json(capsys, finecops_files):
     annotations, predictions = finecops_files
     code, out, _ = run(capsys, "score", "--format", "finecops-ref", "--annotations", annotations,
-                       "--predictions", predictions, "--json")  # fmt: skip
+                       "--predictions", predictions, "--json")
     assert code == 0
     result = json.loads(out)
     assert result["format"] == "finecops-ref"
@@ -52,7 +44,7 @@ def test_finecops_json(capsys, finecops_files):
 def test_finecops_tables(capsys, finecops_files):
     annotations, predictions = finecops_files
     code, out, _ = run(capsys, "score", "--format", "finecops-ref", "--annotations", annotations,
-                       "--predictions", predictions)  # fmt: skip
+                       "--predictions", predictions)
     assert code == 0
     for fragment in ("Precision@k", "Recall@k", "attribute/1/text", "33.33", "AUROC", "75.00", "CRS accuracy"):
         assert fragment in out
@@ -63,12 +55,12 @@ def test_grec_json_and_settings(capsys, tmp_path):
         "images": [image_entry(0, "both cups"), image_entry(1, "the flying cup")],
         "annotations": [annotation(0, 0, [0, 0, 10, 10]), annotation(1, 0, [20, 0, 10, 10]),
                         annotation(2, 1, [0, 0, 0, 0], category_id=-1)],
-    }  # fmt: skip
+    }
     annotations = write_json(tmp_path, "grec.json", data)
     predictions = write_lines(tmp_path, [
         {"id": 0, "boxes": [[0, 0, 10, 10], [20, 0, 30, 10]], "scores": [0.9, 0.8]},
         {"id": 1, "boxes": [[5, 5, 9, 9]], "scores": [0.6]},
-    ])  # fmt: skip
+    ])
     args = ["score", "--format", "grec", "--annotations", annotations, "--predictions", predictions, "--json"]
     code, out, _ = run(capsys, *args)
     assert code == 0
@@ -86,9 +78,9 @@ def test_grefcoco_release_with_a_split(capsys, tmp_path):
         {"id": 10, "boxes": [[0, 0, 10, 10], [5, 5, 6, 7]], "scores": [0.9, 0.9]},
         {"id": 11, "boxes": [[0, 0, 10, 10]], "scores": [0.9]},
         {"id": 12, "boxes": [], "scores": []},
-    ])  # fmt: skip
+    ])
     code, out, _ = run(capsys, "score", "--format", "grefcoco", "--split", "val", "--annotations", refs,
-                       "--predictions", predictions, "--json")  # fmt: skip
+                       "--predictions", predictions, "--json")
     assert code == 0
     result = json.loads(out)
     assert result["f1_precision"] == pytest.approx(200 / 3) and result["n_acc"] == 100.0 and result["t_acc"] == 100.0
@@ -97,11 +89,11 @@ def test_grefcoco_release_with_a_split(capsys, tmp_path):
 def test_refcoco_table(capsys, tmp_path):
     annotations = write_json(tmp_path, "refcoco.json", {"images": [image_entry(0), image_entry(1)],
                                                         "annotations": [annotation(0, 0, [0, 0, 10, 10]),
-                                                                        annotation(1, 1, [0, 0, 10, 10])]})  # fmt: skip
+                                                                        annotation(1, 1, [0, 0, 10, 10])]})
     predictions = write_lines(tmp_path, [{"id": 0, "boxes": [[0, 0, 10, 10]], "scores": [0.9]},
-                                         {"id": 1, "boxes": [[5, 5, 9, 9]], "scores": [0.9]}])  # fmt: skip
+                                         {"id": 1, "boxes": [[5, 5, 9, 9]], "scores": [0.9]}])
     code, out, _ = run(capsys, "score", "--format", "refcoco", "--annotations", annotations,
-                       "--predictions", predictions)  # fmt: skip
+                       "--predictions", predictions)
     assert code == 0 and "Acc@0.5" in out and "50.00" in out
 
 
@@ -139,5 +131,5 @@ def test_torn_predictions_file_still_scores(capsys, finecops_files):
         handle.write('{"id": 99, "bo')
     with pytest.warns(UserWarning, match="torn last line"):
         code, out, _ = run(capsys, "score", "--format", "finecops-ref", "--annotations", annotations,
-                           "--predictions", predictions, "--json")  # fmt: skip
+                           "--predictions", predictions, "--json")
     assert code == 0 and json.loads(out)["counts"]["unmatched_predictions"] == 0

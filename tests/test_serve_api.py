@@ -30,7 +30,7 @@ def png(size=(160, 120)) -> bytes:
 @pytest.fixture(scope="module")
 def agent(tiny_mm_grounding_dino, tiny_qwen2_vl):
     return Agent(config=Configuration(strategy="sfa", llm="heuristic", detector=str(tiny_mm_grounding_dino),
-                                      mllm=str(tiny_qwen2_vl), device="cpu", max_image_pixels=100_000))  # fmt: skip
+                                      mllm=str(tiny_qwen2_vl), device="cpu", max_image_pixels=100_000))
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def without_timings(result: dict) -> dict:
 @pytest.mark.parametrize(
     "settings", [{}, {"strategy": "specialist"}, {"strategy": "sfa+crs"}, {"strategy": "crs", "allow_none": True},
                  {"strategy": "mllm", "focus": False}, {"strategy": "crs", "multi": True}],
-)  # fmt: skip
+)
 def test_locate_answers_what_the_agent_answers(client, agent, settings):
     response = post(client, **settings)
     assert response.status_code == 200, response.text
@@ -94,7 +94,7 @@ def test_an_oversize_upload_is_413_whether_declared_or_streamed(client):
     assert response.json() == {"detail": "the request is over the upload limit of 200,000 bytes"}
     body = b"".join([b"--b\r\nContent-Disposition: form-data; name=\"expression\"\r\n\r\na dog\r\n",
                      b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n",
-                     b"\0" * 300_000, b"\r\n--b--\r\n"])  # fmt: skip
+                     b"\0" * 300_000, b"\r\n--b--\r\n"])
 
     def chunks():  # no Content-Length: the limit must count what arrives
         for start in range(0, len(body), 65536):
@@ -155,7 +155,7 @@ def test_each_model_loads_once_for_every_strategy(tiny_mm_grounding_dino, tiny_q
         original = cls.from_pretrained.__func__
         monkeypatch.setattr(cls, "from_pretrained", classmethod(
             lambda cls, *args, _original=original, **kwargs: loads.append(cls.__name__) or _original(cls, *args, **kwargs)
-        ))  # fmt: skip
+        ))
     agent = Agent(config=Configuration(detector=str(tiny_mm_grounding_dino), mllm=str(tiny_qwen2_vl), device="cpu"))
     app = create_app(agent)
     app.state.pool.load_models()
@@ -186,7 +186,7 @@ class MLLM:
 
 def plugin_agent(**kwargs) -> Agent:
     return Agent("crs", detector=kwargs.pop("detector", Detector()), mllm=MLLM(), extractor="heuristic",
-                 config=Configuration(), **kwargs)  # fmt: skip
+                 config=Configuration(), **kwargs)
 
 
 def test_api_key_is_required_when_set_and_health_stays_open():

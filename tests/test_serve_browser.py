@@ -17,7 +17,7 @@ from tests.test_serve_api import EXPRESSION, png
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Chromium's own background traffic would be refused by this closed network, many times over.
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]  # fmt: skip
+         "--disable-component-update", "--disable-sync"]
 PALETTE_FIRST = (230, 159, 0)  # tools/drawing.py's first colour, the best box's
 
 
@@ -38,7 +38,7 @@ def test_upload_submit_and_see_the_boxes_drawn(browser, tmp_path, tiny_mm_ground
     image_file = tmp_path / "street.png"
     image_file.write_bytes(png())
     agent = Agent(config=Configuration(strategy="sfa", llm="heuristic", detector=str(tiny_mm_grounding_dino),
-                                       mllm=str(tiny_qwen2_vl), device="cpu"))  # fmt: skip
+                                       mllm=str(tiny_qwen2_vl), device="cpu"))
     with BackgroundServer(create_app(agent)) as server:
         page = browser.new_page()
         errors = []

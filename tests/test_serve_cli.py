@@ -27,7 +27,7 @@ from tests.test_serve_api import EXPRESSION, png
         (["--api-key", ""], "the API key (--api-key or REX_API_KEY) is empty"),
         (["--api-key", "   "], "the API key (--api-key or REX_API_KEY) is empty"),
     ],
-)  # fmt: skip
+)
 def test_mistakes_exit_2_with_one_line(args, message, capsys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -42,7 +42,7 @@ def test_mistakes_exit_2_with_one_line(args, message, capsys):
 
 def test_serve_runs_until_interrupted(tiny_mm_grounding_dino, tiny_qwen2_vl):
     command = [sys.executable, "-m", "agent.cli", "serve", "--port", "0", "--device", "cpu", "--llm", "heuristic",
-               "--detector", str(tiny_mm_grounding_dino), "--mllm", str(tiny_qwen2_vl)]  # fmt: skip
+               "--detector", str(tiny_mm_grounding_dino), "--mllm", str(tiny_qwen2_vl)]
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         lines = []

@@ -143,7 +143,7 @@ def test_the_default_policy_refuses_before_connecting(url, message):
 def test_public_addresses():
     public = ["8.8.8.8", "1.1.1.1", "2001:4860:4860::8888"]
     private = ["127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.1.1", "100.64.0.1", "0.0.0.0",
-               "224.0.0.1", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "ff02::1"]  # fmt: skip
+               "224.0.0.1", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "ff02::1"]
     assert [is_public_address(ipaddress.ip_address(a)) for a in public] == [True] * len(public)
     assert [is_public_address(ipaddress.ip_address(a)) for a in private] == [False] * len(private)
 

@@ -20,7 +20,7 @@ def locate(url: str, **fields) -> httpx.Response:
 
 def test_concurrent_requests_on_the_tiny_models_are_all_answered(tiny_mm_grounding_dino, tiny_qwen2_vl):
     agent = Agent(config=Configuration(strategy="sfa+crs", llm="heuristic", detector=str(tiny_mm_grounding_dino),
-                                       mllm=str(tiny_qwen2_vl), device="cpu"))  # fmt: skip
+                                       mllm=str(tiny_qwen2_vl), device="cpu"))
     strategies = ["specialist", "mllm", "sfa", "crs", "sfa+crs"] * 2
     with BackgroundServer(create_app(agent)) as server, ThreadPoolExecutor(len(strategies)) as clients:
         responses = list(clients.map(lambda strategy: locate(server.url, strategy=strategy), strategies))
@@ -54,7 +54,7 @@ class SlowDetector:
 
 def slow_agents(count: int, seconds: float, tally: dict) -> list[Agent]:
     return [Agent("specialist", detector=SlowDetector(seconds, tally), extractor="heuristic",
-                  config=Configuration(device=f"cuda:{index}")) for index in range(count)]  # fmt: skip
+                  config=Configuration(device=f"cuda:{index}")) for index in range(count)]
 
 
 @pytest.mark.parametrize("devices", [1, 2])

@@ -33,7 +33,7 @@ def served(tiny_mm_grounding_dino, monkeypatch):
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-local")
         agent = Agent(config=Configuration(strategy="crs", mllm="openai:Qwen/Qwen2-VL-7B-Instruct", llm="heuristic",
-                                           detector=str(tiny_mm_grounding_dino), device="cpu"))  # fmt: skip
+                                           detector=str(tiny_mm_grounding_dino), device="cpu"))
         app = create_app(agent)
         app.state.pool.load_models()
         with TestClient(app) as client:
@@ -60,4 +60,4 @@ def test_the_slow_path_grounds_through_the_model_server(served):
     # Qwen2-VL's 0..1000 box on the 160x120 image.
     assert result["path"] == "mllm" and result["boxes"] == [[16.0, 24.0, 80.0, 96.0]]
     assert server.user_texts()[-1] == (f"Output the bounding box of {EXPRESSION} in the image. "
-                                       "Please focus on the red car.")  # fmt: skip
+                                       "Please focus on the red car.")

@@ -32,7 +32,7 @@ EXAMPLES = 100  # per operation
 @pytest.fixture(scope="module")
 def api_schema(tiny_mm_grounding_dino, tiny_qwen2_vl):
     agent = Agent(config=Configuration(strategy="sfa+crs", llm="heuristic", detector=str(tiny_mm_grounding_dino),
-                                       mllm=str(tiny_qwen2_vl), device="cpu"))  # fmt: skip
+                                       mllm=str(tiny_qwen2_vl), device="cpu"))
     # URL fetching stays off: generated host names must not send DNS queries out of this machine.
     app = create_app(agent, ServerOptions(max_upload_bytes=100_000))
     return schemathesis.openapi.from_asgi("/openapi.json", app)

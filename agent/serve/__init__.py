@@ -1,11 +1,16 @@
 """Serving REX Agent over HTTP (``agent-cli serve``; needs ``pip install 'rex-agent[serve]'``)."""
 
-from .app import ServerOptions, create_app
-from .background import BackgroundServer
-from .fetch import UrlFetcher, is_public_address
-from .workers import DeviceWorker, QueueFull, WorkerPool
+from tools.lazy import lazy_exports
 
-__all__ = [
-    "BackgroundServer", "DeviceWorker", "QueueFull", "ServerOptions", "UrlFetcher", "WorkerPool", "create_app",
-    "is_public_address",
-]
+_EXPORTS = {
+    "BackgroundServer": ".background",
+    "DeviceWorker": ".workers",
+    "QueueFull": ".workers",
+    "ServerOptions": ".options",
+    "UrlFetcher": ".fetch",
+    "WorkerPool": ".workers",
+    "create_app": ".app",
+    "is_public_address": ".fetch",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -21,7 +21,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any, Literal, Optional, Sequence
 
@@ -33,14 +32,14 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from tools.errors import RemoteServiceError, UserInputError
-from tools.images import SERVER_MAX_IMAGE_PIXELS, load_image
+from tools.images import load_image
 from tools.text import clean_expression
 
 from .. import __version__
 from ..agent import Agent
-from ..configuration import STRATEGIES
 from .fetch import ImageTooLargeError, UrlFetcher
 from .limits import BodySizeLimit
+from .options import ServerOptions
 from .schemas import ERROR_RESPONSES, Health, LocateResult
 from .workers import QueueFull, RequestTimeout, WorkerPool
 
@@ -54,45 +53,10 @@ MAX_ECHOED_CHARS = 200
 logger = logging.getLogger("rex.serve")
 
 
-@dataclass(frozen=True)
-class ServerOptions:
-    """The server's limits and switches (``agent-cli serve`` flags of the same names)."""
-
-    strategies: tuple[str, ...] = STRATEGIES  # what a request may ask for
-    max_upload_bytes: int = 20 * 2**20  # the whole request body, and a fetched image
-    max_queue: int = 32  # waiting queries per device before 503
-    api_key: Optional[str] = None  # required in X-API-Key or "Authorization: Bearer" when set
-    image_urls: bool = False  # fetch image_url (public addresses only)
-    url_timeout: float = 10.0  # seconds for a whole fetch
-    # Host headers answered (DNS rebinding); None answers every one (agent-cli serve passes its own).
-    allowed_hosts: Optional[tuple[str, ...]] = None
-    # Web pages (origins) whose forms and scripts may post; other origins get 403.
-    cors_origins: tuple[str, ...] = ()
-    request_timeout: float = 300.0  # seconds from arrival to answer before 504
-    max_image_pixels: int = SERVER_MAX_IMAGE_PIXELS  # refused before decoding (the agent's own limit also holds)
-    max_decoded_bytes: int = 1 << 30  # decoded images of requests in flight, at most
-    # Slow clients: seconds for a request's headers and for its body, idle keep-alive seconds,
-    # open connections at most (see limits.py).
-    header_timeout: float = 10.0
-    body_timeout: float = 60.0
-    keep_alive: float = 5.0
-    max_connections: int = 256
-    def __post_init__(self) -> None:
-        unknown = [name for name in self.strategies if name not in STRATEGIES]
-        if unknown or not self.strategies:
-            raise UserInputError(f"strategies must be some of {', '.join(STRATEGIES)}, got {list(self.strategies)}")
-        if self.max_upload_bytes < 1 or self.max_queue < 0 or self.url_timeout <= 0:
-            raise UserInputError("max_upload_bytes and url_timeout must be positive, max_queue not negative")
-        if self.request_timeout <= 0 or self.max_image_pixels < 1 or self.max_decoded_bytes < 1:
-            raise UserInputError("request_timeout, max_image_pixels and max_decoded_bytes must be positive")
-        if min(self.header_timeout, self.body_timeout, self.keep_alive) <= 0 or self.max_connections < 1:
-            raise UserInputError("header, body and keep-alive timeouts and max_connections must be positive")
-
-
 def create_app(agents: Agent | Sequence[Agent], options: ServerOptions = ServerOptions()) -> FastAPI:
     """The API over ``agents`` (one per device, all with the same models and settings)."""
     pool = WorkerPool.of([agents] if isinstance(agents, Agent) else list(agents), options.max_queue,
-                         options.request_timeout)  # fmt: skip
+                         options.request_timeout)
     defaults = pool.workers[0].agent.config
     if defaults.strategy not in options.strategies:
         raise UserInputError(f"the default strategy {defaults.strategy!r} is not among {list(options.strategies)}")
@@ -125,7 +89,7 @@ def create_app(agents: Agent | Sequence[Agent], options: ServerOptions = ServerO
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["X-API-Key", "Authorization"])  # fmt: skip
+                           allow_headers=["X-API-Key", "Authorization"])
     if options.allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(options.allowed_hosts))
 
@@ -183,7 +147,7 @@ def create_app(agents: Agent | Sequence[Agent], options: ServerOptions = ServerO
         _refuse_foreign_origin(request, options.cors_origins)
         settings = {name: value for name, value in
                     dict(strategy=strategy, focus=focus, allow_none=allow_none, multi=multi).items()
-                    if value is not None}  # fmt: skip
+                    if value is not None}
         loop = asyncio.get_running_loop()
         try:
             expression = clean_expression(expression)
@@ -214,9 +178,9 @@ def _internal_error(error: BaseException) -> JSONResponse:
     """A 500 that tells the client only an id; the log gets the details under it."""
     request_id = uuid.uuid4().hex[:16]
     logger.error("request %s failed: %s: %s", request_id, type(error).__name__, error,
-                 exc_info=(type(error), error, error.__traceback__))  # fmt: skip
+                 exc_info=(type(error), error, error.__traceback__))
     return JSONResponse({"detail": "internal error", "request_id": request_id}, 500,
-                        headers={"X-Request-ID": request_id})  # fmt: skip
+                        headers={"X-Request-ID": request_id})
 
 
 def _trimmed(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -254,7 +218,7 @@ class DecodedBytes:
     def reserve(self, size: int):
         if size > self.limit:
             raise ImageTooLargeError(f"the image decodes to {size / 2**20:,.0f} MB, over the server's limit of "
-                                     f"{self.limit / 2**20:,.0f} MB")  # fmt: skip
+                                     f"{self.limit / 2**20:,.0f} MB")
         if self.used + size > self.limit:
             raise QueueFull(f"{self.used / 2**20:,.0f} MB of images are being decoded or answered")
         self.used += size
@@ -278,7 +242,7 @@ def _decoded_size(data: bytes) -> int:
 
 
 async def _image_bytes(image: UploadFile | None, image_url: str | None, fetcher: UrlFetcher | None,
-                       fetches: ThreadPoolExecutor, timeout: float) -> bytes:  # fmt: skip
+                       fetches: ThreadPoolExecutor, timeout: float) -> bytes:
     """The encoded image of a request: the uploaded file, or the fetched ``image_url`` (in the
     fetch pool, within ``timeout`` seconds from now, waiting for a free fetcher included)."""
     if (image is None) == (not image_url):
@@ -303,6 +267,6 @@ def _api_key_check(expected: str):
         # compare_digest takes as long for every wrong key, so timing tells nothing.
         if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
             raise HTTPException(401, "missing or wrong API key (X-API-Key header or Authorization: Bearer)",
-                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+                                headers={"WWW-Authenticate": "Bearer"})
 
     return check

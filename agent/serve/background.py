@@ -24,7 +24,7 @@ class BackgroundServer:
         self._socket.bind(("127.0.0.1", 0))
         options = getattr(app.state, "options", None) or ServerOptions()
         config = uvicorn_config(app, header_timeout=options.header_timeout, keep_alive=options.keep_alive,
-                                max_connections=options.max_connections, log_level="warning")  # fmt: skip
+                                max_connections=options.max_connections, log_level="warning")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
 

@@ -61,12 +61,12 @@ class BodySizeLimit:
 
 
 def uvicorn_config(app, *, header_timeout: float = 10.0, keep_alive: float = 5.0, max_connections: int | None = 256,
-                   log_level: str = "info"):  # fmt: skip
+                   log_level: str = "info"):
     """A ``uvicorn.Config`` for ``app`` with the limits of the module docstring."""
     import uvicorn
 
     return uvicorn.Config(app, log_level=log_level, lifespan="on", http=_with_header_deadline(header_timeout),
-                          timeout_keep_alive=keep_alive, limit_concurrency=max_connections)  # fmt: skip
+                          timeout_keep_alive=keep_alive, limit_concurrency=max_connections)
 
 
 def _with_header_deadline(seconds: float):

@@ -52,11 +52,7 @@ def read_ref_reasoning(annotations: str | Path, image_root: str | Path | None = 
 
 
 def read_refcoco(annotations: str | Path, image_root: str | Path | None = None) -> Iterator[Sample]:
-    """RefCOCO, RefCOCO+ or RefCOCOg in the MDETR COCO format: one box per image entry.
-
-    ``image_id`` is the COCO image (``original_id``) and ``target_spans`` the character
-    spans of ``tokens_positive_eval``.
-    """
+    """RefCOCO, RefCOCO+ or RefCOCOg in the MDETR COCO format: one box per image entry."""
     path = Path(annotations)
     for image, anns in _images_with_annotations(path):
         (ann,) = _exactly_one(image, anns)
@@ -66,8 +62,6 @@ def read_refcoco(annotations: str | Path, image_root: str | Path | None = None) 
             expression=image.text("caption"),
             boxes=box_ops.xywh_to_xyxy(ann.xywh()),
             image_size=image.size(),
-            image_id=image.raw("original_id", required=False),
-            target_spans=image.spans("tokens_positive_eval"),
         )
 
 
@@ -89,7 +83,6 @@ def read_grec(annotations: str | Path, image_root: str | Path | None = None) -> 
             expression=image.text("caption"),
             boxes=boxes,
             image_size=image.size(),
-            image_id=image.raw("original_id", required=False),
         )
 
 
@@ -106,7 +99,6 @@ def _read_single_target(path: Path, image_root, levels: tuple[int, ...] | None) 
             level=level,
             negative=negative,
             image_size=image.size(),
-            image_id=image.raw("original_id", required=False),
         )
 
 

@@ -66,7 +66,6 @@ def read_grefcoco(
                 expression=sentence.text("sent"),
                 boxes=boxes,
                 image_size=sizes.get(str(image_id)),
-                image_id=image_id,
             )
 
 

@@ -120,22 +120,3 @@ class Record:
             raise self.error(name, f"has a negative width or height: {value!r}")
         return [float(v) for v in value]
 
-    def spans(self, name: str) -> tuple[tuple[int, int], ...]:
-        """Character spans ``[[start, end], ...]``, also accepted grouped per phrase as MDETR writes
-        ``tokens_positive_eval`` (``[[[start, end]], ...]``); absent means none."""
-        value = self.raw(name, required=False)
-        if value is None:
-            return ()
-        grouped = (
-            isinstance(value, list)
-            and value
-            and all(isinstance(group, list) and group and isinstance(group[0], list) for group in value)
-        )
-        if grouped:
-            value = [span for group in value for span in group]
-        valid = isinstance(value, list) and all(
-            isinstance(span, list) and len(span) == 2 and all(type(v) is int for v in span) for span in value
-        )
-        if not valid:
-            raise self.error(name, f"must be a list of [start, end] integer pairs, got {value!r:.80}")
-        return tuple((start, end) for start, end in value)

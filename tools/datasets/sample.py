@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,7 @@ class Sample:
     ``level`` is the annotated difficulty (FineCops-Ref: 1, 2 or 3; a negative carries
     its positive's level). ``negative`` is ``None`` for positives and, for FineCops-Ref
     negatives, maps each of :data:`NEGATIVE_FIELDS` to its value (``tuple_type`` may be
-    ``None``). ``target_spans`` are character spans of the target phrase in the
-    expression where the file gives them (MDETR's ``tokens_positive_eval``).
+    ``None``).
     """
 
     id: int | str
@@ -37,8 +36,6 @@ class Sample:
     level: int | None = None
     negative: dict[str, Any] | None = None
     image_size: tuple[int, int] | None = None
-    image_id: int | str | None = None
-    target_spans: tuple[tuple[int, int], ...] = field(default=())
 
     def __post_init__(self) -> None:
         boxes = np.array(box_ops.as_boxes(self.boxes))

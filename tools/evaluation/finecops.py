@@ -94,7 +94,7 @@ def score_finecops_ref(
             key: percent(sum(_recall_hit(answers[positive_id], pool, k, iou_threshold)
                              for positive_id, pool in by_positive.items()), len(by_positive))
             for key, by_positive in groups.items()
-        }  # fmt: skip
+        }
     result.update(_separation(positives, negatives, answers))
     rejected = sum(answers[str(sample.id)].empty for sample in negatives)
     result["crs_accuracy"] = {
@@ -164,7 +164,7 @@ def _separation(positives, negatives: list[Sample], answers: dict[str, _Answer])
         key: _roc_measures([confidence[str(s.negative["positive_id"])] for s in members],
                            [confidence[str(s.id)] for s in members])
         for key, members in sorted(by_key.items())
-    }  # fmt: skip
+    }
     for position, name in enumerate(("auroc", "fpr95", "aupr")):
         result[f"{name}_by_key"] = {key: values[position] for key, values in measures.items()}
     return result

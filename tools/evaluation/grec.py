@@ -50,7 +50,7 @@ def score_grec(
         f1, kept = grec_sample_f1(
             prediction.boxes, prediction.scores, sample.boxes,
             score_threshold=score_threshold, iou_threshold=iou_threshold, matching=matching,
-        )  # fmt: skip
+        )
         correct += f1 >= 1.0
         if sample.has_target:
             targeted_answered += kept > 0
@@ -64,7 +64,7 @@ def score_grec(
         "counts": {"samples": len(pairs), "no_target": no_target, "targeted": len(pairs) - no_target,
                    "correct": int(correct), **counts},
         "settings": {"score_threshold": score_threshold, "iou_threshold": iou_threshold, "matching": matching},
-    }  # fmt: skip
+    }
 
 
 def grec_sample_f1(

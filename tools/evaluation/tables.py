@@ -27,7 +27,7 @@ def finecops_tables(result: dict[str, Any]) -> list[Table]:
             recall.add_row(escape(key), *row, str(counts["recall_groups"][key]))
         separation = Table("negatives", "AUROC", "FPR@95", "AUPR", "count", title="Positives vs negatives (%)")
         separation.add_row("all (vs level-1 positives)", *map(_pct, (result["auroc"], result["fpr95"], result["aupr"])),
-                           str(counts["negatives"]))  # fmt: skip
+                           str(counts["negatives"]))
         for key in result["auroc_by_key"]:
             values = (result["auroc_by_key"][key], result["fpr95_by_key"][key], result["aupr_by_key"][key])
             separation.add_row(escape(key), *map(_pct, values), str(counts["negatives_by_key"][key]))
@@ -40,7 +40,7 @@ def finecops_tables(result: dict[str, Any]) -> list[Table]:
 def refcoco_tables(result: dict[str, Any]) -> list[Table]:
     table = Table("Acc@0.5", "P@5", "P@10", "samples", title="RefCOCO accuracy (%)")
     table.add_row(*map(_pct, (result["accuracy"], result["precision_at_5"], result["precision_at_10"])),
-                  str(result["counts"]["samples"]))  # fmt: skip
+                  str(result["counts"]["samples"]))
     return [table]
 
 
@@ -50,7 +50,7 @@ def grec_tables(result: dict[str, Any]) -> list[Table]:
     table = Table("Pr@(F1=1, IoU>=0.5)", "N-acc", "T-acc", "samples", "no-target", title=title)
     counts = result["counts"]
     table.add_row(*map(_pct, (result["f1_precision"], result["n_acc"], result["t_acc"])),
-                  str(counts["samples"]), str(counts["no_target"]))  # fmt: skip
+                  str(counts["samples"]), str(counts["no_target"]))
     return [table]
 
 

@@ -68,7 +68,7 @@ TRAILING_JUNK = frozenset("and or but".split()) | DETERMINERS
 IRREGULAR_PLURALS = {
     "people": "person", "children": "child", "feet": "foot", "teeth": "tooth",
     "mice": "mouse", "geese": "goose", "oxen": "ox", "persons": "person",
-}  # fmt: skip
+}
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 

@@ -36,7 +36,7 @@ class ExtractedTarget:
     def from_dict(cls, data: dict[str, Any]) -> "ExtractedTarget":
         span = data.get("span")
         return cls(data.get("phrase"), None if span is None else (int(span[0]), int(span[1])),
-                   data["source"], data.get("answer"))  # fmt: skip
+                   data["source"], data.get("answer"))
 
 
 @runtime_checkable

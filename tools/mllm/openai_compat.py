@@ -274,7 +274,7 @@ def draw_marks(image: Image.Image, candidates: Detections, letters: Sequence[str
     """A copy of ``image`` with each candidate outlined in a bright mark colour and labelled with its letter."""
     font_size = max(10, min(image.size) // 20)
     return draw_detections(image, candidates, list(letters)[: len(candidates)], palette=MARK_COLOURS,
-                           font_size=font_size, captions_inside=True)  # fmt: skip
+                           font_size=font_size, captions_inside=True)
 
 
 def option_probabilities(top_logprobs: Sequence[tuple[str, float]], letters: Sequence[str]) -> np.ndarray | None:

@@ -415,7 +415,7 @@ class QwenVL:
         for row, token_ids in enumerate(new_tokens.tolist()):
             n = next((i for i, token in enumerate(token_ids) if token in self._stop_ids), len(token_ids))
             results.append(_Generated(token_ids[:n], logprobs[row, :n], logits[row, :n], raw_logprobs[row, :n],
-                                      raw_logits[row, :n]))  # fmt: skip
+                                      raw_logits[row, :n]))
         return results
 
     @contextmanager

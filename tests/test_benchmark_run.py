@@ -20,7 +20,7 @@ from agent import Agent
 from agent.backends import Backends
 from agent.cli import main
 from agent.configuration import Configuration
-from agent.evaluate import PREDICTIONS_FILE, Shard, local_device, lock_file, predict
+from agent.benchmark_run import PREDICTIONS_FILE, Shard, local_device, lock_file, predict
 from tools.datasets import Sample
 from tools.evaluation.formats import read_dataset
 from tools.detections import Detections
@@ -32,7 +32,7 @@ from tools.extraction import LocalChatExtractor
 
 REPO = Path(__file__).resolve().parents[1]
 EXPRESSIONS = ("the red car left of the green car", "the blue bus next to the white truck",
-               "the small dog under the table", "the man holding a red umbrella")  # fmt: skip
+               "the small dog under the table", "the man holding a red umbrella")
 POSITIVES = 12  # each followed by its negative, plus one sample whose image is missing: 25 samples
 BROKEN_ID = 999
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -53,14 +53,14 @@ def dataset(tmp_path_factory):
     def add(image_id, caption, file_name, **fields):
         images.append({"id": image_id, "caption": caption, "file_name": file_name, "width": 160, "height": 120})
         annotations.append({"id": len(annotations), "image_id": image_id, "bbox": [10, 40, 30, 60],
-                            "category_id": 1, **fields})  # fmt: skip
+                            "category_id": 1, **fields})
 
     for n in range(POSITIVES):
         file_name, level = f"image{n % 3}.png", 1 + n % 3
         add(100 + n, EXPRESSIONS[n % 4], file_name, level=level)
         add(200 + n, EXPRESSIONS[(n + 1) % 4], file_name, level=level, positive_id=100 + n,
             negative_type=("attribute", "relation")[n % 2], negative_level=1 + n % 2,
-            negative_cate=("text", "image")[n % 3 == 0])  # fmt: skip
+            negative_cate=("text", "image")[n % 3 == 0])
     add(BROKEN_ID, "the red car", "missing.png", level=2)
     annotations_file = root / "finecops.json"
     annotations_file.write_text(json.dumps({"images": images, "annotations": annotations}))
@@ -70,7 +70,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def models(tiny_mm_grounding_dino, tiny_qwen2_vl):
     return ["--strategy", "sfa+crs", "--llm", "heuristic", "--detector", str(tiny_mm_grounding_dino),
-            "--mllm", str(tiny_qwen2_vl), "--device", "cpu"]  # fmt: skip
+            "--mllm", str(tiny_qwen2_vl), "--device", "cpu"]
 
 
 def evaluate(output, *args) -> int:
@@ -126,7 +126,7 @@ def test_full_run_writes_predictions_metrics_csv_and_png(reference, dataset, mod
     out = capsys.readouterr().out
     assert (answers(reference), scores(reference)) == before
     for fragment in ("Precision@k", "Time per step", "1 samples could not be answered",
-                     "metrics: ", "metrics csv: ", "chart: ", "predictions: "):  # fmt: skip
+                     "metrics: ", "metrics csv: ", "chart: ", "predictions: "):
         assert fragment in out
 
 
@@ -134,7 +134,7 @@ def start(output: Path, dataset, models) -> subprocess.Popen:
     """``agent-cli eval`` as a separate process, as a user starts it."""
     with (output.parent / f"{output.name}.log").open("w") as log:
         return subprocess.Popen([sys.executable, "-m", "agent.cli", "eval", "--output", str(output), *dataset,
-                                 *models], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+                                 *models], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_for_lines(process: subprocess.Popen, path: Path, count: int, timeout: float = 120.0) -> None:
@@ -225,11 +225,11 @@ def test_accelerate_launch_runs_one_shard_per_process_and_merges(tmp_path, refer
     launcher = Path(sys.executable).parent / "accelerate"
     command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "agent.eval_cli", "--output", str(output), *dataset, *models]  # fmt: skip
+               "-m", "agent.eval_cli", "--output", str(output), *dataset, *models]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert {path.name for path in output.glob("predictions.shard-*")} == {
-        "predictions.shard-0-of-2.jsonl", "predictions.shard-1-of-2.jsonl"}  # fmt: skip
+        "predictions.shard-0-of-2.jsonl", "predictions.shard-1-of-2.jsonl"}
     assert answers(output, "predictions.shard-1-of-2.jsonl") == answers(reference)[1::2]
     assert answers(output) == answers(reference)
     assert scores(output) == scores(reference)
@@ -262,7 +262,7 @@ def test_a_second_strategy_reuses_the_cached_detections(tmp_path, dataset, model
     assert len(list((tmp_path / "cache" / "detections").rglob("*.npz"))) == 12
     # The report of the last run compares it with another.
     assert evaluate(tmp_path / "sfa", *dataset, *models, "--strategy", "sfa", *cache,
-                    "--compare", tmp_path / "sfa+crs") == 0  # fmt: skip
+                    "--compare", tmp_path / "sfa+crs") == 0
     assert "sfa+crs (sfa+crs)" in capsys.readouterr().out
 
 

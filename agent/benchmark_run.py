@@ -173,7 +173,7 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
     for section in ("dataset", "agent"):
         old, new = before.get(section) or {}, now[section]
         changes += [f"{name}: {old.get(name)!r} there, {new.get(name)!r} now"
-                    for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]  # fmt: skip
+                    for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
     return "; ".join(changes)
 
 
