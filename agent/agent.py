@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
+from tools.batching import run_together
 from tools.errors import UserInputError
 from tools.images import ImageInput, load_image
 from tools.text import clean_expression
@@ -116,19 +117,44 @@ class Agent:
             fallbacks=state["fallbacks"],
         )
 
-    def locate_batch(self, images: Sequence[ImageInput], expressions: Sequence[str]) -> list[Result]:
-        """``locate`` for many queries; the models are loaded once and shared.
+    def locate_batch(
+        self, images: Sequence[ImageInput], expressions: Sequence[str], *, return_exceptions: bool = False
+    ) -> list[Result]:
+        """``locate`` for many queries, ``batch_size`` of them together: the models are loaded once,
+        and the MLLM (and a detector with ``detect_batch``) answers the queries of a batch in one
+        batched call each (``tools.batching``). Every query keeps its own graph run, so its trace,
+        timings and fallbacks are its own; results equal one-at-a-time ones.
 
         Targets are extracted for all expressions first, in batches; an image file named by
         several queries in a row (datasets list several expressions per image) is decoded
-        once: the last few decoded files are kept.
+        once: the last few decoded files are kept. A query that fails raises its exception,
+        or, with ``return_exceptions``, has it in its place of the list.
         """
         if len(images) != len(expressions):
             raise ValueError(f"{len(images)} images but {len(expressions)} expressions")
         self.prefetch_targets(expressions)
+        batch = self.config.batch_size
+        if batch > 1 and len(images) > 1:
+            self.load_models()  # once, before the queries' threads need them
         recent: OrderedDict[str, Image.Image] = OrderedDict()
         limit = self.config.max_image_pixels
-        return [self.locate(_decode_once(image, recent, limit), text) for image, text in zip(images, expressions)]
+        results: list = []
+        for start in range(0, len(images), batch):
+            # Images are decoded here, in order, so the recent-file memory needs no lock.
+            queries = [(_decode_once_or_error(image, recent, limit), text)
+                       for image, text in zip(images[start:start + batch], expressions[start:start + batch])]
+            results += run_together(self._locate_query, queries, batch)
+        if not return_exceptions:
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+        return results
+
+    def _locate_query(self, query: tuple) -> Result:
+        image, expression = query
+        if isinstance(image, BaseException):
+            raise image
+        return self.locate(image, expression)
 
     def prefetch_targets(self, expressions: Sequence[str]) -> None:
         """Extract the targets of many expressions at once (a model extractor batches them, 8 per
@@ -144,6 +170,14 @@ class Agent:
 
     def __repr__(self) -> str:
         return f"Agent(strategy={self.config.strategy!r}, focus={self.config.focus})"
+
+
+def _decode_once_or_error(source: ImageInput, recent: "OrderedDict[str, Image.Image]", max_pixels: int):
+    """``_decode_once``, or the error its query will raise."""
+    try:
+        return _decode_once(source, recent, max_pixels)
+    except Exception as error:  # noqa: BLE001 - raised again by that query alone
+        return error
 
 
 def _decode_once(source: ImageInput, recent: "OrderedDict[str, Image.Image]", max_pixels: int, keep: int = 8):

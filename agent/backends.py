@@ -4,18 +4,26 @@ Plug-ins only need the protocol methods and may return plain Python values:
 ``detect``/``ground`` -> ``Detections`` or a ``(boxes, scores)`` pair of lists;
 ``select`` -> ``Selection`` or option probabilities (candidates in order, "None"
 last when allowed); ``extract`` -> one phrase (or ``None``) per expression.
+
+Queries run together (``tools.batching``) have their calls coalesced into the optional batch
+methods ``ground_batch(images, expressions, focuses)``, ``select_batch(images, expressions,
+candidates, allow_none)`` and ``detect_batch(images, texts, focuses)``; a backend without them
+is called once per query. Calls into a plug-in take turns unless it says ``thread_safe = True``
+(the bundled models serialise themselves).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
+from tools.batching import Coalescer, PartialBatchError
 from tools.detections import Detections
 from tools.text import Span
 from tools.errors import ModelOutputError, UserInputError
@@ -44,11 +52,16 @@ class Backends:
         # Slot name -> model. A plug-in extractor fills "extractor"; loaded ones are kept per
         # resolved ``llm`` choice ("extractor:mllm", ...), since "auto" depends on the strategy.
         self._models: dict[str, Any] = {name: model for name, model in given.items() if model is not None}
+        self._loading = threading.RLock()  # one thread loads a model; the others wait for it
+        self._plugin_locks: dict[int, threading.Lock] = {}
+        self._ground = Coalescer(self._ground_one, self._ground_many, config.batch_size)
+        self._select = Coalescer(self._select_one, self._select_many, config.batch_size)
+        self._detect = Coalescer(self._detect_one, self._detect_many_images, config.batch_size)
 
     def with_config(self, config: Configuration) -> "Backends":
         """Backends for ``config`` sharing these ones' models; ``config`` must name the same models."""
         shared = Backends(config)
-        shared._models = self._models
+        shared._models, shared._loading, shared._plugin_locks = self._models, self._loading, self._plugin_locks
         return shared
 
     def check_checkpoints(self) -> None:
@@ -74,6 +87,10 @@ class Backends:
 
     @property
     def detector(self):
+        with self._loading:
+            return self._detector()
+
+    def _detector(self):
         if "detector" not in self._models:
             from tools.detectors import GroundingDinoDetector
 
@@ -91,12 +108,17 @@ class Backends:
 
     @property
     def mllm(self):
-        if "mllm" not in self._models:
-            self._models["mllm"] = load_mllm(self.config)
-        return self._models["mllm"]
+        with self._loading:
+            if "mllm" not in self._models:
+                self._models["mllm"] = load_mllm(self.config)
+            return self._models["mllm"]
 
     @property
     def extractor(self):
+        with self._loading:
+            return self._extractor()
+
+    def _extractor(self):
         if "extractor" in self._models:
             return self._models["extractor"]
         choice = self.config.llm
@@ -135,25 +157,80 @@ class Backends:
         digest = hashlib.sha256(model.encode("utf-8")).hexdigest()[:8]
         return Path(self.config.cache_dir) / f"extraction-{readable}-{digest}.json"
 
-    # Calls that accept plug-ins' plain return values.
+    # Calls that accept plug-ins' plain return values, batched across the queries run together.
 
     def detect(self, image: Image.Image, text: str, focus: tuple[int, int] | None) -> Detections:
-        return as_detections(self.detector.detect(image, text, focus=focus), "detector.detect")
+        return self.detect_many(image, [(text, focus)])[0]
 
     def detect_many(self, image: Image.Image, queries: Sequence[tuple[str, Span | None]]) -> list[Detections]:
-        """Several ``(text, focus)`` queries on one image; batched when the detector has ``detect_many``."""
+        """Several ``(text, focus)`` queries on one image: batched when the detector has
+        ``detect_many``, and across queries' images when it has ``detect_batch``."""
+        if hasattr(self.detector, "detect_batch"):
+            return self._detect((image, tuple(queries)))
+        return self._detect_one((image, tuple(queries)))
+
+    def _detect_one(self, item) -> list[Detections]:
+        image, queries = item
         if len(queries) > 1 and hasattr(self.detector, "detect_many"):
             texts, focuses = zip(*queries)
-            answers = self.detector.detect_many(image, list(texts), list(focuses))
+            answers = self._call(self.detector, "detect_many", image, list(texts), list(focuses))
             return [as_detections(answer, "detector.detect_many") for answer in answers]
-        return [self.detect(image, text, focus) for text, focus in queries]
+        return [as_detections(self._call(self.detector, "detect", image, text, focus=focus), "detector.detect")
+                for text, focus in queries]
+
+    def _detect_many_images(self, _, items) -> list:
+        flat = [(image, text, focus) for image, queries in items for text, focus in queries]
+        images, texts, focuses = (list(column) for column in zip(*flat))
+        answers = _answers(lambda: self._call(self.detector, "detect_batch", images, texts, focuses),
+                           "detector.detect_batch", as_detections)
+        grouped, start = [], 0
+        for _, queries in items:
+            part = answers[start:start + len(queries)]
+            start += len(queries)
+            failed = next((answer for answer in part if isinstance(answer, BaseException)), None)
+            grouped.append(failed or part)
+        return grouped
 
     def ground(self, image: Image.Image, expression: str, focus: str | None) -> Detections:
-        return as_detections(self.mllm.ground(image, expression, focus=focus), "mllm.ground")
+        if hasattr(self.mllm, "ground_batch"):
+            return self._ground((image, expression, focus))
+        return self._ground_one((image, expression, focus))
+
+    def _ground_one(self, item) -> Detections:
+        image, expression, focus = item
+        return as_detections(self._call(self.mllm, "ground", image, expression, focus=focus), "mllm.ground")
+
+    def _ground_many(self, _, items) -> list:
+        images, expressions, focuses = (list(column) for column in zip(*items))
+        return _answers(lambda: self._call(self.mllm, "ground_batch", images, expressions, focuses),
+                        "mllm.ground_batch", as_detections)
 
     def select(self, image: Image.Image, expression: str, candidates: Detections, allow_none: bool) -> Selection:
-        answer = self.mllm.select(image, expression, candidates, allow_none=allow_none)
+        if hasattr(self.mllm, "select_batch"):
+            return self._select((image, expression, candidates, allow_none), key=allow_none)
+        return self._select_one((image, expression, candidates, allow_none))
+
+    def _select_one(self, item) -> Selection:
+        image, expression, candidates, allow_none = item
+        answer = self._call(self.mllm, "select", image, expression, candidates, allow_none=allow_none)
         return as_selection(answer, candidates, allow_none)
+
+    def _select_many(self, allow_none: bool, items) -> list:
+        images, expressions, candidates = (list(column) for column in zip(*(item[:3] for item in items)))
+        answers = _answers(lambda: self._call(self.mllm, "select_batch", images, expressions, candidates, allow_none),
+                           "mllm.select_batch")
+        return [answer if isinstance(answer, BaseException) else as_selection(answer, boxes, allow_none)
+                for answer, boxes in zip(answers, candidates)]
+
+    def _call(self, model, method: str, *args, **kwargs):
+        """``model.method(...)``, taking turns with the other threads unless the model serialises
+        itself (a ``_lock``) or says it is ``thread_safe``."""
+        if hasattr(model, "_lock") or getattr(model, "thread_safe", False):
+            return getattr(model, method)(*args, **kwargs)
+        with self._loading:
+            lock = self._plugin_locks.setdefault(id(model), threading.Lock())
+        with lock:
+            return getattr(model, method)(*args, **kwargs)
 
     def prefetch_targets(self, expressions: Sequence[str]) -> None:
         """Ask a model-backed extractor about many expressions at once (it batches them, 8 per
@@ -165,9 +242,9 @@ class Backends:
     def extract(self, expression: str) -> tuple[ExtractedTarget, str | None]:
         """The target of ``expression`` and, when a fallback was needed, why."""
         if hasattr(self.extractor, "extract_spans"):
-            target = self.extractor.extract_spans([expression])[0]
+            target = self._call(self.extractor, "extract_spans", [expression])[0]
         else:
-            phrase = list(self.extractor.extract([expression]))[0]
+            phrase = list(self._call(self.extractor, "extract", [expression]))[0]
             span = align_target(expression, phrase) if phrase else None
             target = ExtractedTarget(None if span is None else expression[span[0] : span[1]], span, "model", phrase)
         if target.span is None:
@@ -178,13 +255,31 @@ class Backends:
         return target, None
 
 
+def _answers(call, source: str, convert=None) -> list:
+    """A batch method's answers (``convert``-ed), failed items as their exceptions in place."""
+    try:
+        answers = list(call())
+    except PartialBatchError as partial:
+        answers = partial.results
+    if convert is None:
+        return answers
+    converted = []
+    for answer in answers:
+        try:
+            converted.append(answer if isinstance(answer, BaseException) else convert(answer, source))
+        except ModelOutputError as error:
+            converted.append(error)
+    return converted
+
+
 def load_mllm(config: Configuration):
     """The MLLM named by ``config.mllm``: ``openai:MODEL`` for a server, else a Qwen VL checkpoint."""
     if config.mllm.startswith(OPENAI_PREFIX):
         if config.adapter:
             raise UserInputError("--adapter applies to local models; load it into the server for openai:MODEL")
         return OpenAICompatibleMLLM(
-            config.mllm[len(OPENAI_PREFIX) :], min_pixels=config.min_pixels, max_pixels=config.max_pixels
+            config.mllm[len(OPENAI_PREFIX) :], min_pixels=config.min_pixels, max_pixels=config.max_pixels,
+            concurrency=config.batch_size,
         )
     from tools.mllm import QwenVL
 
@@ -195,6 +290,7 @@ def load_mllm(config: Configuration):
         min_pixels=config.min_pixels,
         max_pixels=config.max_pixels,
         adapter=config.adapter,
+        batch_size=config.batch_size,
     )
 
 

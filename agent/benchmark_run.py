@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from tools.batching import run_together
 from tools.datasets import Sample
 from tools.detections import Detections
 from tools.errors import ModelOutputError, RexError, UserInputError
@@ -212,22 +213,39 @@ def completed_ids(path: Path) -> set[str]:
     return {str(prediction.id) for prediction in read_predictions(path)} if path.exists() else set()
 
 
+def answer(agent: Agent, sample: Sample):
+    """The agent's ``Result`` for ``sample`` (its image checked against the annotation)."""
+    picture = load_image(sample.image_path, max_pixels=agent.config.max_image_pixels)
+    check_image_size(sample, picture.size)
+    return agent.locate(picture, sample.expression)
+
+
 def predict(agent: Agent, sample: Sample) -> Prediction:
-    """The agent's answer to ``sample``. A failure of this sample gives an empty answer with an
-    ``error`` field, so the run goes on: the documented sample errors (``SAMPLE_ERRORS``) and
-    any unexpected one (logged too). Outages (a remote service down, a missing checkpoint,
-    out of memory: ``RexError`` and ``MemoryError``) stop the run, which then resumes."""
+    """The agent's prediction for ``sample`` alone (``prediction`` says what a failure gives)."""
     try:
-        picture = load_image(sample.image_path, max_pixels=agent.config.max_image_pixels)
-        check_image_size(sample, picture.size)
-        result = agent.locate(picture, sample.expression)
-    except SAMPLE_ERRORS as error:
-        return Prediction(sample.id, Detections.empty(), {"error": f"{type(error).__name__}: {error}"})
-    except (RexError, MemoryError):
-        raise
-    except Exception as error:  # noqa: BLE001 - one sample's failure must not stop thousands
-        logger.warning("sample %s failed: %s: %s", sample.id, type(error).__name__, error)
-        return Prediction(sample.id, Detections.empty(), {"error": f"{type(error).__name__}: {error}"})
+        outcome = answer(agent, sample)
+    except Exception as error:  # noqa: BLE001 - judged by prediction()
+        outcome = error
+    return prediction(sample, outcome)
+
+
+def prediction(sample: Sample, outcome) -> Prediction:
+    """The prediction for ``sample`` from its ``Result``, or from the exception its query raised.
+
+    A failure of this sample gives an empty answer with an ``error`` field, so the run goes on:
+    the documented sample errors (``SAMPLE_ERRORS``) and any unexpected one (logged too).
+    Outages (a remote service down, a missing checkpoint, out of memory: ``RexError`` and
+    ``MemoryError``) are raised again: they stop the run, which then resumes."""
+    if isinstance(outcome, SAMPLE_ERRORS):
+        return Prediction(sample.id, Detections.empty(), {"error": f"{type(outcome).__name__}: {outcome}"})
+    if isinstance(outcome, (RexError, MemoryError)):
+        raise outcome
+    if isinstance(outcome, BaseException):
+        if not isinstance(outcome, Exception):  # KeyboardInterrupt and the like
+            raise outcome
+        logger.warning("sample %s failed: %s: %s", sample.id, type(outcome).__name__, outcome)
+        return Prediction(sample.id, Detections.empty(), {"error": f"{type(outcome).__name__}: {outcome}"})
+    result = outcome
     extra = {}
     selection = result.selection
     if not result.found and selection is not None and selection.none_probability is not None:
@@ -270,20 +288,24 @@ class GracefulInterrupt:
 def run_samples(
     agent: Agent, samples: Iterable[Sample], writer: PredictionWriter, progress, stop: GracefulInterrupt
 ) -> int:
-    """Answer ``samples`` in order, each written durably before the next; returns how many were
-    written (fewer than given when ``stop`` was requested). ``progress`` is a tqdm-like bar."""
+    """Answer ``samples`` in order, ``batch_size`` at a time together (``tools.batching``), each
+    batch's predictions written durably, in order, as soon as it is done; returns how many were
+    written (fewer than given when ``stop`` was requested: it stops after the batch in flight).
+    ``progress`` is a tqdm-like bar counting queries."""
+    batch = agent.config.batch_size
     written = 0
-    for chunk in _chunks(samples, PREFETCH_CHUNK):
+    for chunk in _chunks(samples, max(PREFETCH_CHUNK, batch)):
         if stop.requested:
             return written
         agent.prefetch_targets([sample.expression for sample in chunk])
-        for sample in chunk:
+        for together in _chunks(chunk, batch):
             if stop.requested:
                 return written
-            prediction = predict(agent, sample)
-            writer.write(prediction)
-            written += 1
-            progress.update(1)
+            outcomes = run_together(lambda sample: answer(agent, sample), together, batch)
+            for sample, outcome in zip(together, outcomes):
+                writer.write(prediction(sample, outcome))
+                written += 1
+                progress.update(1)
     return written
 
 

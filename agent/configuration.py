@@ -30,7 +30,7 @@ MODEL_SETTINGS = (
 
 
 # How ``agent-cli --help`` groups the settings' flags, in this order.
-GROUPS = ("Method", "Models", "Routing (SFA)", "CRS", "Generalized REC")
+GROUPS = ("Method", "Models", "Execution", "Routing (SFA)", "CRS", "Generalized REC")
 
 
 def setting(default: Any, group: str, help: str) -> Any:
@@ -87,6 +87,11 @@ class Configuration:
         "folder keeping detector answers and extracted targets across runs, so strategies compared on "
         "the same data do not recompute them",
     )
+    batch_size: int = setting(
+        8, "Execution",
+        "queries run together by locate_batch, eval and each serve worker: their MLLM calls share one "
+        "batched call (1: one query at a time)",
+    )
     router_top_k: int = setting(ROUTING.top_k, "Routing (SFA)", "boxes of the target phrase considered")
     router_score_threshold: float = setting(ROUTING.score_threshold, "Routing (SFA)", "minimum score of an instance")
     router_iou_threshold: float = setting(ROUTING.iou_threshold, "Routing (SFA)", "NMS IoU merging duplicates")
@@ -113,8 +118,8 @@ class Configuration:
             raise UserInputError(f"cache_dir {self.cache_dir!r} is a file, not a folder")
         if self.strategy not in STRATEGIES:
             raise UserInputError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        if self.crs_top_k < 1 or self.router_top_k < 1:
-            raise UserInputError("crs_top_k and router_top_k must be at least 1")
+        if self.crs_top_k < 1 or self.router_top_k < 1 or self.batch_size < 1:
+            raise UserInputError("crs_top_k, router_top_k and batch_size must be at least 1")
         if self.crs_top_k + self.allow_none > len(OPTION_LETTERS):
             raise UserInputError(f"CRS offers at most {len(OPTION_LETTERS)} options: crs_top_k={self.crs_top_k} is too many")
         for name in ("router_score_threshold", "router_iou_threshold", "crs_iou_threshold",

@@ -47,6 +47,9 @@ def serve(
     body_timeout: float = typer.Option(60.0, "--body-timeout", help="Seconds for a request's body before 408."),
     keep_alive: float = typer.Option(5.0, "--keep-alive", help="Seconds an idle connection stays open."),
     max_connections: int = typer.Option(256, "--max-connections", help="Open connections at most; 503 beyond."),
+    batch_wait_ms: float = typer.Option(
+        5.0, "--batch-wait-ms", help="A device's batch waits this long after its first query for more "
+        "(up to --batch-size); 0: only those already waiting."),
     *,
     settings: Configuration,
 ) -> None:
@@ -74,6 +77,7 @@ def serve(
         body_timeout=body_timeout,
         keep_alive=keep_alive,
         max_connections=max_connections,
+        batch_wait_ms=batch_wait_ms,
     )
     import uvicorn
 

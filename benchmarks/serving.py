@@ -3,8 +3,9 @@
 The agent runs ``sfa+crs`` with the instant plug-ins of ``orchestration.py``, so the models
 cost nothing and what is measured is the server's own work: HTTP, the multipart upload of
 a 640x480 PNG, decoding it, the device queue and the agent's orchestration. Sequential
-requests give the latency per request; ``--clients`` concurrent ones the throughput of one
-device queue (one query at a time, so extra clients only wait).
+requests give the latency per request (with the server's default batching, a lone request
+waits ``--batch-wait-ms`` for company); ``--clients`` concurrent ones the throughput of one
+device queue. ``batching.py`` compares batching off and on.
 
     python -m benchmarks.serving --out outputs/bench [--requests 100] [--clients 8]
 """
@@ -21,8 +22,7 @@ import httpx
 import numpy as np
 
 from agent import Agent
-from agent.serve import create_app
-from agent.serve import BackgroundServer
+from agent.serve import BackgroundServer, ServerOptions, create_app
 
 from . import query
 from .orchestration import InstantDetector, InstantExtractor, InstantMllm
@@ -35,10 +35,14 @@ def _png() -> bytes:
     return encoded.getvalue()
 
 
-def measure(requests: int, clients: int) -> dict:
-    agent = Agent("sfa+crs", detector=InstantDetector(), mllm=InstantMllm(), extractor=InstantExtractor())
+def measure(requests: int, clients: int, batch_size: int | None = None, batch_wait_ms: float | None = None) -> dict:
+    """Latency from one client and throughput from ``clients``; the server's defaults unless given."""
+    settings = {} if batch_size is None else {"batch_size": batch_size}
+    agent = Agent("sfa+crs", detector=InstantDetector(), mllm=InstantMllm(), extractor=InstantExtractor(), **settings)
+    options = ServerOptions() if batch_wait_ms is None else ServerOptions(batch_wait_ms=batch_wait_ms)
     image = _png()
-    with BackgroundServer(create_app(agent)) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+    with BackgroundServer(create_app(agent, options)) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as client:
 
         def ask(_: int) -> float:
             started = time.perf_counter()

@@ -225,3 +225,12 @@ def test_timed_runs_take_turns():
     order = []
     times = timed_runs({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 2, torch.device("cpu"))
     assert order == ["a", "b", "a", "b", "a", "b"] and all(len(runs) == 2 for runs in times.values())
+
+
+def test_the_batching_benchmark_measures_remote_and_served_queries():
+    from benchmarks import batching
+
+    remote = batching.remote(latency_ms=20, count=4)
+    served = batching.served(clients=2, requests=4)
+    assert set(remote) == {1, 8} and all(value > 0 for value in remote.values())
+    assert set(served) == {"off", "on"} and all(value > 0 for value in served.values())

@@ -190,6 +190,25 @@ def test_select_batch_matches_single_queries(qwen2_5, street_image):
         np.testing.assert_allclose(selection.probabilities, single.probabilities, atol=1e-5)
 
 
+def test_calls_longer_than_a_batch_are_ordered_by_length_and_answered_in_input_order(qwen2, street_image,
+                                                                                     monkeypatch):
+    images = [street_image.resize((320, 240)), street_image, street_image.resize((60, 150)), street_image]
+    expressions = ["the red box", "the green box on the left", "a box", "the white box"]
+    singles = [qwen2.ground(image, text) for image, text in zip(images, expressions)]
+    encoded = []
+    real_encode = qwen2._encode
+    monkeypatch.setattr(qwen2, "_encode", lambda conversations: encoded.append(len(conversations))
+                        or real_encode(conversations))
+    monkeypatch.setattr(qwen2, "batch_size", 2)
+    batched = qwen2.ground_batch(images, expressions)
+    assert encoded == [2, 2]
+    for one, together in zip(singles, batched):
+        np.testing.assert_array_equal(one.boxes, together.boxes)
+        np.testing.assert_allclose(one.scores, together.scores, atol=1e-4)
+    # The two smallest inputs shared a forward pass, the two largest the other.
+    assert qwen2._by_length(images, expressions, range(4)) == [2, 3, 1, 0]
+
+
 # ------------------------------------------------------------------ grounding
 
 

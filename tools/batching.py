@@ -12,6 +12,7 @@ Outside a scope (one ``Agent.locate``) a coalescer calls the single-query functi
 
 from __future__ import annotations
 
+import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -175,6 +176,19 @@ class Coalescer:
                 entry.error = result
             else:
                 entry.result = result
+
+
+def one_call_at_a_time(method: Callable) -> Callable:
+    """Make a model method take turns (on ``self._lock``, an ``RLock``): a model keeps state
+    between the steps of a call (caches, adapters switched off), so the threads of a batch of
+    queries must not interleave there. Their work is batched before, by a ``Coalescer``."""
+
+    @functools.wraps(method)
+    def serialised(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return serialised
 
 
 def _answer(function: Callable[[Any], Any], item: Any) -> Any:

@@ -56,7 +56,7 @@ logger = logging.getLogger("rex.serve")
 def create_app(agents: Agent | Sequence[Agent], options: ServerOptions = ServerOptions()) -> FastAPI:
     """The API over ``agents`` (one per device, all with the same models and settings)."""
     pool = WorkerPool.of([agents] if isinstance(agents, Agent) else list(agents), options.max_queue,
-                         options.request_timeout)
+                         options.request_timeout, options.batch_wait_ms / 1000)
     defaults = pool.workers[0].agent.config
     if defaults.strategy not in options.strategies:
         raise UserInputError(f"the default strategy {defaults.strategy!r} is not among {list(options.strategies)}")

@@ -34,6 +34,8 @@ class ServerOptions:
     body_timeout: float = 60.0
     keep_alive: float = 5.0
     max_connections: int = 256
+    # A device's batch waits this long after its first query for more (up to batch_size).
+    batch_wait_ms: float = 5.0
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.strategies if name not in STRATEGIES]
@@ -43,5 +45,7 @@ class ServerOptions:
             raise UserInputError("max_upload_bytes and url_timeout must be positive, max_queue not negative")
         if self.request_timeout <= 0 or self.max_image_pixels < 1 or self.max_decoded_bytes < 1:
             raise UserInputError("request_timeout, max_image_pixels and max_decoded_bytes must be positive")
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise UserInputError(f"batch_wait_ms must lie in [0, 10000], got {self.batch_wait_ms}")
         if min(self.header_timeout, self.body_timeout, self.keep_alive) <= 0 or self.max_connections < 1:
             raise UserInputError("header, body and keep-alive timeouts and max_connections must be positive")

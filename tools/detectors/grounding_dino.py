@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Sequence
 
 import torch
@@ -10,6 +11,7 @@ from PIL import Image
 
 from .. import boxes as box_ops
 from ..defaults import DEFAULT_DETECTOR
+from ..batching import one_call_at_a_time
 from ..checkpoints import resolve_checkpoint, unloadable_checkpoint
 from ..detections import Detections
 from ..devices import resolve_device, resolve_dtype
@@ -42,6 +44,7 @@ class GroundingDinoDetector:
         self.processor = processor
         self.max_detections = max_detections
         self.max_text_len = int(model.config.max_text_len)
+        self._lock = threading.RLock()  # the backbone keeps the last image's features: one call at a time
 
     @classmethod
     def from_pretrained(
@@ -86,6 +89,7 @@ class GroundingDinoDetector:
         """Boxes for ``text`` on ``image``, best first (see the class docstring for scoring)."""
         return self.detect_many(image, [text], [focus])[0]
 
+    @one_call_at_a_time
     def detect_many(
         self, image: Image.Image, texts: Sequence[str], focuses: Sequence[Span | None] | None = None
     ) -> list[Detections]:

@@ -43,6 +43,8 @@ def heuristic_extraction(expression: str, answer: str | None = None) -> Extracte
 class HeuristicExtractor:
     """Model-free extraction: the subject noun phrase found by ``heuristic_target``."""
 
+    thread_safe = True  # no state
+
     def extract_spans(self, expressions: Sequence[str]) -> list[ExtractedTarget]:
         return [heuristic_extraction(expression) for expression in expressions]
 

@@ -22,6 +22,7 @@ import re
 import time
 from typing import Any, Sequence
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 
+from ..batching import PartialBatchError
 from ..detections import Detections
 from ..drawing import draw_detections
 from ..errors import ModelOutputError, RemoteServiceError, UserInputError
@@ -152,9 +154,14 @@ class OpenAICompatibleMLLM:
     and asks with letters only, for models that cannot read coordinates.
     ``image_format`` ("png" or "jpeg") is how images are encoded. ``min_pixels`` /
     ``max_pixels`` must match the server's image resizing when the family answers in
-    pixels of the resized input (Qwen2.5-VL; ``None`` = Qwen's defaults). Connection
-    settings go to ``ChatCompletionsClient``.
+    pixels of the resized input (Qwen2.5-VL; ``None`` = Qwen's defaults). ``retry`` says how
+    patiently the server is asked (``RetryPolicy``). ``ground_batch`` and ``select_batch`` send
+    up to ``concurrency`` requests at once (a server such as vLLM batches them itself), each
+    with its own retries and time bounds; answers come in input order, and when some fail a
+    ``PartialBatchError`` carries the others.
     """
+
+    thread_safe = True  # one HTTP client, no state between requests
 
     def __init__(
         self,
@@ -169,8 +176,11 @@ class OpenAICompatibleMLLM:
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         retry: RetryPolicy | None = None,
+        concurrency: int = 8,
         prompts_dir: str | None = None,
     ) -> None:
+        if concurrency < 1:
+            raise UserInputError(f"concurrency must be at least 1, got {concurrency}")
         if image_format.lower() not in ("png", "jpeg", "jpg"):
             raise UserInputError(f"image_format must be 'png' or 'jpeg', got {image_format!r}")
         self.model = model
@@ -180,6 +190,7 @@ class OpenAICompatibleMLLM:
         self.max_new_tokens = max_new_tokens
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
         self.prompts_dir = prompts_dir
+        self.concurrency = concurrency
         self.client = ChatCompletionsClient(base_url, api_key, retry=retry)
 
     def __repr__(self) -> str:
@@ -209,6 +220,29 @@ class OpenAICompatibleMLLM:
                 [token.token for token in tokens], [token.logprob for token in tokens], None, parsed.spans
             )
         return parsed.to_detections(confidence, default_label=expression)
+
+    def ground_batch(self, images: Sequence[Image.Image], expressions: Sequence[str],
+                     focuses: Sequence[str | None] | None = None) -> list[Detections]:
+        """``ground`` for several queries, ``concurrency`` requests in flight."""
+        focuses = [None] * len(expressions) if focuses is None else list(focuses)
+        return self._concurrently(self.ground, list(zip(images, expressions, focuses)))
+
+    def select_batch(self, images: Sequence[Image.Image], expressions: Sequence[str],
+                     candidates: Sequence[Detections], allow_none: bool = False) -> list[Selection]:
+        """``select`` for several queries, ``concurrency`` requests in flight."""
+        return self._concurrently(lambda image, expression, boxes: self.select(image, expression, boxes, allow_none),
+                                  list(zip(images, expressions, candidates)))
+
+    def _concurrently(self, call, argument_lists: list[tuple]) -> list:
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(argument_lists)))) as pool:
+            futures = [pool.submit(call, *arguments) for arguments in argument_lists]
+        answers = []
+        for future in futures:
+            error = future.exception()
+            answers.append(error if error is not None else future.result())
+        if any(isinstance(answer, BaseException) for answer in answers):
+            raise PartialBatchError(answers)
+        return answers
 
     def select(
         self, image: Image.Image, expression: str, candidates: Detections, allow_none: bool = False

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import threading
 import os
 import warnings
 from collections import OrderedDict
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..batching import one_call_at_a_time
 from ..checkpoints import resolve_checkpoint, unloadable_checkpoint
 from ..defaults import DEFAULT_MLLM
 from ..detections import Detections
@@ -118,6 +120,9 @@ class QwenVL:
         self._stop_ids = stop_token_ids(model.generation_config, self.tokenizer)
         self._letter_ids: dict[tuple[str, ...], list[list[int]]] = {}
         self._prefix_caches: OrderedDict[tuple, object] = OrderedDict()
+        # A call switches the adapter off and keeps M-RoPE offsets and prefix caches on the
+        # model: calls from several threads (a batch of queries) take turns.
+        self._lock = threading.RLock()
         # transformers 5 calls the KV cache argument "cache", 4.x "past_key_values".
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PEFT wrapper
         self._cache_argument = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
@@ -190,6 +195,7 @@ class QwenVL:
         """``ground`` for several queries, ``batch_size`` at a time."""
         return [output.detections for output in self.generate_grounding(images, expressions, focuses)]
 
+    @one_call_at_a_time
     def generate_grounding(
         self,
         images: Sequence[ImageInput],
@@ -206,12 +212,12 @@ class QwenVL:
             self.family.grounding_prompt(_checked_text(expression, "expression"), focus, self.prompts_dir)
             for expression, focus in zip(expressions, focuses)
         ]
-        outputs: list[GroundingOutput] = []
-        for chunk in _chunks(range(len(prompts)), self.batch_size):
+        outputs: list[GroundingOutput | None] = [None] * len(prompts)
+        for chunk in _chunks(self._by_length(pictures, prompts, range(len(prompts))), self.batch_size):
             inputs, input_sizes = self._encode([self._conversation(pictures[i], prompts[i]) for i in chunk])
             generated = self._generate(inputs, max_new_tokens or self.max_new_tokens)
             for i, input_size, answer in zip(chunk, input_sizes, generated):
-                outputs.append(self._read_grounding(prompts[i], pictures[i].size, input_size, answer, expressions[i]))
+                outputs[i] = self._read_grounding(prompts[i], pictures[i].size, input_size, answer, expressions[i])
         return outputs
 
     def _read_grounding(self, prompt, image_size, input_size, answer: _Generated, expression) -> GroundingOutput:
@@ -235,6 +241,7 @@ class QwenVL:
         """Probabilities over the lettered ``candidates`` (and "None", last, when ``allow_none``)."""
         return self.select_batch([image], [expression], [candidates], allow_none)[0]
 
+    @one_call_at_a_time
     def select_batch(
         self,
         images: Sequence[ImageInput],
@@ -257,7 +264,8 @@ class QwenVL:
                 asked.append(i)
             else:  # zero options, or "None" alone: nothing to ask the model
                 selections[i] = Selection(candidates[i], letters, np.ones(len(letters)), allow_none)
-        for chunk in _chunks(asked, self.batch_size):
+        prompts = [question for question, _ in questions]
+        for chunk in _chunks(self._by_length(pictures, prompts, asked), self.batch_size):
             inputs, _ = self._encode([self._conversation(pictures[i], questions[i][0]) for i in chunk])
             with self._inference():  # left padding: column -1 is every row's next token
                 # One step: a KV cache would only be built to be thrown away.
@@ -273,6 +281,15 @@ class QwenVL:
                 )
         return selections
 
+    def _by_length(self, pictures, prompts: Sequence[str], indices) -> list[int]:
+        """``indices`` ordered by how long their inputs are (image tokens, then prompt length), so
+        that the rows of one forward pass need little padding when a call holds several passes."""
+        def length(i: int) -> tuple[int, int]:
+            width, height = self.input_size(pictures[i].size)
+            return width * height, len(prompts[i])
+
+        return sorted(indices, key=length)
+
     def input_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """``(w, h)`` the model sees an image of ``image_size`` at, within this model's pixel budget."""
         return self.family.input_size(image_size, self.min_pixels, self.max_pixels, self.patch_size)
@@ -285,6 +302,7 @@ class QwenVL:
 
     # ---------------------------------------------------------------- text
 
+    @one_call_at_a_time
     def chat(
         self,
         messages: str | Sequence[dict],
