@@ -136,13 +136,14 @@ class Backends:
             if isinstance(self.mllm, OpenAICompatibleMLLM):  # the same served model, as a chat model
                 name = f"{OPENAI_PREFIX}{self.mllm.model}"
                 return OpenAIChatExtractor(self.mllm.model, base_url=self.mllm.client.base_url,
-                                           cache=self._extraction_cache(name))
+                                           concurrency=self.config.batch_size, cache=self._extraction_cache(name))
             if not hasattr(self.mllm, "generate_text"):
                 return HeuristicExtractor()  # a plug-in MLLM without text-only generation
             model = self.config.mllm + (f" adapter={self.config.adapter}" if self.config.adapter else "")
             return LocalChatExtractor(self.mllm, cache=self._extraction_cache(model))
         if choice.startswith(OPENAI_PREFIX):
-            return OpenAIChatExtractor(choice[len(OPENAI_PREFIX) :], cache=self._extraction_cache(choice))
+            return OpenAIChatExtractor(choice[len(OPENAI_PREFIX) :], concurrency=self.config.batch_size,
+                                       cache=self._extraction_cache(choice))
         raise UserInputError(f"unknown llm {choice!r}; use auto, mllm, heuristic or openai:MODEL")
 
     def _extraction_cache(self, model: str) -> Path | None:

@@ -20,6 +20,7 @@ import multiprocessing
 import time
 
 from agent import Agent
+from tools.devices import resolve_device
 
 from . import query
 from .orchestration import InstantDetector, InstantExtractor
@@ -126,13 +127,12 @@ def run(args: argparse.Namespace) -> dict:
     """Measure, print the table and write ``batching.json``; returns the JSON payload."""
     sizes = [int(size) for size in args.batch_sizes.split(",")]
     # --device and --dtype are the wall-time benchmark's (run.py shares one parser).
-    device, dtype = getattr(args, "device", "auto"), getattr(args, "dtype", "auto")
+    device, dtype = str(resolve_device(getattr(args, "device", "auto"))), getattr(args, "dtype", "auto")
     payload = {"local": local(sizes, device, dtype), "remote": remote(args.remote_latency_ms),
                "remote_jpeg": remote(args.remote_latency_ms, image_format="jpeg"), "served": served(),
                "device": device, "remote_latency_ms": args.remote_latency_ms}
     rows = [[f"local {strategy} (218 M Qwen2-VL, {device})", *(f"{qps:.2f}" for qps in by_size.values())]
             for strategy, by_size in payload["local"].items()]
-    payload["device"] = str(device)
     print(format_table(["queries/s", *(f"batch {size}" for size in sizes)], rows, title="Batched execution"))
     for name, kind in (("remote", "PNG"), ("remote_jpeg", "JPEG")):
         at = payload[name]

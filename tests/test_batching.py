@@ -234,28 +234,58 @@ def test_tiny_qwen_batched_equals_one_at_a_time(strategy, tiny_mm_grounding_dino
 # ------------------------------------------------------------------ a slow OpenAI-compatible server
 
 
+class InFlight:
+    """Counts the requests a fake server is answering at once (each held for a moment)."""
+
+    def __init__(self) -> None:
+        self.now = self.most = 0
+        self.lock = threading.Lock()
+
+    def hold(self, seconds: float = 0.2) -> None:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        time.sleep(seconds)
+        with self.lock:
+            self.now -= 1
+
+
 def test_openai_batch_methods_send_requests_concurrently_and_keep_the_others_when_one_fails():
+    in_flight = InFlight()
+
     def respond(body, number):
         text = next(p["text"] for p in body["messages"][-1]["content"] if p["type"] == "text")
+        in_flight.hold()
         if "number 5" in text:
             return error(400, "bad request")
-        reply = completion("A", [token("A", -0.1, [("A", -0.1), ("B", -2.5)])])
-        reply.delay = 0.3
-        return reply
+        return completion("A", [token("A", -0.1, [("A", -0.1), ("B", -2.5)])])
 
     with FakeChatServer(respond) as server:
-        mllm = OpenAICompatibleMLLM("m", base_url=server.base_url, api_key="k", concurrency=8,
+        mllm = OpenAICompatibleMLLM("m", base_url=server.base_url, api_key="k", concurrency=4,
                                     retry=RetryPolicy(max_retries=0, timeout=5))
         images, expressions = queries(8)
         candidates = [Detections([[0, 0, 10, 10], [20, 20, 40, 40]], [0.9, 0.8])] * 8
-        started = time.perf_counter()
         with pytest.raises(PartialBatchError) as failure:
             mllm.select_batch(images, expressions, candidates)
-        elapsed = time.perf_counter() - started
-    assert elapsed < 8 * 0.3 / 2  # not one after the other
+    assert 1 < in_flight.most <= 4  # concurrent, within the bound
     assert list(failure.value.errors) == [5] and isinstance(failure.value.errors[5], RemoteServiceError)
     answers = failure.value.results
     assert all(answers[i].letter == "A" for i in range(8) if i != 5)
+
+
+def test_the_openai_extractor_asks_its_prompts_concurrently():
+    from tools.extraction import OpenAIChatExtractor
+
+    in_flight = InFlight()
+
+    def respond(body, number):
+        in_flight.hold(0.1)
+        return completion('{"1": "the car"}')
+
+    with FakeChatServer(respond) as server:
+        extractor = OpenAIChatExtractor("m", base_url=server.base_url, api_key="k", batch_size=1, concurrency=3)
+        targets = extractor.extract([f"the car number {i}" for i in range(6)])
+    assert targets == ["the car"] * 6 and len(server.requests) == 6 and 1 < in_flight.most <= 3
 
 
 # ------------------------------------------------------------------ the server

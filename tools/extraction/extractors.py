@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -61,18 +62,22 @@ class ChatExtractor(ABC):
     Subclasses implement ``_complete(prompt) -> reply``. ``cache`` is an
     ``ExtractionCache`` (or a JSON file path for one); by default a fresh in-memory one.
     Heuristic fallbacks are cached too: at temperature 0 the model would answer the same.
+    ``batch_size`` expressions share one prompt; ``concurrency`` prompts are asked at once (a
+    remote server answers them in parallel; a local model one after the other).
     """
 
     def __init__(
         self,
         *,
         batch_size: int = 8,
+        concurrency: int = 1,
         cache: ExtractionCache | str | Path | None = None,
         prompts_dir: str | Path | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise UserInputError(f"batch_size must be at least 1, got {batch_size}")
+        if batch_size < 1 or concurrency < 1:
+            raise UserInputError(f"batch_size and concurrency must be at least 1, got {batch_size}, {concurrency}")
         self.batch_size = batch_size
+        self.concurrency = concurrency
         self.cache = cache if isinstance(cache, ExtractionCache) else ExtractionCache(cache)
         self.prompts_dir = prompts_dir
 
@@ -87,13 +92,24 @@ class ChatExtractor(ABC):
     def extract_spans(self, expressions: Sequence[str]) -> list[ExtractedTarget]:
         """One ``ExtractedTarget`` per expression; only expressions not cached are asked about."""
         pending = [e for e in dict.fromkeys(expressions) if e not in self.cache and e and e.strip()]
-        for start in range(0, len(pending), self.batch_size):
-            batch = pending[start : start + self.batch_size]
-            reply = self._complete(extraction_prompt(batch, self.prompts_dir))
+        batches = [pending[start : start + self.batch_size] for start in range(0, len(pending), self.batch_size)]
+        prompts = [extraction_prompt(batch, self.prompts_dir) for batch in batches]
+        if self.concurrency > 1 and len(prompts) > 1:
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
+                replies = [pool.submit(self._complete, prompt) for prompt in prompts]
+            outcomes = [future.exception() or future.result() for future in replies]
+        else:
+            outcomes = [self._complete(prompt) for prompt in prompts]
+        for batch, reply in zip(batches, outcomes):
+            if isinstance(reply, BaseException):
+                continue  # raised below, once the answered batches are cached
             answers = parse_targets(reply, len(batch))
             if not any(answers):
                 logger.warning("no usable targets in the extraction reply %r; using the heuristic", reply[:200])
             self.cache.update({e: self._resolve(e, answer) for e, answer in zip(batch, answers)})
+        failed = next((reply for reply in outcomes if isinstance(reply, BaseException)), None)
+        if failed is not None:
+            raise failed
         return [self.cache.get(e) or heuristic_extraction(e) for e in expressions]
 
     @staticmethod
@@ -108,7 +124,8 @@ class OpenAIChatExtractor(ChatExtractor):
     """Extraction with any OpenAI-compatible chat model (GPT-3.5-turbo in the paper).
 
     ``base_url``/``api_key`` default to ``OPENAI_BASE_URL``/``OPENAI_API_KEY``;
-    connection settings go to ``ChatCompletionsClient``. Requests use temperature 0.
+    ``retry`` is the ``RetryPolicy`` of each request; ``concurrency`` prompts are in flight at
+    once. Requests use temperature 0.
     """
 
     def __init__(
@@ -120,10 +137,11 @@ class OpenAIChatExtractor(ChatExtractor):
         max_tokens: int = 512,
         retry: RetryPolicy | None = None,
         batch_size: int = 8,
+        concurrency: int = 8,
         cache: ExtractionCache | str | Path | None = None,
         prompts_dir: str | Path | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, cache=cache, prompts_dir=prompts_dir)
+        super().__init__(batch_size=batch_size, concurrency=concurrency, cache=cache, prompts_dir=prompts_dir)
         self.model = model
         self.max_tokens = max_tokens
         self.client = ChatCompletionsClient(base_url, api_key, retry=retry)
