@@ -320,3 +320,21 @@ def test_concurrent_clients_share_the_servers_batches_and_fail_alone():
     # The seven that reached CRS shared batched calls (how many per batch depends on arrival).
     assert sum(mllm.calls["select_batch"]) + len(mllm.calls["select"]) == 7
     assert max(mllm.calls["select_batch"], default=0) > 1
+
+
+def test_an_interrupt_inside_a_batch_reaches_every_query_of_it_and_nothing_hangs():
+    def interrupted(key, items):
+        raise KeyboardInterrupt
+
+    raised = []
+
+    def query(item):
+        try:
+            return coalescer(item)
+        except KeyboardInterrupt:  # each query sees it (the server turns it into its own error)
+            raised.append(item)
+            return "interrupted"
+
+    coalescer = Coalescer(lambda item: item, interrupted, max_batch=4)
+    assert run_together(query, [0, 1, 2, 3], workers=4) == ["interrupted"] * 4
+    assert sorted(raised) == [0, 1, 2, 3]

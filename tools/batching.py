@@ -15,10 +15,9 @@ from __future__ import annotations
 import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from contextvars import ContextVar, copy_context
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 
 class PartialBatchError(Exception):
@@ -84,12 +83,17 @@ class BatchScope:
             while not entry.done and entry.batch is None:
                 self._lock.wait()
         if entry.batch is not None:  # this thread runs the batch
-            coalescer._run(key, entry.batch)
-            with self._lock:
+            try:
+                coalescer._run(key, entry.batch)
+            except BaseException as error:  # KeyboardInterrupt and the like: every member gets it
                 for member in entry.batch:
-                    member.done = True
-                self._flush_if_stalled()
-                self._lock.notify_all()
+                    member.error = member.error or error
+            finally:
+                with self._lock:
+                    for member in entry.batch:
+                        member.done = True
+                    self._flush_if_stalled()
+                    self._lock.notify_all()
         if entry.error is not None:
             raise entry.error
         return entry.result
@@ -136,7 +140,7 @@ def run_together(function: Callable[[Any], Any], items: Sequence[Any], workers: 
 
 
 class Coalescer:
-    """Turns single calls into batched calls of ``batch(keys..., items)`` within a ``BatchScope``.
+    """Turns single calls into batched calls of ``batch(key, items)`` within a ``BatchScope``.
 
     ``single(item)`` answers one item; ``batch(key, items)`` a list of items that share ``key``
     (e.g. CRS questions with the same ``allow_none``), returning one answer per item or
@@ -197,13 +201,3 @@ def _answer(function: Callable[[Any], Any], item: Any) -> Any:
         return function(item)
     except Exception as error:  # noqa: BLE001 - handed back to the item's own query
         return error
-
-
-@contextmanager
-def no_scope() -> Iterator[None]:
-    """Run model calls unbatched here, even inside a scope (e.g. a fallback's second call)."""
-    token = _SCOPE.set(None)
-    try:
-        yield
-    finally:
-        _SCOPE.reset(token)

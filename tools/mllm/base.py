@@ -15,7 +15,10 @@ class MLLM(Protocol):
     """A multimodal LLM that can ground an expression and answer a CRS question.
 
     Implement these two methods to plug in your own model (GPT-4o, InternVL, ...).
-    ``image`` is an RGB ``PIL.Image``; boxes are ``xyxy`` pixels of that image.
+    ``image`` is an RGB ``PIL.Image``; boxes are ``xyxy`` pixels of that image. Optionally,
+    ``ground_batch(images, expressions, focuses)`` and ``select_batch(images, expressions,
+    candidates, allow_none)`` answer several queries in one call: queries run together
+    (``batch_size``) then share it (``tools.batching``; README, "Batched execution").
     """
 
     def ground(self, image: Image.Image, expression: str, focus: str | None = None) -> Detections:
