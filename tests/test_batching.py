@@ -338,3 +338,21 @@ def test_an_interrupt_inside_a_batch_reaches_every_query_of_it_and_nothing_hangs
     coalescer = Coalescer(lambda item: item, interrupted, max_batch=4)
     assert run_together(query, [0, 1, 2, 3], workers=4) == ["interrupted"] * 4
     assert sorted(raised) == [0, 1, 2, 3]
+
+
+def test_ctrl_c_returns_without_waiting_for_the_batch_in_flight():
+    import _thread
+
+    release = threading.Event()
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_together(lambda item: release.wait(30), [1, 2], workers=2)
+        # The queries' threads are still inside their calls: the main thread did not wait for them,
+        # and as daemon threads they do not keep the process alive.
+        running = [t for t in threading.enumerate() if t.name.startswith("rex-batch") and t.is_alive()]
+        assert len(running) == 2 and all(t.daemon for t in running)
+    finally:
+        release.set()
+        timer.cancel()

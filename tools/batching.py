@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, copy_context
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -124,19 +123,42 @@ def run_together(function: Callable[[Any], Any], items: Sequence[Any], workers: 
     if workers <= 1 or len(items) <= 1:
         return [_answer(function, item) for item in items]
     scope = BatchScope(len(items), min(workers, len(items)))
+    answers: list[Any] = [None] * len(items)
+    todo = iter(range(len(items)))
+    take = threading.Lock()
+    left = [len(items)]
+    all_done = threading.Event()
 
-    def member(item: Any) -> Any:
-        token = _SCOPE.set(scope)
-        try:
-            return _answer(function, item)
-        finally:
-            _SCOPE.reset(token)
-            scope._finished()
+    def worker() -> None:
+        _SCOPE.set(scope)  # in this thread's own copy of the caller's context
+        while True:
+            with take:
+                index = next(todo, None)
+            if index is None:
+                return
+            try:
+                answers[index] = _answer(function, items[index])
+            except BaseException as error:  # noqa: BLE001 - KeyboardInterrupt and the like, handed back
+                answers[index] = error
+            finally:
+                scope._finished()
+                with take:
+                    left[0] -= 1
+                    if not left[0]:
+                        all_done.set()
 
-    with ThreadPoolExecutor(max_workers=scope._workers, thread_name_prefix="rex-batch") as pool:
-        # Each query sees the caller's context (a copy each, since each sets its scope).
-        futures = [pool.submit(copy_context().run, member, item) for item in items]
-        return [future.result() for future in futures]
+    # Daemon threads: a second Ctrl-C ends the process at once, as it did without batching, instead
+    # of waiting for the batch in flight (what it computed is lost; nothing was written from here).
+    threads = [threading.Thread(target=copy_context().run, args=(worker,), daemon=True, name=f"rex-batch-{i}")
+               for i in range(scope._workers)]
+    for thread in threads:
+        thread.start()
+    while not all_done.wait(0.5):  # a timed wait keeps the main thread responsive to Ctrl-C
+        pass
+    for answer in answers:
+        if isinstance(answer, BaseException) and not isinstance(answer, Exception):
+            raise answer
+    return answers
 
 
 class Coalescer:
