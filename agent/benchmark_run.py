@@ -6,9 +6,10 @@ pieces it is made of, each usable on its own:
 - :class:`DatasetSpec` reads the samples of a run (optionally the first ``limit``);
 - :func:`record_run` keeps the run's settings in ``run.json`` and refuses to resume a
   run with other settings, so two strategies never share a predictions file;
-- :func:`run_samples` answers samples one by one, each prediction written durably
-  (fsync per line) before the next starts; :func:`completed_ids` tells a resumed run
-  what to skip. A first Ctrl-C (:class:`GracefulInterrupt`) stops after the current sample;
+- :func:`run_samples` answers samples ``batch_size`` at a time together, each batch's
+  predictions written durably (fsync per line), in order, before the next batch starts;
+  :func:`completed_ids` tells a resumed run what to skip. A first Ctrl-C
+  (:class:`GracefulInterrupt`) stops after the batch in flight;
 - :class:`Shard` splits a dataset over processes (``--shard i/n`` or the ``RANK`` /
   ``WORLD_SIZE`` that ``accelerate launch`` and ``torchrun`` set); the process that
   completes the last shard merges them (:func:`merge_shards`) into ``predictions.jsonl``;
@@ -260,8 +261,8 @@ def prediction(sample: Sample, outcome) -> Prediction:
 
 
 class GracefulInterrupt:
-    """While active, a first Ctrl-C only sets :attr:`requested` (the loop stops after the current
-    sample); a second one raises ``KeyboardInterrupt`` at once. Outside the main thread, where
+    """While active, a first Ctrl-C only sets :attr:`requested` (the loop stops after the batch in
+    flight); a second one raises ``KeyboardInterrupt`` at once. Outside the main thread, where
     signal handlers cannot be set, Ctrl-C keeps its usual effect."""
 
     def __init__(self) -> None:

@@ -6,8 +6,8 @@ Registered on the ``agent-cli`` app with ``app.command("eval")(evaluate)``. One 
         --output runs/sfa --strategy sfa --cache-dir runs/cache
 
 An interrupted run (Ctrl-C, a crash, ``kill -9``) resumes with the same command: the
-samples already in ``predictions.jsonl`` are skipped. Ctrl-C stops after the current
-sample (exit code 130; a second Ctrl-C stops at once). A sample that cannot be answered
+samples already in ``predictions.jsonl`` are skipped. Ctrl-C stops after the batch in
+flight (``--batch-size`` samples; exit code 130; a second Ctrl-C stops at once). A sample that cannot be answered
 (unreadable image, empty expression) is recorded with an ``error`` field and scored as
 an empty answer. A second strategy with the same ``--cache-dir`` reuses the detector's
 answers and the extracted targets, and ``--compare`` (repeatable) charts runs side by side::
