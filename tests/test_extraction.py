@@ -181,7 +181,9 @@ def test_openai_extractor_batches_eight_keyed_one_to_eight():
     with answering_server(last_word) as server:
         extractor = OpenAIChatExtractor("gpt-3.5-turbo", base_url=server.base_url, api_key="k")
         targets = extractor.extract(EXPRESSIONS)
-    batches = [asked_batch(text) for text in server.user_texts()]
+    # The prompts are asked concurrently, so they may arrive in any order.
+    batches = sorted((asked_batch(text) for text in server.user_texts()),
+                     key=lambda batch: EXPRESSIONS.index(next(iter(batch.values()))))
     assert [list(batch) for batch in batches] == [[str(k) for k in range(1, 9)]] * 2 + [["1", "2", "3"]]
     assert [e for batch in batches for e in batch.values()] == EXPRESSIONS
     assert targets == [str(i) for i in range(19)]
