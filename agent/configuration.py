@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from tools.defaults import CRS_CANDIDATES, DEFAULT_DETECTOR, DEFAULT_MLLM, OPTION_LETTERS, ROUTING, RoutingThresholds
+from tools.defaults import BATCH_SIZE, CRS_CANDIDATES, DEFAULT_DETECTOR, DEFAULT_MLLM, OPTION_LETTERS, ROUTING, RoutingThresholds
 from tools.devices import check_device_name, check_dtype_name
 from tools.errors import UserInputError
 from tools.images import DEFAULT_MAX_IMAGE_PIXELS
@@ -88,7 +88,7 @@ class Configuration:
         "the same data do not recompute them",
     )
     batch_size: int = setting(
-        8, "Execution",
+        BATCH_SIZE, "Execution",
         "queries run together by locate_batch, eval and each serve worker: their MLLM calls share one "
         "batched call (1: one query at a time)",
     )

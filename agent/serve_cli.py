@@ -10,6 +10,7 @@ import typer
 
 from agent.cli_settings import with_settings
 from agent.configuration import Configuration
+from agent.serve.options import DEFAULT_BATCH_WAIT_MS
 from tools.errors import UserInputError
 from tools.images import SERVER_MAX_IMAGE_PIXELS
 
@@ -48,7 +49,7 @@ def serve(
     keep_alive: float = typer.Option(5.0, "--keep-alive", help="Seconds an idle connection stays open."),
     max_connections: int = typer.Option(256, "--max-connections", help="Open connections at most; 503 beyond."),
     batch_wait_ms: float = typer.Option(
-        5.0, "--batch-wait-ms", help="A device's batch waits this long after its first query for more "
+        DEFAULT_BATCH_WAIT_MS, "--batch-wait-ms", help="A device's batch waits this long after its first query for more "
         "(up to --batch-size); 0: only those already waiting."),
     *,
     settings: Configuration,

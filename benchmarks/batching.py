@@ -54,19 +54,9 @@ def local(sizes: list[int], device: str, dtype: str) -> dict:
     return results
 
 
-# What the slow server answers to every request: "A", with the log-probabilities CRS reads.
-ANSWER = json.dumps({
-    "id": "1", "object": "chat.completion", "created": 0, "model": "served",
-    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "A"},
-                 "logprobs": {"content": [{"token": "A", "logprob": -0.1, "bytes": None, "top_logprobs": [
-                     {"token": "A", "logprob": -0.1, "bytes": None}, {"token": "B", "logprob": -2.3, "bytes": None}]}]}}],
-    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-}).encode()
-
-
-def _serve_slowly(port: "multiprocessing.Queue", latency: float) -> None:
+def _serve_slowly(port: "multiprocessing.Queue", latency: float, answer: bytes) -> None:
     """An OpenAI-compatible chat endpoint in a process of its own (a remote server does not share
-    the client's interpreter), answering every request after ``latency`` seconds."""
+    the client's interpreter), answering ``answer`` to every request after ``latency`` seconds."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
@@ -77,9 +67,9 @@ def _serve_slowly(port: "multiprocessing.Queue", latency: float) -> None:
             time.sleep(latency)
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(ANSWER)))
+            self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
-            self.wfile.write(ANSWER)
+            self.wfile.write(answer)
 
         def log_message(self, *args) -> None:
             pass
@@ -92,10 +82,13 @@ def _serve_slowly(port: "multiprocessing.Queue", latency: float) -> None:
 
 def remote(latency_ms: float, sizes: tuple[int, ...] = (1, 8), count: int = 32,
            image_format: str = "png") -> dict[int, float]:
+    from tests.fake_openai_server import completion, token
     from tools.mllm.openai_compat import OpenAICompatibleMLLM
 
+    # "A", with the log-probabilities CRS reads, built as the tests' fake server builds it.
+    answer = json.dumps(completion("A", [token("A", -0.1, [("A", -0.1), ("B", -2.3)])]).payload).encode()
     port: multiprocessing.Queue = multiprocessing.Queue()
-    server = multiprocessing.Process(target=_serve_slowly, args=(port, latency_ms / 1000), daemon=True)
+    server = multiprocessing.Process(target=_serve_slowly, args=(port, latency_ms / 1000, answer), daemon=True)
     server.start()
     try:
         base_url = f"http://127.0.0.1:{port.get(timeout=30)}/v1"

@@ -16,8 +16,8 @@ from typing import Optional
 
 import typer
 
+from agent.cli import check_save_path
 from tools.defaults import DEFAULT_DETECTOR, DEFAULT_MLLM
-from tools.errors import UserInputError
 
 SMALL_DETECTOR = "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det"
 SMALL_MLLM = "Qwen/Qwen2-VL-2B-Instruct"
@@ -77,8 +77,7 @@ def demo(
     from tools.text import clean_expression
 
     picture, expression = load_image(image), clean_expression(text)
-    if not save.parent.is_dir():
-        raise UserInputError(f"--save {str(save)!r}: no such folder {str(save.parent)!r}")
+    check_save_path(save)
     from agent import Agent
     from tools.drawing import draw_detections
 

@@ -17,6 +17,9 @@ from .profiles import NMS_METHODS
 DEFAULT_DETECTOR = "openmmlab-community/mm_grounding_dino_large_all"
 DEFAULT_MLLM = "Qwen/Qwen2-VL-7B-Instruct"
 
+# Queries run together, rows per MLLM forward pass, requests in flight to a server.
+BATCH_SIZE = 8
+
 # CRS options are lettered A, B, C, ...: at most this many options can be offered.
 OPTION_LETTERS = string.ascii_uppercase
 

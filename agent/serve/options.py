@@ -10,6 +10,8 @@ from tools.images import SERVER_MAX_IMAGE_PIXELS
 
 from ..configuration import STRATEGIES
 
+DEFAULT_BATCH_WAIT_MS = 5.0
+
 
 @dataclass(frozen=True)
 class ServerOptions:
@@ -35,7 +37,7 @@ class ServerOptions:
     keep_alive: float = 5.0
     max_connections: int = 256
     # A device's batch waits this long after its first query for more (up to batch_size).
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.strategies if name not in STRATEGIES]

@@ -28,9 +28,10 @@ from tools.batching import run_together
 
 from ..agent import Agent
 from ..configuration import STRATEGIES
+from .options import DEFAULT_BATCH_WAIT_MS
 from ..result import Result
 
-DEFAULT_BATCH_WAIT = 0.005  # seconds a batch waits for more queries after its first
+DEFAULT_BATCH_WAIT = DEFAULT_BATCH_WAIT_MS / 1000  # seconds a batch waits for more queries after its first
 
 
 @dataclass

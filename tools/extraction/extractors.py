@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Protocol, Sequence
 
+from ..defaults import BATCH_SIZE
 from ..errors import UserInputError
 from ..mllm.openai_compat import ChatCompletionsClient, RetryPolicy
 from .align import align_target, heuristic_target
@@ -137,7 +138,7 @@ class OpenAIChatExtractor(ChatExtractor):
         max_tokens: int = 512,
         retry: RetryPolicy | None = None,
         batch_size: int = 8,
-        concurrency: int = 8,
+        concurrency: int = BATCH_SIZE,
         cache: ExtractionCache | str | Path | None = None,
         prompts_dir: str | Path | None = None,
     ) -> None:

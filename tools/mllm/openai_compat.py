@@ -31,6 +31,7 @@ from PIL import Image
 
 
 from ..batching import PartialBatchError
+from ..defaults import BATCH_SIZE
 from ..detections import Detections
 from ..drawing import draw_detections
 from ..errors import ModelOutputError, RemoteServiceError, UserInputError
@@ -176,7 +177,7 @@ class OpenAICompatibleMLLM:
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         retry: RetryPolicy | None = None,
-        concurrency: int = 8,
+        concurrency: int = BATCH_SIZE,
         prompts_dir: str | None = None,
     ) -> None:
         if concurrency < 1:

@@ -45,7 +45,7 @@ from PIL import Image
 
 from ..batching import one_call_at_a_time
 from ..checkpoints import resolve_checkpoint, unloadable_checkpoint
-from ..defaults import DEFAULT_MLLM
+from ..defaults import BATCH_SIZE, DEFAULT_MLLM
 from ..detections import Detections
 from ..devices import resolve_device, resolve_dtype
 from ..errors import ModelOutputError, RexError, UserInputError
@@ -56,7 +56,6 @@ from .families import QWEN2_VL, QwenFamily, box_token_confidence, family_for_mod
 from .selection import Selection
 
 DEFAULT_MAX_NEW_TOKENS = 128
-DEFAULT_BATCH_SIZE = 8
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # Fixed prompt prefixes whose KV caches a model keeps (one per prompt template in practice).
 MAX_PREFIX_CACHES = 4
@@ -97,7 +96,7 @@ class QwenVL:
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int = BATCH_SIZE,
         prompts_dir: str | None = None,
         name: str | None = None,
     ) -> None:
@@ -141,7 +140,7 @@ class QwenVL:
         attn_implementation: str | None = None,
         revision: str | None = None,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int = BATCH_SIZE,
         prompts_dir: str | None = None,
     ) -> "QwenVL":
         """Load a Qwen VL checkpoint (Hub id or folder), optionally with a PEFT LoRA ``adapter``.
