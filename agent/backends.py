@@ -274,25 +274,38 @@ def _answers(call, source: str, convert=None) -> list:
 
 
 def load_mllm(config: Configuration):
-    """The MLLM named by ``config.mllm``: ``openai:MODEL`` for a server, else a Qwen VL checkpoint."""
+    """The MLLM named by ``config.mllm``: ``openai:MODEL`` for a server, else a local checkpoint
+    whose class (``QwenVL``, ``InternVL``) its config decides."""
     if config.mllm.startswith(OPENAI_PREFIX):
         if config.adapter:
             raise UserInputError("--adapter applies to local models; load it into the server for openai:MODEL")
-        return OpenAICompatibleMLLM(
-            config.mllm[len(OPENAI_PREFIX) :], min_pixels=config.min_pixels, max_pixels=config.max_pixels,
-            concurrency=config.batch_size,
-        )
-    from tools.mllm import QwenVL
+        model = config.mllm[len(OPENAI_PREFIX) :]
+        return OpenAICompatibleMLLM(model, family=served_family(model), min_pixels=config.min_pixels,
+                                    max_pixels=config.max_pixels, concurrency=config.batch_size)
+    from tools.mllm.auto import load_local_mllm
 
-    return QwenVL.from_pretrained(
+    # Only the options a setting was given for: the other family's are then not warned about.
+    family_options = {name: getattr(config, name) for name in ("min_pixels", "max_pixels", "max_patches")
+                      if getattr(config, name) is not None}
+    return load_local_mllm(
         config.mllm,
         device=config.device,
         dtype=config.dtype,
-        min_pixels=config.min_pixels,
-        max_pixels=config.max_pixels,
         adapter=config.adapter,
         batch_size=config.batch_size,
+        **family_options,
     )
+
+
+def served_family(model: str) -> str:
+    """The box convention of a served ``model``, from its name ("OpenGVLab/InternVL2_5-8B" -> InternVL);
+    Qwen2-VL's, the paper's, for a name that names no known family."""
+    from tools.mllm.families import QWEN2_VL, family_for_model
+
+    try:
+        return family_for_model(model).name
+    except UserInputError:
+        return QWEN2_VL.name
 
 
 def as_detections(value: Any, source: str) -> Detections:

@@ -25,7 +25,8 @@ ENV_PREFIX = "REX_"
 # The settings that choose, place or feed a model when it loads. Agents sharing models
 # (``Agent.with_settings``) agree on these and may differ in every other one.
 MODEL_SETTINGS = (
-    "detector", "mllm", "llm", "adapter", "device", "dtype", "detector_dtype", "min_pixels", "max_pixels", "cache_dir"
+    "detector", "mllm", "llm", "adapter", "device", "dtype", "detector_dtype", "min_pixels", "max_pixels", "max_patches",
+    "cache_dir",
 )
 
 
@@ -76,8 +77,15 @@ class Configuration:
     detector_dtype: str = setting(
         "auto", "Models", "the detector's weights: auto keeps fp32 everywhere, or fp16, bf16"
     )
-    min_pixels: int | None = setting(None, "Models", "smallest pixel budget of the MLLM's image (default: the checkpoint's)")
-    max_pixels: int | None = setting(None, "Models", "largest pixel budget of the MLLM's image (default: the checkpoint's)")
+    min_pixels: int | None = setting(
+        None, "Models", "Qwen VL: smallest pixel budget of the MLLM's image (default: the checkpoint's)"
+    )
+    max_pixels: int | None = setting(
+        None, "Models", "Qwen VL: largest pixel budget of the MLLM's image (default: the checkpoint's)"
+    )
+    max_patches: int | None = setting(
+        None, "Models", "InternVL: most tiles an image is cut into (default: the checkpoint's, 12 when released)"
+    )
     # Decompression bombs are refused before they are decoded.
     max_image_pixels: int = setting(
         DEFAULT_MAX_IMAGE_PIXELS, "Models", "image files with more pixels are refused before decoding"

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from tools.mllm.families import QWEN2_5_VL, QWEN2_VL, QwenFamily
+from tools.mllm.families import QWEN2_5_VL, QWEN2_VL, ModelFamily
 
 # Qwen VL image budget of the released preprocessor configs: 4 to 16384 tokens of 28x28 px.
 QWEN_MIN_PIXELS = 4 * 28 * 28
@@ -63,7 +63,7 @@ class MllmSpec:
 
     name: str
     hub_id: str
-    family: QwenFamily
+    family: ModelFamily
     text: dict  # the text_config values
     vision: dict  # the vision_config values
     tie_word_embeddings: bool
@@ -148,7 +148,7 @@ def build_mllm(spec: MllmSpec, device: str | torch.device = "meta", token_ids: d
     return model.to(device).eval()
 
 
-def _model_classes(family: QwenFamily):
+def _model_classes(family: ModelFamily):
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
                               Qwen2VLForConditionalGeneration)
 
@@ -172,7 +172,7 @@ def detector_input_size(image_size: tuple[int, int]) -> tuple[int, int]:
 def qwen_vision_grid(spec: MllmSpec, image_size: tuple[int, int]) -> tuple[int, int, int]:
     """``(t, h, w)`` patch grid of an image of ``image_size`` ``(w, h)``, as ``image_grid_thw``.
 
-    The resize is the family's ``smart_resize`` (``QwenFamily.input_size``) within the
+    The resize is the family's ``smart_resize`` (``ModelFamily.input_size``) within the
     checkpoint's pixel budget, exactly what ``QwenVL`` feeds the model.
     """
     width, height = spec.family.input_size(image_size, spec.min_pixels, spec.max_pixels)

@@ -11,7 +11,7 @@ from tools.detections import Detections
 from tools.extraction import HeuristicExtractor
 from tools.extraction.parsing import extraction_prompt
 from tools.mllm.crs import crs_prompt
-from tools.mllm.families import QwenFamily
+from tools.mllm.families import ModelFamily
 
 IMAGE_SIZE = (640, 480)  # (w, h)
 EXPRESSION = "the long snowboard to the right of the skis"
@@ -30,7 +30,7 @@ def candidates() -> Detections:
     return Detections(CANDIDATE_BOXES, CANDIDATE_SCORES)
 
 
-def grounding_prompt(family: QwenFamily, focus: bool) -> str:
+def grounding_prompt(family: ModelFamily, focus: bool) -> str:
     """The family's grounding question, with the target-focus sentence when ``focus``."""
     return family.grounding_prompt(EXPRESSION, target_phrase() if focus else None)
 

@@ -15,7 +15,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from tools.mllm.families import QWEN2_5_VL, QWEN2_VL, QwenFamily
+from tools.mllm.families import QWEN2_5_VL, QWEN2_VL, ModelFamily
 
 IMAGE_PAD = "<|image_pad|>"
 
@@ -90,6 +90,6 @@ def prompt_token_count(prompt: str, image_tokens: int = 0) -> int:
     return qwen_token_count(text) + (image_tokens - text.count(IMAGE_PAD) if image_tokens else 0)
 
 
-def typical_answer(family: QwenFamily) -> str:
+def typical_answer(family: ModelFamily) -> str:
     """A typical grounding answer of ``family``, for the decode steps of direct grounding."""
     return TYPICAL_GROUNDING_ANSWERS[family.name]

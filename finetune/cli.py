@@ -38,6 +38,8 @@ def finetune(
     attn_implementation: Optional[str] = typer.Option(None, "--attn", help="e.g. sdpa or flash_attention_2."),
     min_pixels: Optional[int] = typer.Option(None, "--min-pixels", help="Image budget; default: the processor's."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Use the same budget as at inference."),
+    max_patches: Optional[int] = typer.Option(
+        None, "--max-patches", min=1, help="InternVL: most tiles per image; use the same as at inference."),
     save_every: int = typer.Option(500, "--save-every", min=0, help="Checkpoint every N steps (0: at the end only)."),
     save_total_limit: Optional[int] = typer.Option(2, "--save-total-limit", min=1, help="Checkpoints kept."),
     resume: Optional[str] = typer.Option(
@@ -51,7 +53,7 @@ def finetune(
     merge: bool = typer.Option(False, "--merge", help="Also save the merged model and processor."),
     prompts_dir: Optional[str] = typer.Option(None, "--prompts-dir", help="Your own prompt templates."),
 ) -> None:
-    """Instruction-tune a Qwen VL model for Candidate Region Selection with LoRA."""
+    """Instruction-tune a Qwen VL or InternVL model for Candidate Region Selection with LoRA."""
     from .train import train
 
     config = TrainConfig(
@@ -62,7 +64,7 @@ def finetune(
         warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm, lora_rank=lora_rank, lora_alpha=lora_alpha,
         lora_dropout=lora_dropout, lora_target=lora_target, dtype=dtype,
         gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation,
-        min_pixels=min_pixels, max_pixels=max_pixels, save_every=save_every, save_total_limit=save_total_limit,
+        min_pixels=min_pixels, max_pixels=max_pixels, max_patches=max_patches, save_every=save_every, save_total_limit=save_total_limit,
         resume=resume, seed=seed, num_workers=num_workers, merge=merge, prompts_dir=prompts_dir,
         deepspeed=str(deepspeed) if deepspeed else None, fsdp=fsdp, report_to=report_to,
     )

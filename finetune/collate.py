@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tools.errors import UserInputError
 from tools.images import load_image
 from tools.mllm.crs import letter_distribution, letter_token_ids
-from tools.mllm.families import QWEN2_VL, QwenFamily
+from tools.mllm.families import QWEN2_VL, ModelFamily
 from tools.mllm.qwen import pixel_budget  # the same default budget as inference
 
 from .samples import CRSSample, sample_conversation
@@ -42,30 +42,34 @@ class CRSCollator:
     ``logits_to_keep`` (the answer length + 1: only those columns are projected onto the
     vocabulary) and the ``CRS_KEYS``, which ``CRSTrainer`` takes out before the forward pass.
 
-    Images are loaded as at inference and resized by ``qwen_vl_utils`` within
-    ``min_pixels``/``max_pixels`` (default: the processor's budget, as ``QwenVL`` uses); the
-    options are written in ``family``'s box language, as ``QwenVL.select`` writes them.
+    Images are loaded as at inference: for Qwen VL resized by ``qwen_vl_utils`` within
+    ``min_pixels``/``max_pixels`` (default: the processor's budget, as ``QwenVL`` uses), for
+    InternVL cut into at most ``max_patches`` tiles (default: the processor's, as ``InternVL``
+    uses); the options are written in ``family``'s box language, as ``select`` writes them.
     """
 
     def __init__(self, processor, *, min_pixels: int | None = None, max_pixels: int | None = None,
-                 prompts_dir: str | None = None, family: QwenFamily = QWEN2_VL) -> None:
+                 max_patches: int | None = None, prompts_dir: str | None = None,
+                 family: ModelFamily = QWEN2_VL) -> None:
         self.family = family
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
         image_processor = processor.image_processor
-        self.patch_size = int(image_processor.patch_size)
-        default_min, default_max = pixel_budget(image_processor)
-        self.min_pixels = int(min_pixels or default_min)
-        self.max_pixels = int(max_pixels or default_max)
-        if not 0 < self.min_pixels <= self.max_pixels:
-            raise UserInputError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels} and {self.max_pixels}")
+        self.patch_size = self.min_pixels = self.max_pixels = None
+        if family.uses_smart_resize:
+            self.patch_size = int(image_processor.patch_size)
+            default_min, default_max = pixel_budget(image_processor)
+            self.min_pixels = int(min_pixels or default_min)
+            self.max_pixels = int(max_pixels or default_max)
+            if not 0 < self.min_pixels <= self.max_pixels:
+                raise UserInputError(
+                    f"need 0 < min_pixels <= max_pixels, got {self.min_pixels} and {self.max_pixels}")
+        self.max_patches = int(max_patches or getattr(image_processor, "max_patches", None) or 1)
         self.prompts_dir = prompts_dir
         self._letter_ids: dict[tuple[str, ...], list[list[int]]] = {}
 
     def __call__(self, samples: Sequence[CRSSample]) -> dict:
-        from qwen_vl_utils import process_vision_info
-
         conversations, texts, answer_ids = [], [], []
         for sample in samples:
             picture = load_image(sample.image)
@@ -82,9 +86,7 @@ class CRSCollator:
         answer_length = len(answer_ids[0])
         if any(len(ids) != answer_length for ids in answer_ids):
             raise ValueError("answers of one batch tokenize to different lengths: " + str(answer_ids))
-        images, _ = process_vision_info(conversations, image_patch_size=self.patch_size)
-        # Already resized within our budget; resizing again would apply the processor's own.
-        encoded = self.processor(text=texts, images=images, padding=True, return_tensors="pt", do_resize=False)
+        encoded = self._encode(conversations, texts)
         input_ids = encoded["input_ids"]
         expected = torch.tensor(answer_ids, dtype=input_ids.dtype)
         if not torch.equal(input_ids[:, -answer_length:], expected):
@@ -98,6 +100,18 @@ class CRSCollator:
             OPTION_IDS: [self._letter_token_ids(sample.letters) for sample in samples],
             ANSWER_OPTIONS: [sample.answer_index for sample in samples],
         }
+
+    def _encode(self, conversations: list[list[dict]], texts: list[str]):
+        """Tokens and pixels, the images prepared exactly as the inference backend prepares them."""
+        if self.family.uses_smart_resize:
+            from qwen_vl_utils import process_vision_info
+
+            images, _ = process_vision_info(conversations, image_patch_size=self.patch_size)
+            # Already resized within our budget; resizing again would apply the processor's own.
+            return self.processor(text=texts, images=images, padding=True, return_tensors="pt", do_resize=False)
+        images = [conversation[0]["content"][0]["image"] for conversation in conversations]
+        return self.processor(text=texts, images=images, padding=True, return_tensors="pt",
+                              crop_to_patches=self.max_patches > 1, max_patches=self.max_patches)
 
     def _split_answer(self, conversation: list[dict], sample: CRSSample) -> tuple[str, str]:
         """The prompt as at inference, and the supervised continuation (letter + end of turn).

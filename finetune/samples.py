@@ -31,7 +31,7 @@ from tools.files import read_json_lines, write_atomically
 from tools.detections import Detections
 from tools.errors import UserInputError
 from tools.mllm.crs import crs_prompt, option_letters
-from tools.mllm.families import QWEN2_VL, QwenFamily
+from tools.mllm.families import QWEN2_VL, ModelFamily
 
 REQUIRED_FIELDS = ("id", "image", "expression", "candidates", "image_size", "allow_none", "answer")
 OPTIONAL_FIELDS = ("meta",)
@@ -71,7 +71,7 @@ class CRSSample:
         self,
         prompts_dir: str | None = None,
         *,
-        family: QwenFamily = QWEN2_VL,
+        family: ModelFamily = QWEN2_VL,
         input_size: tuple[int, int] | None = None,
     ) -> str:
         """The CRS question text, identical to what ``QwenVL.select`` sends a model of ``family``
@@ -189,7 +189,7 @@ def sample_conversation(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     prompts_dir: str | None = None,
-    family: QwenFamily = QWEN2_VL,
+    family: ModelFamily = QWEN2_VL,
     patch_size: int | None = None,
 ) -> list[dict]:
     """The chat turns of ``sample``: user = image + CRS question, assistant = the answer letter.

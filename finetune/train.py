@@ -45,7 +45,7 @@ _END_ONLY = 2**31
 class TrainConfig:
     """Every setting of a fine-tuning run; ``agent-cli finetune`` exposes each as an option."""
 
-    model: str  # Qwen VL checkpoint: Hub id or folder
+    model: str  # Qwen VL or InternVL (-hf) checkpoint: Hub id or folder
     train_file: str  # CRS samples, JSONL (finetune/samples.py)
     output_dir: str
     eval_file: str | None = None  # held-out CRS samples: option accuracy after every epoch
@@ -68,6 +68,7 @@ class TrainConfig:
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2
     min_pixels: int | None = None  # image budget; default: the processor's, as at inference
     max_pixels: int | None = None
+    max_patches: int | None = None  # InternVL's tiles per image; default: the processor's, as at inference
     save_every: int = 500  # checkpoint every N optimizer steps (and at the end); 0: end only
     save_total_limit: int | None = 2  # checkpoints kept; None keeps all
     resume: str | None = None  # a checkpoint folder, or "latest" under output_dir/checkpoints
@@ -135,7 +136,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     set_seed(config.seed)  # the LoRA weights' initialisation
     model, processor = _lora_model(config, weights_dtype)
     collator = CRSCollator(processor, min_pixels=config.min_pixels, max_pixels=config.max_pixels,
-                           prompts_dir=config.prompts_dir, family=family_for_model(model.config.model_type))
+                           max_patches=config.max_patches, prompts_dir=config.prompts_dir, family=family_for_model(model.config.model_type))
     resume_step = _checkpoint_step(resume_from) if resume_from else None
     trainer = CRSTrainer(
         model=model, args=training_arguments(config, weights_dtype, has_eval=bool(eval_samples)),
@@ -270,7 +271,7 @@ def _lora_model(config: TrainConfig, weights_dtype):
     from tools.mllm.families import family_for_model
 
     path = resolve_checkpoint(config.model)
-    family_for_model(AutoConfig.from_pretrained(path).model_type)  # only Qwen VL families: fail early
+    family_for_model(AutoConfig.from_pretrained(path).model_type)  # only supported families: fail early
     processor = AutoProcessor.from_pretrained(path)
     load = {"dtype": weights_dtype}
     if config.attn_implementation:

@@ -47,6 +47,12 @@ def tiny_qwen3_vl(tiny_checkpoints):
     return tiny.build_tiny_qwen3_vl(tiny_checkpoints / "qwen3_vl")
 
 
+@pytest.fixture(scope="session")
+def tiny_internvl(tiny_checkpoints):
+    """Folder of a tiny ``InternVLForConditionalGeneration`` (-hf layout, 64-px tiles, at most 4)."""
+    return tiny.build_tiny_internvl(tiny_checkpoints / "internvl")
+
+
 @pytest.fixture
 def street_image():
     """A 160x120 RGB image with a few flat-coloured rectangles."""

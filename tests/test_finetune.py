@@ -153,6 +153,38 @@ def test_conversation_is_the_inference_question(dataset, collator, tiny_qwen2_vl
     assert torch.equal(batch["pixel_values"], inference_inputs["pixel_values"])
 
 
+def test_internvl_training_prompt_is_its_inference_question(dataset, tiny_internvl):
+    from transformers import AutoProcessor
+
+    from tools.mllm import INTERNVL, InternVL
+
+    _, samples = dataset
+    sample = samples[1]
+    collator = CRSCollator(AutoProcessor.from_pretrained(tiny_internvl), family=INTERNVL)
+    model = InternVL.from_pretrained(str(tiny_internvl), device="cpu")
+    question, _ = crs_prompt(sample.expression, sample.detections(), SIZE, sample.allow_none, family=INTERNVL)
+    assert "A. [[" in question  # the options in InternVL's own box language
+    inference_inputs, _ = model._encode([model._conversation(Image.open(sample.image).convert("RGB"), question)])
+    batch = collator([sample])
+    answer_length = batch["logits_to_keep"] - 1
+    assert torch.equal(batch["input_ids"][0, :-answer_length], inference_inputs["input_ids"][0])
+    assert torch.equal(batch["pixel_values"], inference_inputs["pixel_values"])
+    assert collator.tokenizer.decode(batch["labels"][0][batch["labels"][0] != IGNORE_INDEX]) == (
+        sample.answer + "<|im_end|>")
+
+
+def test_internvl_trains_and_its_adapter_serves_select(dataset, tiny_internvl, tmp_path):
+    from tools.mllm import InternVL
+
+    train_file, samples = dataset
+    summary = train(config_for(tiny_internvl, train_file, tmp_path, max_steps=3))
+    assert training_steps(tmp_path / "log.jsonl") == [1, 2, 3]
+    base = InternVL.from_pretrained(str(tiny_internvl), device="cpu")
+    tuned = InternVL.from_pretrained(str(tiny_internvl), device="cpu", adapter=summary["adapter_dir"])
+    before, after = select_all(base, samples[:4]), select_all(tuned, samples[:4])
+    assert not np.allclose(before[0].probabilities, after[0].probabilities, atol=1e-4)
+
+
 def test_labels_cover_only_the_answer_letter_and_end_of_turn(dataset, collator):
     _, samples = dataset
     batch = collator(samples[:5])
@@ -194,7 +226,7 @@ def test_llama_factory_export(dataset, tmp_path):
 # ------------------------------------------------------------------ LoRA targets
 
 
-@pytest.mark.parametrize("family", ["tiny_qwen2_vl", "tiny_qwen2_5_vl", "tiny_qwen3_vl"])
+@pytest.mark.parametrize("family", ["tiny_qwen2_vl", "tiny_qwen2_5_vl", "tiny_qwen3_vl", "tiny_internvl"])
 def test_default_lora_targets_the_language_model_only(family, request):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
@@ -237,8 +269,8 @@ def test_training_learns_and_the_adapter_serves_select(dataset, tiny_qwen2_vl, t
     assert accuracy[1] == pytest.approx(summary["eval_accuracy"]) and accuracy[1] > accuracy[0]
 
 
-def select_all(qwen: QwenVL, samples: list[CRSSample]):
-    """``QwenVL.select`` on every sample (one batch per ``allow_none`` setting), in sample order."""
+def select_all(qwen, samples: list[CRSSample]):
+    """``select`` of a local MLLM on every sample (one batch per ``allow_none`` setting), in sample order."""
     selections = {}
     for allow_none in (False, True):
         chosen = [s for s in samples if s.allow_none == allow_none]

@@ -1,4 +1,4 @@
-"""Qwen VL family conventions: prompts, answer parsing, coordinate conversion, box confidence."""
+"""MLLM family conventions (Qwen VL, InternVL): prompts, answer parsing, coordinate conversion, box confidence."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tools.mllm.families import (
     QWEN2_5_VL,
     QWEN2_VL,
     QWEN3_VL,
+    INTERNVL,
     BoxConfidence,
     box_token_confidence,
     family_for_model,
@@ -39,6 +40,10 @@ IMAGE = (640, 480)
         ("qwen3_vl", QWEN3_VL),
         ("qwen3_vl_moe", QWEN3_VL),
         ("qwen3-vl-235b-a22b-instruct", QWEN3_VL),
+        ("internvl", INTERNVL),
+        ("internvl_chat", INTERNVL),
+        ("OpenGVLab/InternVL3-8B-hf", INTERNVL),
+        ("OpenGVLab/InternVL2_5-8B", INTERNVL),
     ],
 )
 def test_family_for_model_reads_model_types_and_names(name, family):
@@ -48,11 +53,12 @@ def test_family_for_model_reads_model_types_and_names(name, family):
 def test_get_family_accepts_spellings_and_rejects_unknown():
     assert get_family("Qwen2.5-VL") is QWEN2_5_VL
     assert get_family("qwen3-vl") is QWEN3_VL
-    assert set(FAMILIES) == {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
+    assert get_family("InternVL") is INTERNVL
+    assert set(FAMILIES) == {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl"}
     with pytest.raises(UserInputError, match="Qwen2-VL"):
         get_family("llava")
     with pytest.raises(UserInputError, match="not a supported"):
-        family_for_model("OpenGVLab/InternVL2_5-8B")
+        family_for_model("llava-hf/llava-1.5-7b-hf")
 
 
 def test_grounding_prompts_follow_each_family():
@@ -65,6 +71,11 @@ def test_grounding_prompts_follow_each_family():
     assert QWEN3_VL.grounding_prompt("the dog", focus="dog") == (
         'Locate every object that matches the description "the dog" in the image. '
         "Report bbox coordinates in JSON format. Please focus on dog."
+    )
+    # OpenGVLab/InternVL internvl_chat/eval/refcoco/evaluate_grounding.py, word for word.
+    assert INTERNVL.grounding_prompt("the dog", focus="dog") == (
+        "Please provide the bounding box coordinate of the region this sentence describes: <ref>the dog</ref>"
+        " Please focus on dog."
     )
 
 
@@ -104,6 +115,32 @@ def test_qwen2_labels_pair_with_their_own_box():
         "<|box_start|>(6,6),(9,9)<|box_end|><|object_ref_start|>c<|object_ref_end|><|box_start|>(1,1),(2,2)<|box_end|>"
     )
     assert QWEN2_VL.parse_answer(text, IMAGE).labels == ("a", None, "c")
+
+
+# ------------------------------------------------------------------ InternVL answers
+
+
+def test_internvl_ref_box_answer_from_1000_grid():
+    # InternVL's evaluation divides by 1000 and multiplies by the original width and height.
+    text = "<ref>the car</ref><box>[[100, 200, 500, 600]]</box>"
+    parsed = INTERNVL.parse_answer(text, IMAGE)
+    np.testing.assert_allclose(parsed.boxes, [[64, 96, 320, 288]])
+    assert parsed.labels == ("the car",)
+    assert [text[s:e] for s, e in parsed.spans] == ["[100, 200, 500, 600]"]
+
+
+def test_internvl_several_boxes_in_one_box_tag_and_without_tags():
+    text = "<ref>cars</ref><box>[[0, 0, 100, 100], [500, 500, 1000, 1000]]</box> and <ref>a bus</ref>[[1,1,9,9]]"
+    parsed = INTERNVL.parse_answer(text, (1000, 1000))
+    np.testing.assert_allclose(parsed.boxes, [[0, 0, 100, 100], [500, 500, 1000, 1000], [1, 1, 9, 9]])
+    assert parsed.labels == ("cars", "cars", "a bus")
+    assert INTERNVL.parse_answer("[[10, 20, 30, 40]]", (1000, 1000)).labels == (None,)
+
+
+def test_internvl_options_are_written_as_it_writes_boxes():
+    assert INTERNVL.option_boxes([[64, 96, 320, 288]], IMAGE) == ["[[100, 200, 500, 600]]"]
+    with pytest.raises(ValueError, match="smart_resize"):
+        INTERNVL.input_size(IMAGE)
 
 
 # ------------------------------------------------------------------ Qwen2.5-VL / Qwen3-VL answers
@@ -193,7 +230,8 @@ def test_malformed_answers_raise_model_output_error(family, text):
 
 
 _FRAGMENTS = st.sampled_from(
-    ["<|box_start|>", "<|box_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "(", ")", ",", "[", "]",
+    ["<|box_start|>", "<|box_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<ref>", "</ref>", "<box>",
+     "</box>", "(", ")", ",", "[", "]",
      "{", "}", '"bbox_2d"', '"label"', ":", '"', "\\", "-", ".", " ", "\n", "```json", "```", "x", "\u00e9", "1e5"]
 )
 _NUMBERS = st.one_of(st.integers(-3000, 3000), st.floats(allow_nan=True, allow_infinity=True)).map(str)

@@ -103,7 +103,7 @@ def test_missing_or_unsupported_checkpoints_fail_clearly(tmp_path):
     with pytest.raises(CheckpointNotFoundError):
         QwenVL.from_pretrained(str(tmp_path / "nowhere"), device="cpu")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(UserInputError, match="not a supported Qwen VL model"):
+    with pytest.raises(UserInputError, match="not a supported MLLM"):
         QwenVL.from_pretrained(str(tmp_path), device="cpu")
 
 

@@ -171,6 +171,30 @@ def test_ground_without_logprobs_scores_one_and_other_families_parse():
     assert found.boxes.tolist() == [[28.0, 56.0, 140.0, 280.0]] and found.scores.tolist() == [1.0]
 
 
+def test_internvl_family_reads_ref_box_answers_and_writes_its_options():
+    image = Image.new("RGB", (200, 100))
+    answer = "<ref>the cat</ref><box>[[100, 200, 500, 800]]</box>"
+    with serve(completion(answer)) as server:
+        found = mllm_for(server, family="internvl").ground(image, "the cat")
+    assert server.user_texts()[0] == (
+        "Please provide the bounding box coordinate of the region this sentence describes: <ref>the cat</ref>")
+    assert found.boxes.tolist() == [[20.0, 20.0, 100.0, 80.0]] and found.labels == ["the cat"]
+    candidates = Detections(np.array([[20.0, 20.0, 100.0, 80.0]]), np.array([0.9]))
+    with serve(completion("A")) as server:
+        mllm_for(server, family="internvl").select(image, "the cat", candidates, allow_none=True)
+    assert "A. [[100, 200, 500, 800]]" in server.user_texts()[0]
+
+
+@pytest.mark.parametrize(("model", "family"), [("OpenGVLab/InternVL2_5-8B", "internvl"),
+                                               ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl"),
+                                               ("gpt-4o", "qwen2_vl")])
+def test_served_models_get_the_family_their_name_says(model, family):
+    from agent.backends import load_mllm
+    from agent.configuration import Configuration
+
+    assert load_mllm(Configuration(mllm=f"openai:{model}")).family.name == family
+
+
 def test_ground_unparseable_answer_is_a_model_output_error():
     with serve(completion("I see no such thing.")) as server:
         with pytest.raises(ModelOutputError):

@@ -16,6 +16,10 @@ from .profiles import NMS_METHODS
 # The paper's specialist (MM-Grounding-DINO-L) and MLLM (Qwen2-VL-7B-Instruct).
 DEFAULT_DETECTOR = "openmmlab-community/mm_grounding_dino_large_all"
 DEFAULT_MLLM = "Qwen/Qwen2-VL-7B-Instruct"
+# The default checkpoint of each further family, when its class is built without one.
+DEFAULT_INTERNVL = "OpenGVLab/InternVL3-8B-hf"
+DEFAULT_OWLV2 = "google/owlv2-base-patch16-ensemble"
+DEFAULT_FLORENCE2 = "florence-community/Florence-2-large"
 
 # Queries run together, rows per MLLM forward pass, requests in flight to a server.
 BATCH_SIZE = 8

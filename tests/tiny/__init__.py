@@ -6,6 +6,7 @@ else that needs a loadable model offline. Each builder writes a folder with
 """
 
 from .grounding_dino import build_tiny_grounding_dino
+from .internvl import build_tiny_internvl
 from .qwen_vl import build_tiny_qwen2_5_vl, build_tiny_qwen2_vl, build_tiny_qwen3_vl
 
-__all__ = ["build_tiny_grounding_dino", "build_tiny_qwen2_vl", "build_tiny_qwen2_5_vl", "build_tiny_qwen3_vl"]
+__all__ = ["build_tiny_grounding_dino", "build_tiny_internvl", "build_tiny_qwen2_vl", "build_tiny_qwen2_5_vl", "build_tiny_qwen3_vl"]

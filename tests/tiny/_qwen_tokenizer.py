@@ -96,11 +96,14 @@ def _train_backend(vocab_size: int) -> Tokenizer:
     return tok
 
 
-def build_qwen_tokenizer(vocab_size: int = 512) -> Qwen2Tokenizer:
+def build_qwen_tokenizer(vocab_size: int = 512, added_tokens: tuple[str, ...] = (),
+                         named_tokens: dict[str, str] | None = None) -> Qwen2Tokenizer:
     """Return a ``Qwen2Tokenizer`` (v5: the tokenizers-backed class) built fully offline.
 
     Deterministic (fixed corpus). ``vocab_size`` is an upper bound for the BPE part (the tiny
-    corpus yields ~470 tokens); the 14 special tokens are appended after it.
+    corpus yields ~470 tokens); the 14 special tokens are appended after it, then ``added_tokens``
+    (a derived model's own special tokens). ``named_tokens`` (``{"start_image_token": "<img>"}``)
+    become tokenizer attributes, as ``extra_special_tokens`` in a ``tokenizer_config.json``.
     """
     backend = _train_backend(vocab_size)
     vocab = dict(backend.get_vocab())
@@ -115,7 +118,8 @@ def build_qwen_tokenizer(vocab_size: int = 512) -> Qwen2Tokenizer:
             vocab[piece] = len(vocab)
             merges.append(("\u0120", letter))
 
-    for token in QWEN_SPECIAL_TOKENS:
+    specials = QWEN_SPECIAL_TOKENS + [token for token in added_tokens if token not in QWEN_SPECIAL_TOKENS]
+    for token in specials:
         vocab[token] = len(vocab)
 
     tokenizer = Qwen2Tokenizer(
@@ -124,10 +128,12 @@ def build_qwen_tokenizer(vocab_size: int = 512) -> Qwen2Tokenizer:
         unk_token=None,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        extra_special_tokens=[t for t in QWEN_SPECIAL_TOKENS if t not in ("<|endoftext|>", "<|im_end|>")],
+        extra_special_tokens=named_tokens or [t for t in specials if t not in ("<|endoftext|>", "<|im_end|>")],
         model_max_length=32768,
         padding_side="left",
     )
+    if named_tokens:  # the attributes took the extra_special_tokens slot: add the specials by list
+        tokenizer.add_tokens([t for t in specials if t not in ("<|endoftext|>", "<|im_end|>")], special_tokens=True)
     tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
     return tokenizer
 

@@ -4,7 +4,7 @@ Shared by every MLLM backend and the instruction-data builder, so the question r
 same everywhere. The text is the authors' (``CRS/region_selection_{pos,neg}.py``): the
 question, one line per option, then ``Answer with the option's letter from the given
 choices directly.``, followed on the same line by the "None" sentence when it is offered.
-Options are written in the MLLM family's own box language (``QwenFamily.option_boxes``).
+Options are written in the MLLM family's own box language (``ModelFamily.option_boxes``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from prompts import render_prompt
 from ..defaults import OPTION_LETTERS
 from ..detections import Detections
 from ..errors import UserInputError
-from .families import QWEN2_VL, QwenFamily
+from .families import QWEN2_VL, ModelFamily
 
 if TYPE_CHECKING:  # the prompt builders run without torch (data builders, the command line)
     import torch
@@ -43,7 +43,7 @@ def crs_prompt(
     image_size: tuple[int, int],
     allow_none: bool = False,
     *,
-    family: QwenFamily = QWEN2_VL,
+    family: ModelFamily = QWEN2_VL,
     input_size: tuple[int, int] | None = None,
     prompts_dir: str | None = None,
 ) -> tuple[str, list[str]]:

@@ -1,4 +1,4 @@
-"""Qwen VL families: each one's grounding prompt and box convention, in one place.
+"""MLLM families: each one's grounding prompt and box convention, in one place.
 
 =============  ==============================================  ===============================  ======================
 family         answer                                          coordinates                      CRS option box
@@ -6,6 +6,7 @@ family         answer                                          coordinates      
 Qwen2-VL       ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>``     integers 0..1000, relative       ``(x1,y1),(x2,y2)``
 Qwen2.5-VL     ``[{"bbox_2d": [x1, y1, x2, y2], "label": ..}]``  pixels of the *resized* input  ``[x1, y1, x2, y2]``
 Qwen3-VL       same JSON as Qwen2.5-VL                         0..1000, relative                ``[x1, y1, x2, y2]``
+InternVL       ``<ref>..</ref><box>[[x1, y1, x2, y2]]</box>``  integers 0..1000, relative       ``[[x1, y1, x2, y2]]``
 =============  ==============================================  ===============================  ======================
 
 A CRS option is written in the family's own box language and coordinates, so a model reads
@@ -65,6 +66,7 @@ _OBJECT_REF = re.compile(r"<\|object_ref_start\|>(.*?)<\|object_ref_end\|>", re.
 _FOUR_NUMBERS = rf"\[\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\]"
 _BBOX_2D = re.compile(rf'"bbox_2d"\s*:\s*({_FOUR_NUMBERS})')
 _BARE_LIST = re.compile(_FOUR_NUMBERS)
+_REF = re.compile(r"<ref>(.*?)</ref>", re.DOTALL)
 _LABEL = re.compile(r'"label"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
@@ -174,6 +176,20 @@ def find_box_token_boxes(text: str) -> list[WrittenBox]:
     return found
 
 
+def find_ref_box_boxes(text: str) -> list[WrittenBox]:
+    """InternVL boxes ``[x1, y1, x2, y2]`` (inside ``<box>[[...]]</box>``, the tags optional as
+    decoding may drop them), each labelled by the ``<ref>`` just before it."""
+    refs = list(_REF.finditer(text))
+    found = []
+    for match in _BARE_LIST.finditer(text):
+        label = None
+        for ref in refs:  # the last reference before this box
+            if ref.end() <= match.start():
+                label = ref.group(1).strip()
+        found.append(WrittenBox(_numbers(match, range(1, 5)), match.span(), label))
+    return found
+
+
 def find_json_boxes(text: str) -> list[WrittenBox]:
     """``bbox_2d`` boxes of a (possibly fenced, possibly truncated) JSON answer.
 
@@ -211,15 +227,20 @@ def write_json_list(box: Sequence[int]) -> str:
     return json.dumps([int(v) for v in box])
 
 
+def write_nested_list(box: Sequence[int]) -> str:
+    """InternVL's box text ``[[x1, y1, x2, y2]]`` (what it writes between ``<box>`` tags)."""
+    return f"[{write_json_list(box)}]"
+
+
 @dataclass(frozen=True)
-class QwenFamily:
-    """A Qwen VL generation: its grounding prompt, answer format and coordinate space."""
+class ModelFamily:
+    """An MLLM generation: its grounding prompt, answer format and coordinate space."""
 
     name: str  # canonical key, e.g. "qwen2_5_vl"
-    title: str  # as Qwen writes it, e.g. "Qwen2.5-VL"
+    title: str  # as its authors write it, e.g. "Qwen2.5-VL"
     model_types: tuple[str, ...]  # transformers ``config.model_type`` values
     prompt_name: str  # template in prompts/
-    patch_size: int  # vision patch in pixels; the resize factor is patch_size * 2
+    patch_size: int | None  # Qwen's vision patch in pixels (resize factor patch_size * 2); None: no smart_resize
     coordinates: str  # RELATIVE_1000 or INPUT_PIXELS
     find_boxes: Callable[[str], list[WrittenBox]] = field(repr=False)
     write_box: Callable[[Sequence[int]], str] = field(repr=False)
@@ -230,6 +251,11 @@ class QwenFamily:
         if focus:
             prompt += render_prompt("focus_suffix", prompts_dir, target=focus)
         return prompt
+
+    @property
+    def uses_smart_resize(self) -> bool:
+        """Whether images are resized by Qwen's ``smart_resize`` (``qwen_vl_utils``) before the model sees them."""
+        return self.patch_size is not None
 
     @property
     def needs_input_size(self) -> bool:
@@ -249,6 +275,8 @@ class QwenFamily:
         from qwen_vl_utils import smart_resize
 
         width, height = image_size
+        if not (patch_size or self.uses_smart_resize):
+            raise ValueError(f"{self.title} does not resize images with Qwen's smart_resize")
         factor = 2 * (patch_size or self.patch_size)
         try:
             new_height, new_width = smart_resize(height, width, factor=factor, min_pixels=min_pixels,
@@ -303,42 +331,50 @@ class QwenFamily:
         )
 
 
-QWEN2_VL = QwenFamily(
+QWEN2_VL = ModelFamily(
     "qwen2_vl", "Qwen2-VL", ("qwen2_vl",), "qwen2_vl_ground", 14, RELATIVE_1000, find_box_token_boxes, write_point_pair
 )
-QWEN2_5_VL = QwenFamily(
+QWEN2_5_VL = ModelFamily(
     "qwen2_5_vl", "Qwen2.5-VL", ("qwen2_5_vl",), "qwen2_5_vl_ground", 14, INPUT_PIXELS, find_json_boxes,
     write_json_list,
 )
-QWEN3_VL = QwenFamily(
+QWEN3_VL = ModelFamily(
     "qwen3_vl", "Qwen3-VL", ("qwen3_vl", "qwen3_vl_moe"), "qwen3_vl_ground", 16, RELATIVE_1000, find_json_boxes,
     write_json_list,
 )
-FAMILIES: dict[str, QwenFamily] = {family.name: family for family in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL)}
+# The -hf checkpoints load as "internvl"; the original remote-code ones (served by vLLM) say "internvl_chat".
+INTERNVL = ModelFamily(
+    "internvl", "InternVL", ("internvl", "internvl_chat"), "internvl_ground", None, RELATIVE_1000, find_ref_box_boxes,
+    write_nested_list,
+)
+FAMILIES: dict[str, ModelFamily] = {
+    family.name: family for family in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL, INTERNVL)
+}
 
 
-def get_family(name: str) -> QwenFamily:
-    """The family called ``name``: ``"qwen2_vl"``, ``"Qwen2.5-VL"``, ``"qwen3-vl"``, ..."""
+def get_family(name: str) -> ModelFamily:
+    """The family called ``name``: ``"qwen2_vl"``, ``"Qwen2.5-VL"``, ``"qwen3-vl"``, ``"internvl"``, ..."""
     key = _squash(name)
     for family in FAMILIES.values():
         if key == _squash(family.name):
             return family
-    raise UserInputError(f"unknown Qwen VL family {name!r}; known: {', '.join(f.title for f in FAMILIES.values())}")
+    raise UserInputError(f"unknown MLLM family {name!r}; known: {', '.join(f.title for f in FAMILIES.values())}")
 
 
-def family_for_model(model_type_or_name: str) -> QwenFamily:
+def family_for_model(model_type_or_name: str) -> ModelFamily:
     """The family of a transformers ``model_type`` (``"qwen2_5_vl"``) or a model name
-    (``"Qwen/Qwen3-VL-8B-Instruct"``, ``"qwen2.5-vl-72b-instruct"``)."""
+    (``"Qwen/Qwen3-VL-8B-Instruct"``, ``"qwen2.5-vl-72b-instruct"``, ``"OpenGVLab/InternVL3-8B-hf"``)."""
     key = _squash(model_type_or_name)
     for family in FAMILIES.values():
         if key in {_squash(model_type) for model_type in family.model_types}:
             return family
-    # "qwen2vl" is not a substring of "qwen25vl", so the first hit is the right one.
+    # "qwen2vl" is not a substring of "qwen25vl", so the first hit is the right one;
+    # "internvl" is in every InternVL name ("internvl25", "internvl38bhf", ...).
     for family in FAMILIES.values():
         if _squash(family.name) in key:
             return family
     raise UserInputError(
-        f"{model_type_or_name!r} is not a supported Qwen VL model; "
+        f"{model_type_or_name!r} is not a supported MLLM; "
         f"supported: {', '.join(f.title for f in FAMILIES.values())}"
     )
 
