@@ -92,16 +92,15 @@ class Backends:
 
     def _detector(self):
         if "detector" not in self._models:
-            from tools.detectors import GroundingDinoDetector
+            from tools.detectors.auto import load_detector
 
-            detector = GroundingDinoDetector.from_pretrained(
-                self.config.detector, device=self.config.device, dtype=self.config.detector_dtype
-            )
+            detector = load_detector(self.config.detector, device=self.config.device, dtype=self.config.detector_dtype)
             if self.config.cache_dir:
                 from tools.detectors.cache import CachedDetector
 
                 # The dtype and the focus scoring change the answers; the device only by rounding.
-                model_name = f"{self.config.detector} dtype={self.config.detector_dtype} focus={detector.focus_score}"
+                scoring = getattr(detector, "focus_score", None)
+                model_name = f"{self.config.detector} dtype={self.config.detector_dtype} focus={scoring}"
                 detector = CachedDetector(detector, Path(self.config.cache_dir) / "detections", model_name)
             self._models["detector"] = detector
         return self._models["detector"]

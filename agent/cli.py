@@ -49,7 +49,7 @@ def detect(
         DEFAULT_DETECTOR,
         "--detector",
         envvar="REX_DETECTOR",
-        help="Grounding DINO / MM-Grounding-DINO Hub id or local folder.",
+        help="Grounding DINO, MM-Grounding-DINO, OWLv2 or Florence-2 Hub id or local folder (its config says which).",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, fp32, fp16 or bf16."),
@@ -68,10 +68,10 @@ def detect(
         raise UserInputError("--focus is empty; give the phrase to score on, or leave the option out")
     span = find_phrase(text, focus) if focus else None
     check_text(text, span)
-    from tools.detectors import GroundingDinoDetector
+    from tools.detectors.auto import load_detector
     from tools.drawing import draw_detections
 
-    model = GroundingDinoDetector.from_pretrained(detector, device=device, dtype=dtype)
+    model = load_detector(detector, device=device, dtype=dtype)
     detections = model.detect(picture, text, focus=span).top_k(top_k)
     if save is not None:
         draw_detections(picture, detections).save(save)

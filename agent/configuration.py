@@ -52,10 +52,14 @@ class Configuration:
     focus: bool = setting(True, "Method", "target-focus matching (detector) and prompt (MLLM)")
     allow_none: bool = setting(False, "Method", "a query may have no target")
     multi: bool = setting(False, "Method", "a query may have several targets")
-    detector: str = setting(DEFAULT_DETECTOR, "Models", "Grounding DINO / MM-GDINO Hub id or folder")
+    detector: str = setting(
+        DEFAULT_DETECTOR, "Models",
+        "Grounding DINO, MM-GDINO, OWLv2 or Florence-2 Hub id or folder (the checkpoint's config says which)",
+    )
     mllm: str = setting(
         DEFAULT_MLLM, "Models",
-        "Qwen2-VL / Qwen2.5-VL / Qwen3-VL Hub id or folder, or openai:MODEL for an OpenAI-compatible server",
+        "Qwen2-VL / Qwen2.5-VL / Qwen3-VL / InternVL (-hf) Hub id or folder, or openai:MODEL for an "
+        "OpenAI-compatible server",
     )
     llm: str = setting(
         "auto", "Models",

@@ -259,11 +259,10 @@ class _CandidateSource:
 
     def _detector(self) -> Detector:
         if self.detector is None:  # loaded on first need: a fully cached resume never loads it
-            from tools.detectors import GroundingDinoDetector
+            from tools.detectors.auto import load_detector
 
             config = self.config
-            self.detector = GroundingDinoDetector.from_pretrained(config.detector, device=config.device,
-                                                                  dtype=config.dtype)
+            self.detector = load_detector(config.detector, device=config.device, dtype=config.dtype)
         return self.detector
 
     def __enter__(self) -> "_CandidateSource":

@@ -25,7 +25,7 @@ def finetune_data(
     image_root: Optional[Path] = typer.Option(None, "--image-root", help="Folder the file names are relative to."),
     split: Optional[str] = typer.Option(None, "--split", help="gRefCOCO split (grefcoco only), e.g. train."),
     detector: Optional[str] = typer.Option(
-        None, "--detector", help="Grounding DINO / MM-Grounding-DINO Hub id or folder computing the candidates."),
+        None, "--detector", help="Detector Hub id or folder computing the candidates (Grounding DINO, MM-GDINO, OWLv2, Florence-2)."),
     candidates: Optional[Path] = typer.Option(
         None, "--candidates",
         help='Cached candidates instead of a detector: JSON Lines {"id", "boxes", "scores"} (a predictions file).'),

@@ -53,6 +53,18 @@ def tiny_internvl(tiny_checkpoints):
     return tiny.build_tiny_internvl(tiny_checkpoints / "internvl")
 
 
+@pytest.fixture(scope="session")
+def tiny_owlv2(tiny_checkpoints):
+    """Folder of a tiny ``Owlv2ForObjectDetection`` (64-px images, 16 boxes, 16-token queries)."""
+    return tiny.build_tiny_owlv2(tiny_checkpoints / "owlv2")
+
+
+@pytest.fixture(scope="session")
+def tiny_florence2(tiny_checkpoints):
+    """Folder of a tiny ``Florence2ForConditionalGeneration`` (64-px images, 5 image tokens)."""
+    return tiny.build_tiny_florence2(tiny_checkpoints / "florence2")
+
+
 @pytest.fixture
 def street_image():
     """A 160x120 RGB image with a few flat-coloured rectangles."""

@@ -383,9 +383,9 @@ def broken_detectors(tmp_path, tiny_mm_grounding_dino):
 
 
 @pytest.mark.parametrize("which, fragment", [
-    ("qwen", "is a qwen2_vl checkpoint, not Grounding DINO / MM-Grounding-DINO"),
+    ("qwen", "is a qwen2_vl checkpoint; supported detectors: Grounding DINO, MM-Grounding-DINO, OWLv2, Florence-2"),
     ("corrupt", "as a Grounding DINO / MM-Grounding-DINO checkpoint"),
-    ("bad_config", "as a Grounding DINO / MM-Grounding-DINO checkpoint"),
+    ("bad_config", "as a detector checkpoint"),
 ])
 def test_a_checkpoint_that_is_not_a_detector_is_one_line(capsys, files, broken_detectors, tiny_qwen2_vl, which,
                                                          fragment):

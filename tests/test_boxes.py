@@ -105,3 +105,17 @@ def test_bad_shapes_and_sizes_are_errors():
         box_ops.pixels_to_qwen([[0, 0, 1, 1]], 0, 10)
     with pytest.raises(ValueError, match="3 boxes but 2 scores"):
         box_ops.nms(np.zeros((3, 4)), [1, 2], 0.5)
+
+
+def test_padded_square_to_pixels_by_hand():
+    # A 200x100 image is padded to 200x200: a box centred at (0.25, 0.25) of side 0.1 of the square.
+    np.testing.assert_allclose(box_ops.padded_square_to_pixels([[0.25, 0.25, 0.1, 0.1]], 200, 100),
+                               [[40.0, 40.0, 60.0, 60.0]])
+    np.testing.assert_allclose(box_ops.padded_square_to_pixels([[0.5, 0.5, 1.0, 1.0]], 100, 300),
+                               [[0.0, 0.0, 300.0, 300.0]])
+
+
+def test_location_bins_to_pixels_by_hand():
+    # Bin i covers [i, i+1) thousandths of the side; its centre, truncated: (100 + 0.5) * 640 / 1000 = 64.32 -> 64.
+    np.testing.assert_array_equal(box_ops.location_bins_to_pixels([[100, 200, 500, 999]], 640, 480),
+                                  [[64.0, 96.0, 320.0, 479.0]])

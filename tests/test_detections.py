@@ -70,3 +70,54 @@ def test_to_dict_is_plain_python():
     d = Detections([[0, 0, 1, 1]], [0.5], ["x"], {"prob_product": [0.25]})
     assert d.to_dict() == {"boxes": [[0, 0, 1, 1]], "scores": [0.5], "labels": ["x"], "prob_product": [0.25]}
     assert "0.500" in repr(d)
+
+
+# ------------------------------------------------------------------ supervision interop
+
+
+def test_to_and_from_supervision_round_trip():
+    sv = pytest.importorskip("supervision")
+    detections = Detections([[1, 2, 30, 40], [5, 5, 9, 9], [0, 0, 4, 4]], [0.9, 0.5, 0.2], ["cat", "dog", "cat"],
+                            {"prob_product": np.array([0.8, 0.4, 0.1])})
+    converted = detections.to_supervision()
+    assert isinstance(converted, sv.Detections) and len(converted) == 3
+    np.testing.assert_array_equal(converted.xyxy, detections.boxes)
+    np.testing.assert_array_equal(converted.confidence, detections.scores)
+    assert converted.class_id.tolist() == [0, 1, 0] and converted.data["class_name"].tolist() == ["cat", "dog", "cat"]
+    back = Detections.from_supervision(converted)
+    np.testing.assert_array_equal(back.boxes, detections.boxes)
+    np.testing.assert_array_equal(back.scores, detections.scores)
+    assert back.labels == detections.labels
+    np.testing.assert_array_equal(back.data["prob_product"], detections.data["prob_product"])
+    # supervision's own slicing keeps everything aligned.
+    assert Detections.from_supervision(converted[converted.confidence > 0.3]).labels == ["cat", "dog"]
+
+
+def test_supervision_annotators_draw_rex_detections():
+    sv = pytest.importorskip("supervision")
+    image = np.zeros((60, 80, 3), dtype=np.uint8)
+    detections = Detections([[10, 10, 50, 40]], [0.9], ["the red box"]).to_supervision()
+    drawn = sv.BoxAnnotator().annotate(image.copy(), detections)
+    drawn = sv.LabelAnnotator().annotate(drawn, detections)
+    assert drawn.shape == image.shape and drawn.any()
+
+
+def test_from_supervision_without_confidence_or_names():
+    sv = pytest.importorskip("supervision")
+    plain = sv.Detections(xyxy=np.array([[0.0, 0, 5, 5], [1, 1, 2, 2]]), class_id=np.array([3, 7]),
+                          tracker_id=np.array([11, 12]))
+    converted = Detections.from_supervision(plain)
+    assert converted.scores.tolist() == [1.0, 1.0] and converted.labels == ["3", "7"]
+    assert converted.data["tracker_id"].tolist() == [11, 12]
+    assert len(Detections.from_supervision(sv.Detections.empty())) == 0
+    assert Detections.empty().to_supervision().xyxy.shape == (0, 4)
+
+
+def test_to_supervision_without_the_package_says_how_to_install(monkeypatch):
+    import sys
+
+    from tools.errors import UserInputError
+
+    monkeypatch.setitem(sys.modules, "supervision", None)
+    with pytest.raises(UserInputError, match=r"pip install 'rex-agent\[supervision\]'"):
+        Detections([[0, 0, 1, 1]], [1.0]).to_supervision()

@@ -243,11 +243,12 @@ def test_multi_target_skipped_and_no_target_answers_none_on_grec(tmp_path, datas
     assert no_target.answer == "C" and no_target.meta["negative"] == "no-target"
 
 
-def test_cli_with_the_tiny_detector_end_to_end(tmp_path, dataset, tiny_mm_grounding_dino, capsys):
+@pytest.mark.parametrize("detector", ["tiny_mm_grounding_dino", "tiny_owlv2"])
+def test_cli_with_the_tiny_detector_end_to_end(tmp_path, dataset, detector, request, capsys):
     annotations = write_finecops(tmp_path, ids=(1, 11), name="two.json")
     out = tmp_path / "out"
     code = agent_cli(["finetune-data", "--format", "finecops-ref", "--annotations", str(annotations),
-                      "--image-root", str(dataset[1]), "--detector", str(tiny_mm_grounding_dino),
+                      "--image-root", str(dataset[1]), "--detector", str(request.getfixturevalue(detector)),
                       "--output", str(out), "--negatives", "5", "--device", "cpu", "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0, printed

@@ -17,7 +17,10 @@ def test_readme_has_python_examples():
 
 
 @pytest.mark.parametrize("index", range(len(python_blocks())))
-def test_python_example_runs(index, tiny_mm_grounding_dino, monkeypatch):
+def test_python_example_runs(index, tiny_mm_grounding_dino, tiny_owlv2, tiny_florence2, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
-    code = re.sub(r'"openmmlab-community/[^"]+"', repr(str(tiny_mm_grounding_dino)), python_blocks()[index])
+    code = python_blocks()[index]
+    for hub_id, folder in ((r"openmmlab-community/[^\"]+", tiny_mm_grounding_dino), (r"google/owlv2-[^\"]+", tiny_owlv2),
+                           (r"florence-community/[^\"]+", tiny_florence2)):
+        code = re.sub(f'"{hub_id}"', repr(str(folder)), code)
     exec(compile(code, f"README.md block {index}", "exec"), {})

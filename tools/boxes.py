@@ -95,6 +95,21 @@ def resize_boxes(boxes, from_size: tuple[float, float], to_size: tuple[float, fl
     return scale_boxes(boxes, to_size[0] / from_size[0], to_size[1] / from_size[1])
 
 
+def padded_square_to_pixels(boxes, width: float, height: float) -> np.ndarray:
+    """Relative ``(cx, cy, w, h)`` boxes of an image padded (right and bottom) to a square, as
+    OWLv2 sees it, to ``xyxy`` pixels of the ``width`` x ``height`` image (not clipped)."""
+    _check_size(width, height)
+    side = max(width, height)
+    return scale_boxes(cxcywh_to_xyxy(boxes), side, side)
+
+
+def location_bins_to_pixels(bins, width: float, height: float, num_bins: int = 1000) -> np.ndarray:
+    """Florence-2's ``<loc_i>`` bins (0..num_bins-1 per axis) to ``xyxy`` pixels: each bin's centre,
+    ``(i + 0.5) * size / num_bins``, truncated to an integer as its post-processor does."""
+    _check_size(width, height)
+    return np.floor(scale_boxes(as_boxes(bins) + 0.5, width / num_bins, height / num_bins))
+
+
 def clip_boxes(boxes, width: float, height: float) -> np.ndarray:
     """Clip boxes to the image ``[0, width] x [0, height]``."""
     b = as_boxes(boxes).copy()

@@ -8,6 +8,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from . import boxes as box_ops
+from .errors import UserInputError
+
+# Where supervision keeps class names (what its LabelAnnotator writes).
+SUPERVISION_LABELS = "class_name"
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,7 +125,49 @@ class Detections:
             out[name] = values.tolist()
         return out
 
+    def to_supervision(self):
+        """These detections as a ``supervision.Detections`` (``pip install 'rex-agent[supervision]'``),
+        for its annotators, trackers and dataset tools: ``xyxy`` and ``confidence`` as here, the
+        labels as ``data["class_name"]`` with ``class_id`` numbering the distinct labels in order of
+        first appearance, and every ``data`` array."""
+        sv = _supervision()
+        data = {name: np.array(values) for name, values in self.data.items()}
+        class_id = None
+        if self.labels is not None:
+            names = list(dict.fromkeys(self.labels))
+            class_id = np.array([names.index(label) for label in self.labels], dtype=np.int64)
+            data[SUPERVISION_LABELS] = np.array(self.labels, dtype=str)
+        return sv.Detections(xyxy=self.boxes.copy(), confidence=self.scores.copy(), class_id=class_id, data=data)
+
+    @classmethod
+    def from_supervision(cls, detections) -> "Detections":
+        """``Detections`` from a ``supervision.Detections``: its boxes, its confidence (1 where it has
+        none), ``data["class_name"]`` (else ``class_id`` as text) as labels, and its other per-box
+        arrays (``tracker_id`` included) as ``data``."""
+        boxes = np.asarray(detections.xyxy, dtype=np.float64).reshape(-1, 4)
+        count = len(boxes)
+        confidence = detections.confidence
+        scores = np.ones(count) if confidence is None else np.asarray(confidence, dtype=np.float64)
+        extra = dict(detections.data or {})
+        labels = None
+        if SUPERVISION_LABELS in extra:
+            labels = [str(label) for label in extra.pop(SUPERVISION_LABELS)]
+        elif detections.class_id is not None:
+            labels = [str(int(index)) for index in detections.class_id]
+        if detections.tracker_id is not None:
+            extra["tracker_id"] = np.asarray(detections.tracker_id)
+        data = {name: np.asarray(values) for name, values in extra.items() if np.shape(values)[:1] == (count,)}
+        return cls(boxes, scores, labels, data)
+
     def __repr__(self) -> str:
         head = ", ".join(f"{[round(float(v), 1) for v in b]}@{s:.3f}" for b, s in list(self)[:3])
         more = f", ... ({len(self)} in all)" if len(self) > 3 else ""
         return f"Detections([{head}{more}])"
+
+
+def _supervision():
+    try:
+        import supervision
+    except ImportError:
+        raise UserInputError("Detections.to_supervision needs supervision: pip install 'rex-agent[supervision]'") from None
+    return supervision

@@ -8,7 +8,12 @@ _EXPORTS = {
     "caption_and_focus_tokens": ".base",
     "check_text": "..text",
     "DEFAULT_DETECTOR": "..defaults",
+    "DETECTOR_CLASSES": ".auto",
+    "Florence2Detector": ".florence2",
     "GroundingDinoDetector": ".grounding_dino",
+    "Owlv2Detector": ".owlv2",
+    "detector_class": ".auto",
+    "load_detector": ".auto",
     "OriginalGroundingDinoDetector": ".groundingdino_original",
 }
 __all__ = sorted(_EXPORTS)

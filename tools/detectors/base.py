@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 from PIL import Image
 
@@ -16,7 +16,7 @@ from ..text import Span
 class Detector(Protocol):
     """An open-vocabulary detector that grounds text in an image.
 
-    Implement ``detect`` to plug in your own model (OWLv2, Florence-2, ...). ``image``
+    Implement ``detect`` to plug in your own model (a YOLO-World, a SAM pipeline, ...). ``image``
     is an RGB ``PIL.Image``; the result holds ``xyxy`` pixel boxes, best first.
     ``focus`` is the ``(start, end)`` character span of the target inside ``text``:
     when given, each box is scored by how well it matches those characters only
@@ -26,6 +26,14 @@ class Detector(Protocol):
     """
 
     def detect(self, image: Image.Image, text: str, focus: Span | None = None) -> Detections: ...
+
+
+def focus_spans(texts: Sequence[str], focuses: Sequence[Span | None] | None) -> list[Span | None]:
+    """One focus span (or ``None``) per text: ``focuses`` as given, or none at all."""
+    spans = list(focuses) if focuses is not None else [None] * len(texts)
+    if len(spans) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(spans)} focus spans")
+    return spans
 
 
 # How a query is scored over the target's tokens with target focus: "mean", as mmdetection's

@@ -35,7 +35,7 @@ from PIL import Image
 from ..detections import Detections
 from ..files import write_atomically
 from ..text import Span
-from .base import Detector
+from .base import Detector, focus_spans
 
 # Bumped when the file layout changes, so old files are never misread.
 FORMAT_VERSION = 1
@@ -66,9 +66,7 @@ class CachedDetector:
         self, image: Image.Image, texts: Sequence[str], focuses: Sequence[Span | None] | None = None
     ) -> list[Detections]:
         """Answers for ``(text, focus)`` pairs on ``image``; only the uncached ones reach the detector."""
-        focuses = list(focuses) if focuses is not None else [None] * len(texts)
-        if len(focuses) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(focuses)} focus spans")
+        focuses = focus_spans(texts, focuses)
         image_digest = self._image_digest(image)
         files = [self._file(image_digest, text, focus) for text, focus in zip(texts, focuses)]
         queries = dict(zip(files, zip(texts, focuses)))  # a query asked twice is one file

@@ -12,15 +12,10 @@ from PIL import Image
 from .. import boxes as box_ops
 from ..defaults import DEFAULT_DETECTOR
 from ..batching import one_call_at_a_time
-from ..checkpoints import resolve_checkpoint, unloadable_checkpoint
 from ..detections import Detections
-from ..devices import resolve_device, resolve_dtype
-from ..errors import UserInputError
 from ..text import Span, check_text
-from .base import caption_and_focus_tokens, check_focus_score, query_scores
-
-# The paper's router and specialist: MM-Grounding-DINO large, "pretrain all".
-DETECTOR_MODEL_TYPES = ("grounding-dino", "mm-grounding-dino")
+from .base import caption_and_focus_tokens, check_focus_score, focus_spans, query_scores
+from .loading import load_detector_parts
 
 
 class GroundingDinoDetector:
@@ -36,6 +31,9 @@ class GroundingDinoDetector:
     mmdetection computes for the authors' ``tokens_positive``), or their maximum
     (``focus_score="max"``, ranking a multi-word target by its strongest word).
     """
+
+    model_types = ("grounding-dino", "mm-grounding-dino")  # the checkpoints' config.model_type
+    title = "Grounding DINO / MM-Grounding-DINO"
 
     def __init__(self, model, processor, *, max_detections: int | None = None, focus_score: str = "mean"):
         self.focus_score = check_focus_score(focus_score)
@@ -63,23 +61,12 @@ class GroundingDinoDetector:
         ``dtype="auto"`` keeps float32 even on a GPU: detection heads lose recall in
         half precision, and the detector is cheap next to the MLLM.
         """
-        from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoProcessor
+        from transformers import AutoModelForZeroShotObjectDetection
 
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device, half_on_gpu=False)
-        hint = "or pass --detector PATH"
-        source = resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir, hint=hint)
-        hub = {"revision": revision, "cache_dir": cache_dir}
-        with unloadable_checkpoint(name_or_path, "Grounding DINO / MM-Grounding-DINO"):
-            model_type = AutoConfig.from_pretrained(source, **hub).model_type
-            if model_type not in DETECTOR_MODEL_TYPES:
-                raise UserInputError(
-                    f"{os.fspath(name_or_path)!r} is a {model_type} checkpoint, not Grounding DINO / "
-                    "MM-Grounding-DINO; pass a detector to --detector"
-                )
-            processor = AutoProcessor.from_pretrained(source, **hub)
-            model = AutoModelForZeroShotObjectDetection.from_pretrained(source, **hub, dtype=torch_dtype)
-        return cls(model.to(torch_device), processor, max_detections=max_detections, focus_score=focus_score)
+        model, processor = load_detector_parts(name_or_path, cls.model_types, cls.title,
+                                               AutoModelForZeroShotObjectDetection, device=device, dtype=dtype,
+                                               revision=revision, cache_dir=cache_dir)
+        return cls(model, processor, max_detections=max_detections, focus_score=focus_score)
 
     @property
     def device(self) -> torch.device:
@@ -95,9 +82,7 @@ class GroundingDinoDetector:
     ) -> list[Detections]:
         """Several texts on one image in one batched forward: the image is preprocessed and its
         (text-independent) backbone features computed once, then shared by every text."""
-        focuses = list(focuses) if focuses is not None else [None] * len(texts)
-        if len(focuses) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(focuses)} focus spans")
+        focuses = focus_spans(texts, focuses)
         for text, focus in zip(texts, focuses):
             check_text(text, focus)
         tokenizer = self.processor.tokenizer

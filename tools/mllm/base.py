@@ -14,7 +14,7 @@ from .selection import Selection
 class MLLM(Protocol):
     """A multimodal LLM that can ground an expression and answer a CRS question.
 
-    Implement these two methods to plug in your own model (GPT-4o, InternVL, ...).
+    Implement these two methods to plug in your own model (a LLaVA, a Molmo, ...).
     ``image`` is an RGB ``PIL.Image``; boxes are ``xyxy`` pixels of that image. Optionally,
     ``ground_batch(images, expressions, focuses)`` and ``select_batch(images, expressions,
     candidates, allow_none)`` answer several queries in one call: queries run together

@@ -1,0 +1,42 @@
+"""Loading a detector checkpoint: find it, check its architecture, load processor and weights."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..checkpoints import resolve_checkpoint, unloadable_checkpoint
+from ..devices import resolve_device, resolve_dtype
+from ..errors import UserInputError
+
+
+def load_detector_parts(
+    name_or_path: str | os.PathLike,
+    model_types: tuple[str, ...],
+    title: str,
+    auto_class,
+    *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+):
+    """``(model, processor)`` of a checkpoint whose ``config.model_type`` is one of ``model_types``,
+    the model on ``device``. ``dtype="auto"`` keeps float32 even on a GPU: detection heads lose
+    recall in half precision, and the detector is cheap next to the MLLM."""
+    from transformers import AutoConfig, AutoProcessor
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device, half_on_gpu=False)
+    source = resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir, hint="or pass --detector PATH")
+    hub = {"revision": revision, "cache_dir": cache_dir}
+    with unloadable_checkpoint(name_or_path, title):
+        model_type = AutoConfig.from_pretrained(source, **hub).model_type
+        if model_type not in model_types:
+            raise UserInputError(
+                f"{os.fspath(name_or_path)!r} is a {model_type} checkpoint, not {title}; pass a detector to --detector"
+            )
+        processor = AutoProcessor.from_pretrained(source, **hub)
+        model = auto_class.from_pretrained(source, **hub, dtype=torch_dtype)
+    return model.to(torch_device), processor
