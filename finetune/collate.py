@@ -1,7 +1,7 @@
 """Batches of CRS samples: tokens, images and labels that supervise only the answer.
 
 A row is the chat template's rendering of the user turn with the generation prompt (the
-exact text ``QwenVL.select`` feeds the model) followed by the answer letter and the
+exact text the local MLLM's ``select`` feeds the model) followed by the answer letter and the
 end-of-turn token, e.g. ``...<|im_start|>assistant\\nB<|im_end|>``. Rows are padded on the
 left, as at inference, so every row ends at the last column: the answer tokens are the
 last ``answer_length`` columns and only they carry labels (-100 elsewhere). The logits

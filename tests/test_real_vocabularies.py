@@ -135,3 +135,29 @@ def test_focus_tokens_equal_mmdetections_positive_map_on_random_word_spans(bert)
         _, positions = caption_and_focus_tokens(text, (start, end), bert, max_tokens=256)
         caption = text if text.endswith(".") else text + "."
         assert positions == positive_map_tokens(bert, caption, start, end), text[start:end]
+
+
+def test_internvl_answers_on_its_real_language_model_vocabulary(qwen_tokenizer):
+    """InternVL3's -hf tokenizer is Qwen2's with its own tokens appended (transformers'
+    convert_internvl_weights_to_hf.py); the answer convention on those real ids."""
+    from transformers import AutoTokenizer
+
+    from tools.mllm.families import INTERNVL
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer.name_or_path)
+    added = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
+    tokenizer.add_tokens(added, special_tokens=True)
+    # Appended after Qwen's vocabulary, so the option letters keep the reference's ids.
+    assert [tokenizer.convert_tokens_to_ids(token) for token in added] == list(range(151657, 151666))
+    assert letter_token_ids(tokenizer, list("ABCDE")) == letter_token_ids(qwen_tokenizer, list("ABCDE"))
+    ids = tokenizer.encode("<ref>the red cup</ref><box>[[123, 456, 789, 100]]</box><|im_end|>", add_special_tokens=False)
+    texts = [tokenizer.decode([i]) for i in ids]
+    parsed = INTERNVL.parse_answer("".join(texts), (1000, 500))
+    np.testing.assert_allclose(parsed.boxes, [[123, 50, 789, 228]])
+    assert parsed.labels == ("the red cup",)
+    # The confidence averages the tokens between <box> and </box>: "[[", the digits, ", ", "]]".
+    logprobs = -np.arange(1, len(ids) + 1) / 100
+    confidence = box_token_confidence(texts, logprobs, None, parsed.spans)
+    start, end = ids.index(tokenizer.convert_tokens_to_ids("<box>")) + 1, ids.index(tokenizer.convert_tokens_to_ids("</box>"))
+    assert texts[start] == "[[" and texts[end - 1] == "]]"
+    assert confidence.mean_prob[0] == pytest.approx(np.exp(logprobs[start:end]).mean())
