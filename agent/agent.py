@@ -16,6 +16,7 @@ from tools.text import clean_expression
 
 from .backends import Backends
 from .configuration import MODEL_SETTINGS, Configuration
+from .finishing import FinishPolicy, recorded_answer
 from .graph import build_graph
 from .nodes import make_nodes
 from .result import Result
@@ -61,6 +62,7 @@ class Agent:
     def _bind(self, config: Configuration, backends: Backends) -> None:
         self.config, self.backends = config, backends
         self.graph = build_graph(make_nodes(backends, config), config)
+        self._policy = FinishPolicy.of(config)
 
     def with_settings(self, **settings: Any) -> "Agent":
         """An agent with other method settings (``strategy``, ``focus``, ``allow_none``,
@@ -112,6 +114,11 @@ class Agent:
             target_span=state.get("target_span"),
             target_source=state.get("target_source"),
             selection=state.get("selection"),
+            expected_count=state.get("expected_count"),
+            count_source=state.get("count_source"),
+            candidates=state.get("candidates"),
+            verification=None if state.get("verification") is None else [float(p) for p in state["verification"]],
+            path_answer=recorded_answer(state.get("path"), state["answer"], self._policy) if "answer" in state else None,
             trace=state["trace"],
             timings=timings,
             fallbacks=state["fallbacks"],

@@ -7,8 +7,9 @@ last when allowed); ``extract`` -> one phrase (or ``None``) per expression.
 
 Queries run together (``tools.batching``) have their calls coalesced into the optional batch
 methods ``ground_batch(images, expressions, focuses)``, ``select_batch(images, expressions,
-candidates, allow_none)`` and ``detect_batch(images, texts, focuses)``; a backend without them
-is called once per query. Calls into a plug-in take turns unless it says ``thread_safe = True``
+candidates, allow_none)``, ``verify_batch(images, expressions, candidates)`` and
+``detect_batch(images, texts, focuses)``; a backend without them is called once per query.
+``verify`` (per-candidate yes/no, ``crs_mode="verify"``) is optional: ``p(yes)`` per candidate. Calls into a plug-in take turns unless it says ``thread_safe = True``
 (the bundled models serialise themselves).
 """
 
@@ -32,7 +33,8 @@ from tools.extraction import OpenAIChatExtractor
 from tools.extraction import align_target, heuristic_extraction
 from tools.mllm.crs import option_letters
 from tools.mllm.openai_compat import OpenAICompatibleMLLM
-from tools.mllm.selection import Selection
+from tools.mllm.selection import Selection, average_orders, cyclic_orders
+from tools.mllm.verify import as_yes_probabilities
 
 from .configuration import Configuration
 
@@ -56,6 +58,7 @@ class Backends:
         self._plugin_locks: dict[int, threading.Lock] = {}
         self._ground = Coalescer(self._ground_one, self._ground_many, config.batch_size)
         self._select = Coalescer(self._select_one, self._select_many, config.batch_size)
+        self._verify = Coalescer(self._verify_one, self._verify_many, config.batch_size)
         self._detect = Coalescer(self._detect_one, self._detect_many_images, config.batch_size)
 
     def with_config(self, config: Configuration) -> "Backends":
@@ -123,7 +126,7 @@ class Backends:
         choice = self.config.llm
         if choice == "auto":
             choice = "mllm" if self.config.uses_mllm else "heuristic"
-        slot = f"extractor:{choice}"
+        slot = f"extractor:{choice}" + (" +count" if self.config.needs_count else "")
         if slot not in self._models:
             self._models[slot] = self._load_extractor(choice)
         return self._models[slot]
@@ -131,18 +134,21 @@ class Backends:
     def _load_extractor(self, choice: str):
         if choice == "heuristic":
             return HeuristicExtractor()
+        # Answers depend on the expected count: ask for it in the same call (the count prompt).
+        count = {"with_count": True} if self.config.needs_count else {}
         if choice == "mllm":
             if isinstance(self.mllm, OpenAICompatibleMLLM):  # the same served model, as a chat model
                 name = f"{OPENAI_PREFIX}{self.mllm.model}"
                 return OpenAIChatExtractor(self.mllm.model, base_url=self.mllm.client.base_url,
-                                           concurrency=self.config.batch_size, cache=self._extraction_cache(name))
+                                           concurrency=self.config.batch_size, cache=self._extraction_cache(name),
+                                           **count)
             if not hasattr(self.mllm, "generate_text"):
                 return HeuristicExtractor()  # a plug-in MLLM without text-only generation
             model = self.config.mllm + (f" adapter={self.config.adapter}" if self.config.adapter else "")
-            return LocalChatExtractor(self.mllm, cache=self._extraction_cache(model))
+            return LocalChatExtractor(self.mllm, cache=self._extraction_cache(model), **count)
         if choice.startswith(OPENAI_PREFIX):
             return OpenAIChatExtractor(choice[len(OPENAI_PREFIX) :], concurrency=self.config.batch_size,
-                                       cache=self._extraction_cache(choice))
+                                       cache=self._extraction_cache(choice), **count)
         raise UserInputError(f"unknown llm {choice!r}; use auto, mllm, heuristic or openai:MODEL")
 
     def _extraction_cache(self, model: str) -> Path | None:
@@ -153,6 +159,8 @@ class Backends:
         """
         if not self.config.cache_dir:
             return None
+        if self.config.needs_count:  # the count prompt's answers are kept apart from the reference prompt's
+            model += " +count"
         readable = re.sub(r"[^A-Za-z0-9.-]+", "_", model).strip("_")[-60:]
         digest = hashlib.sha256(model.encode("utf-8")).hexdigest()[:8]
         return Path(self.config.cache_dir) / f"extraction-{readable}-{digest}.json"
@@ -221,6 +229,53 @@ class Backends:
                            "mllm.select_batch")
         return [answer if isinstance(answer, BaseException) else as_selection(answer, boxes, allow_none)
                 for answer, boxes in zip(answers, candidates)]
+
+    def select_in_orders(self, image: Image.Image, expression: str, candidates: Detections, allow_none: bool,
+                         orders: int) -> Selection:
+        """``select`` asked with the candidates in ``orders`` cyclic orders (one batched call when the
+        MLLM has ``select_batch``) and averaged per candidate (``selection.average_orders``)."""
+        permutations = cyclic_orders(len(candidates), orders)
+        if len(permutations) < 2:
+            return self.select(image, expression, candidates, allow_none)
+        items = [(image, expression, candidates[order], allow_none) for order in permutations]
+        if hasattr(self.mllm, "select_batch"):
+            answers = self._select_many(allow_none, items)
+        else:
+            answers = [self._select_one(item) for item in items]
+        failed = next((answer for answer in answers if isinstance(answer, BaseException)), None)
+        if failed is not None:
+            raise failed
+        return average_orders(candidates, answers, permutations)
+
+    def verify(self, image: Image.Image, expression: str, candidates: Detections) -> np.ndarray:
+        """``p(yes)`` of each candidate (``crs_mode="verify"``), batched across queries when the MLLM
+        has ``verify_batch``."""
+        if not (hasattr(self.mllm, "verify") or hasattr(self.mllm, "verify_batch")):
+            raise UserInputError(f"crs_mode=verify needs an MLLM with verify(image, expression, candidates); "
+                                 f"{type(self.mllm).__name__} has none (use crs_mode=choice)")
+        if len(candidates) == 0:
+            return np.zeros(0)
+        if hasattr(self.mllm, "verify_batch"):
+            return self._verify((image, expression, candidates))
+        return self._verify_one((image, expression, candidates))
+
+    def _verify_one(self, item) -> np.ndarray:
+        image, expression, candidates = item
+        answer = self._call(self.mllm, "verify", image, expression, candidates)
+        return as_yes_probabilities(answer, len(candidates), "mllm.verify")
+
+    def _verify_many(self, _, items) -> list:
+        images, expressions, candidates = (list(column) for column in zip(*items))
+        answers = _answers(lambda: self._call(self.mllm, "verify_batch", images, expressions, candidates),
+                           "mllm.verify_batch")
+        converted = []
+        for answer, boxes in zip(answers, candidates):
+            try:
+                converted.append(answer if isinstance(answer, BaseException)
+                                 else as_yes_probabilities(answer, len(boxes), "mllm.verify_batch"))
+            except ModelOutputError as error:
+                converted.append(error)
+        return converted
 
     def _call(self, model, method: str, *args, **kwargs):
         """``model.method(...)``, taking turns with the other threads unless the model serialises

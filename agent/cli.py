@@ -15,6 +15,7 @@ from rich.table import Table
 from agent.cli_settings import with_settings
 from agent.configuration import Configuration
 from agent.eval_cli import evaluate
+from agent.calibrate_cli import calibrate
 from agent.score_cli import score
 from agent.serve_cli import serve
 from finetune.cli import finetune
@@ -159,6 +160,7 @@ def graph(*, settings: Configuration) -> None:
 
 
 app.command("score")(score)
+app.command("calibrate")(calibrate)
 app.command("eval")(evaluate)
 app.command("finetune")(finetune)
 app.command("finetune-data")(finetune_data)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from dataclasses import Field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 import typer
 
-from agent.configuration import Configuration
+from agent.configuration import ENV_PREFIX, Configuration
 
 _TYPES = {"str": str, "bool": bool, "int": int, "float": float}
 
@@ -39,7 +40,8 @@ def with_settings(*, only: Iterable[str] | None = None, exclude: Iterable[str] =
     defaults = dict(defaults or {})
 
     def decorate(command: Callable) -> Callable:
-        own = [p for name, p in inspect.signature(command, eval_str=True).parameters.items() if name != "settings"]
+        own = [p for name, p in inspect.signature(command, eval_str=True).parameters.items()
+               if name not in ("settings", "config_file")]
         generated = [_option(item, defaults.get(item.name, item.default)) for item in chosen]
         config = inspect.Parameter(
             "config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
@@ -47,11 +49,16 @@ def with_settings(*, only: Iterable[str] | None = None, exclude: Iterable[str] =
         )
         names = [item.name for item in chosen]
 
+        wants_file = "config_file" in inspect.signature(command).parameters
+
         @functools.wraps(command)
         def run(**arguments: Any) -> Any:
             values = {name: arguments.pop(name) for name in names}
-            settings = Configuration.load(arguments.pop("config"), defaults=defaults, **values)
-            return command(settings=settings, **arguments)
+            config_file = arguments.pop("config")
+            settings = Configuration.load(config_file, defaults=defaults, **values)
+            # A command that says what a settings file holds beyond the settings (its calibration) gets its path.
+            extra = {"config_file": config_file or os.environ.get(ENV_PREFIX + "CONFIG")} if wants_file else {}
+            return command(settings=settings, **arguments, **extra)
 
         parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + generated + [config]
         run.__signature__ = inspect.Signature(parameters)

@@ -21,6 +21,8 @@ from tools.images import DEFAULT_MAX_IMAGE_PIXELS
 from tools.profiles import PROFILES, Profile, get_profile
 
 STRATEGIES = ("specialist", "mllm", "sfa", "crs", "sfa+crs")
+CRS_MODES = ("choice", "verify")
+AUTO = "auto"  # multi: as many targets as the expression names
 ENV_PREFIX = "REX_"
 # The settings that choose, place or feed a model when it loads. Agents sharing models
 # (``Agent.with_settings``) agree on these and may differ in every other one.
@@ -51,7 +53,11 @@ class Configuration:
     strategy: str = setting("sfa", "Method", "specialist, mllm, sfa, crs or sfa+crs")
     focus: bool = setting(True, "Method", "target-focus matching (detector) and prompt (MLLM)")
     allow_none: bool = setting(False, "Method", "a query may have no target")
-    multi: bool = setting(False, "Method", "a query may have several targets")
+    multi: str | bool = setting(
+        False, "Method",
+        "how many targets a query may have: false (one), true (several), auto (as many as the expression "
+        "says: 'both', 'two', plurals, coordinations)",
+    )
     detector: str = setting(
         DEFAULT_DETECTOR, "Models",
         "Grounding DINO, MM-GDINO, OWLv2 or Florence-2 Hub id or folder (the checkpoint's config says which)",
@@ -109,6 +115,13 @@ class Configuration:
     router_iou_threshold: float = setting(ROUTING.iou_threshold, "Routing (SFA)", "NMS IoU merging duplicates")
     crs_top_k: int = setting(CRS_CANDIDATES.top_k, "CRS", "candidates offered (before NMS)")
     crs_iou_threshold: float = setting(CRS_CANDIDATES.iou_threshold, "CRS", "NMS IoU over the candidates")
+    crs_mode: str = setting(
+        "choice", "CRS",
+        "choice: the MLLM picks one lettered option (the paper's); verify: it answers yes/no for each candidate",
+    )
+    crs_permutations: int = setting(
+        1, "CRS", "choice: ask with the options in this many cyclic orders and average (debiases letter preference)"
+    )
     specialist_threshold: float = setting(
         0.3, "Generalized REC", "with allow_none: specialist answers scoring less are no target"
     )
@@ -117,6 +130,9 @@ class Configuration:
     )
     multi_ratio: float = setting(
         0.5, "Generalized REC", "multi with CRS: share of the best option's probability to keep a candidate"
+    )
+    verify_threshold: float = setting(
+        0.5, "Generalized REC", "crs_mode verify: candidates with p(yes) below it are not the target"
     )
 
     def __post_init__(self) -> None:
@@ -134,8 +150,13 @@ class Configuration:
             raise UserInputError("crs_top_k, router_top_k and batch_size must be at least 1")
         if self.crs_top_k + self.allow_none > len(OPTION_LETTERS):
             raise UserInputError(f"CRS offers at most {len(OPTION_LETTERS)} options: crs_top_k={self.crs_top_k} is too many")
+        object.__setattr__(self, "multi", multi_mode(self.multi))
+        if self.crs_mode not in CRS_MODES:
+            raise UserInputError(f"unknown crs_mode {self.crs_mode!r}; choose one of {', '.join(CRS_MODES)}")
+        if self.crs_permutations < 1:
+            raise UserInputError(f"crs_permutations must be at least 1, got {self.crs_permutations}")
         for name in ("router_score_threshold", "router_iou_threshold", "crs_iou_threshold",
-                     "specialist_threshold", "mllm_threshold", "multi_ratio"):
+                     "specialist_threshold", "mllm_threshold", "multi_ratio", "verify_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UserInputError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
 
@@ -168,9 +189,15 @@ class Configuration:
         return self.strategy != "specialist"
 
     @property
+    def needs_count(self) -> bool:
+        """Whether answers depend on how many objects the expression names (``multi="auto"``, verification)."""
+        return self.multi == AUTO or (self.crs_mode == "verify" and self.strategy in ("crs", "sfa+crs"))
+
+    @property
     def uses_extractor(self) -> bool:
-        """Routing needs the target phrase; so does focus, on every path that applies it."""
-        if self.strategy in ("sfa", "sfa+crs"):
+        """Routing needs the target phrase; so does focus, on every path that applies it, and the
+        expected count."""
+        if self.strategy in ("sfa", "sfa+crs") or self.needs_count:
             return True
         return self.crs_focus if self.strategy == "crs" else self.focus
 
@@ -207,6 +234,20 @@ class Configuration:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def multi_mode(value: Any) -> bool | str:
+    """``multi`` as ``False``, ``True`` or ``"auto"``, from a bool or its spellings ("true", "off", "auto", ...)."""
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered == AUTO:
+        return AUTO
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise UserInputError(f"multi={value!r}: choose false, true or auto")
 
 
 def settings_table() -> str:
@@ -254,7 +295,7 @@ _FIELD_TYPES = {item.name: item.type for item in fields(Configuration)}
 
 
 def _parse_env(name: str, raw: str) -> Any:
-    if "bool" in _FIELD_TYPES[name]:
+    if _FIELD_TYPES[name].startswith("bool"):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True

@@ -70,6 +70,7 @@ def evaluate(
     ),
     *,
     settings: Configuration,
+    config_file: Optional[str] = None,
 ) -> None:
     """Run the agent over a benchmark (resumable), score it and write the report into OUTPUT."""
     from agent.benchmark_run import PREDICTIONS_FILE, DatasetSpec, GracefulInterrupt, Shard, completed_ids
@@ -80,8 +81,14 @@ def evaluate(
     from tools.evaluation import PredictionWriter
     from tools.files import check_output_folder, exclusive_lock
 
+    from agent.calibration import calibrated_on, same_file
+
     # Everything the user typed is checked before any model loads.
     check_output_folder(output)
+    dev = calibrated_on(config_file)
+    if dev is not None and same_file(dev, annotations):
+        typer.echo(f"warning: the thresholds of {config_file} were calibrated on {annotations} itself; its numbers "
+                   "here are optimistic (evaluate on another split)", err=True)
     part = Shard.parse(shard) if shard is not None else Shard.from_environment()
     settings = dataclasses.replace(settings, device=local_device(settings.device))
     dataset = DatasetSpec(dataset_format, annotations, image_root, split, limit)

@@ -10,16 +10,16 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-import numpy as np
-
-from tools import boxes as box_ops
 from tools.detections import Detections
 from tools.errors import ModelOutputError
+from tools.extraction.count import read_count
 from tools.mllm.selection import MIN_OPTION_MASS
 from tools.routing import count_instances, crs_candidates, difficulty_level
 
 from .backends import Backends
 from .configuration import Configuration
+from .finishing import FinishPolicy
+from .finishing import finish as finish_answer
 from .state import AgentState
 
 Node = Callable[[AgentState], dict[str, Any]]
@@ -53,6 +53,7 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
         return detections, memo
 
     behaviour = config.behaviour
+    policy = FinishPolicy.of(config)
 
     def focus_span(state: AgentState) -> tuple[int, int] | None:
         return state.get("target_span") if config.focus else None
@@ -71,6 +72,10 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
         # the authors' scripts pass on verbatim; the heuristic has no words of its own.
         answer = target.answer if target.source == "model" and target.answer and target.answer.strip() else None
         update["target_answer"] = answer or target.phrase
+        # How many objects the expression names: the extraction model's answer, else the words.
+        update["count_source"] = "model" if target.count is not None else "heuristic"
+        update["expected_count"] = target.count if target.count is not None else read_count(
+            state["expression"], target.span)
         if fallback:
             update["fallbacks"] = [fallback]
         return update
@@ -114,8 +119,11 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
         candidates = crs_candidates(detections, state["image"].size, config.crs_rule,
                                     drop_empty=behaviour.drop_empty_candidates)
         update: dict[str, Any] = {"path": "crs", "candidates": candidates, "detector_memo": memo}
+        if config.crs_mode == "verify":
+            return {**update, **verify(state, candidates)}
         try:
-            selection = backends.select(state["image"], state["expression"], candidates, config.allow_none)
+            selection = backends.select_in_orders(state["image"], state["expression"], candidates, config.allow_none,
+                                                  config.crs_permutations)
             update["selection"] = selection
             if selection.option_mass is not None and selection.option_mass < MIN_OPTION_MASS:
                 update["fallbacks"] = [
@@ -129,46 +137,16 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
         return update
 
     def finish(state: AgentState) -> dict[str, Any]:
-        if state["path"] == "crs" and state.get("selection") is not None:
-            return {"detections": finish_selection(state["selection"], config)}
-        if state["path"] == "crs":
-            return {"detections": state["answer"]}
-        threshold = config.specialist_threshold if state["path"] == "specialist" else config.mllm_threshold
-        return {"detections": finish_boxes(state["answer"], config, threshold)}
+        return {"detections": finish_answer(state, policy)}
+
+    def verify(state: AgentState, candidates: Detections) -> dict[str, Any]:
+        try:
+            return {"verification": backends.verify(state["image"], state["expression"], candidates)}
+        except ModelOutputError as error:
+            return {"answer": candidates[:1],
+                    "fallbacks": [f"the MLLM's verification was unusable ({error}): used the top candidate"]}
 
     steps = dict(
         extract_target=extract_target, route=route, specialist=specialist, mllm=mllm_ground, crs=crs, finish=finish
     )
     return {name: timed(name, step) for name, step in steps.items()}
-
-
-def finish_boxes(answer: Detections, config: Configuration, threshold: float) -> Detections:
-    """Apply the generalized-REC policy to a specialist answer (best first) or an MLLM answer
-    (in the order written); either way the first box is the answer.
-
-    Without ``multi`` only the first box is kept, and with ``allow_none`` only if its
-    score reaches ``threshold`` (an unsure answer is "no target"). With ``multi`` every
-    distinct box reaching ``threshold`` is kept, in the answer's order (at least the first
-    one unless ``allow_none``).
-    """
-    if not config.multi:
-        first = answer[:1]
-        return first.above(threshold) if config.allow_none else first
-    confident = answer.above(threshold)
-    kept = confident[np.sort(box_ops.nms(confident.boxes, confident.scores, config.crs_iou_threshold))]
-    return kept if len(kept) or config.allow_none else answer[:1]
-
-
-def finish_selection(selection, config: Configuration) -> Detections:
-    """The chosen candidate(s) of a CRS selection, scored by their option probability.
-
-    "None" winning gives no box. With ``multi``, every candidate whose probability is
-    at least ``multi_ratio`` times the best option's is kept, best first.
-    """
-    if selection.index is None:
-        return Detections.empty()
-    if not config.multi:
-        return selection.to_detections()
-    probabilities = selection.probabilities[: len(selection.candidates)]
-    keep = np.flatnonzero(probabilities >= config.multi_ratio * selection.probability)
-    return Detections(selection.candidates.boxes[keep], probabilities[keep]).sorted()

@@ -18,6 +18,12 @@ class Result:
     or 2; ``None`` when the strategy does not route); ``path`` is the path that answered
     ("specialist", "mllm" or "crs"). ``trace`` lists the nodes visited, ``timings``
     their wall time in seconds, ``fallbacks`` every documented fallback taken.
+
+    What the final boxes were chosen from is kept too, so that ``agent-cli calibrate`` can
+    choose them again at other thresholds: ``expected_count`` (1, n or "many") and where it
+    came from, the CRS ``candidates`` with their ``selection`` or ``verification`` (``p(yes)``
+    per candidate), and ``path_answer``, the answering path's scored boxes before the
+    finishing policy (``finishing.recorded_answer``).
     """
 
     expression: str
@@ -30,6 +36,11 @@ class Result:
     target_span: tuple[int, int] | None = None
     target_source: str | None = None
     selection: Selection | None = None
+    expected_count: int | str | None = None
+    count_source: str | None = None
+    candidates: Detections | None = None
+    verification: list[float] | None = None
+    path_answer: Detections | None = None
     trace: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     fallbacks: list[str] = field(default_factory=list)
@@ -60,7 +71,16 @@ class Result:
             "target_span": None if self.target_span is None else list(self.target_span),
             "target_source": self.target_source,
             "selection": None if self.selection is None else self.selection.to_dict(),
+            "expected_count": self.expected_count,
+            "count_source": self.count_source,
+            "candidates": None if self.candidates is None else _boxes(self.candidates),
+            "verification": self.verification,
+            "path_answer": None if self.path_answer is None else _boxes(self.path_answer),
             "trace": list(self.trace),
             "timings": dict(self.timings),
             "fallbacks": list(self.fallbacks),
         }
+
+
+def _boxes(detections: Detections) -> dict[str, list]:
+    return {"boxes": detections.boxes.tolist(), "scores": detections.scores.tolist()}

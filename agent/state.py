@@ -5,9 +5,11 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, TypedDict
 
+import numpy as np
 from PIL import Image
 
 from tools.detections import Detections
+from tools.extraction.count import ExpectedCount
 from tools.mllm.selection import Selection
 
 
@@ -25,12 +27,15 @@ class AgentState(TypedDict, total=False):
     target_span: tuple[int, int] | None
     target_source: str | None  # "model" (an extractor's answer, plug-ins included) or "heuristic"
     target_answer: str | None  # the extractor's own words for the target (``target`` when it has none)
+    expected_count: ExpectedCount | None  # how many objects the expression names: 1, n or "many"
+    count_source: str | None  # "model" (the extraction call said) or "heuristic" (read from the words)
     # Routing (SFA)
     instance_count: int | None
     level: int | None
     # CRS
     candidates: Detections | None
     selection: Selection | None
+    verification: np.ndarray | None  # crs_mode="verify": p(yes) per candidate
     # The answer of the path taken, before the finishing policy (allow_none / multi)
     path: str | None
     answer: Detections

@@ -60,6 +60,7 @@ from tools.profiles import get_profile
 from tools.routing import CRS_CANDIDATES, RoutingThresholds, crs_candidates
 
 from .samples import CRSSample, export_llama_factory, read_samples
+from .verify_samples import VerifySample
 
 # The paper offers CRS the specialist's ten best boxes on the full expression.
 DETECTOR_TOP_K = 10
@@ -68,6 +69,7 @@ DETECTOR_CANDIDATES_FILE = "candidates.jsonl"
 SETTINGS_FILE = "build.json"
 REPORT_FILE = "report.json"
 POSITIVE, NEGATIVE = "positive", "negative"
+TASKS = ("choice", "verify")
 
 MULTI_TARGET = "multi-target"
 UNREADABLE_IMAGE = "unreadable-image"
@@ -103,6 +105,7 @@ class BuildConfig:
     prompts_dir: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    task: str = "choice"  # "choice": multiple-choice CRS samples; "verify": yes/no per candidate
 
     @property
     def allow_none(self) -> bool:
@@ -151,7 +154,8 @@ def build_crs_data(config: BuildConfig, *, detector: Detector | None = None, pro
     _claim_output_dir(output, config)
     samples = list(read_dataset(config.dataset_format, config.annotations, config.image_root, config.split))
     report = BuildReport(read=len(samples), output_dir=str(output))
-    walk = _visiting_order(samples, config.seed, report)
+    walk = _visiting_order(samples, config.seed, report, drop_multi_target=config.task == "choice")
+    make_sample = make_crs_sample if config.task == "choice" else make_verify_sample
     quotas = {POSITIVE: config.positives, NEGATIVE: config.negatives}
     usable = Counter(_kind(sample) for sample in walk)
     target = sum(usable[kind] if quota is None else min(quota, usable[kind]) for kind, quota in quotas.items())
@@ -167,7 +171,7 @@ def build_crs_data(config: BuildConfig, *, detector: Detector | None = None, pro
                 continue
             if str(sample.id) not in written:
                 try:
-                    out.write(make_crs_sample(sample, *candidates.for_sample(sample), config).to_dict())
+                    out.write(make_sample(sample, *candidates.for_sample(sample), config).to_dict())
                 except SampleDropped as dropped:
                     report.dropped[dropped.reason] += 1
                     bar.set_postfix(dropped=sum(report.dropped.values()), refresh=False)
@@ -176,7 +180,9 @@ def build_crs_data(config: BuildConfig, *, detector: Detector | None = None, pro
             bar.update()
     report.kept_positives, report.kept_negatives = kept[POSITIVE], kept[NEGATIVE]
     if report.kept:
-        export_llama_factory(read_samples(samples_file), output, config.dataset_name, prompts_dir=config.prompts_dir)
+        kept_samples = read_samples(samples_file) if config.task == "choice" else [
+            VerifySample.from_dict(record) for _, record in read_json_lines(samples_file)]
+        export_llama_factory(kept_samples, output, config.dataset_name, prompts_dir=config.prompts_dir)
     write_atomically(output / REPORT_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
     return report
 
@@ -220,6 +226,34 @@ def make_crs_sample(sample: Sample, candidates: Detections, image_size: tuple[in
         image_size=image_size,
         allow_none=config.allow_none,
         answer=answer,
+        meta=meta,
+    )
+
+
+def make_verify_sample(sample: Sample, candidates: Detections, image_size: tuple[int, int],
+                       config: BuildConfig) -> VerifySample:
+    """The yes/no questions of ``sample``, one per CRS candidate (built as ``make_crs_sample`` builds
+    its options): "yes" where the candidate's IoU with a ground-truth box exceeds ``min_iou``.
+
+    Several ground-truth boxes are fine here (each candidate is judged alone); an expression without
+    target asks only "no" questions. Raises :class:`SampleDropped` when there is no candidate.
+    """
+    profile = get_profile(config.profile)
+    rule = RoutingThresholds(config.top_k, CRS_CANDIDATES.score_threshold, config.nms_iou, profile.nms)
+    options = crs_candidates(candidates, image_size, rule, drop_empty=profile.drop_empty_candidates)
+    if not len(options):
+        raise SampleDropped(NO_CANDIDATES)
+    ious = box_ops.box_iou(options.boxes, sample.boxes).max(axis=1) if sample.has_target else np.zeros(len(options))
+    meta: dict[str, Any] = {"ious": [round(float(iou), 4) for iou in ious]}
+    if not sample.has_target:
+        meta["negative"] = sample.negative_key or "no-target"
+    return VerifySample(
+        id=str(sample.id),
+        image=os.path.abspath(sample.image_path),
+        expression=sample.expression,
+        candidates=tuple(tuple(float(v) for v in box) for box in options.boxes),
+        image_size=image_size,
+        answers=tuple("yes" if iou > config.min_iou else "no" for iou in ious),
         meta=meta,
     )
 
@@ -278,10 +312,12 @@ def _kind(sample: Sample) -> str:
     return POSITIVE if sample.has_target else NEGATIVE
 
 
-def _visiting_order(samples: list[Sample], seed: int, report: BuildReport) -> list[Sample]:
+def _visiting_order(samples: list[Sample], seed: int, report: BuildReport, *,
+                    drop_multi_target: bool = True) -> list[Sample]:
     """The samples worth a candidate look, in the seeded order the quotas are filled in.
 
-    Multi-target samples are counted as dropped here, before any image is opened.
+    Multi-target samples (unless kept for verification) are counted as dropped here, before any
+    image is opened.
     """
     seen: set[str] = set()
     walk = []
@@ -289,7 +325,7 @@ def _visiting_order(samples: list[Sample], seed: int, report: BuildReport) -> li
         if str(sample.id) in seen:  # resuming and quotas go by id, so an id must name one sample
             raise UserInputError(f"{sample.id!r} names two samples; ids must be unique")
         seen.add(str(sample.id))
-        if len(sample.boxes) > 1:
+        if drop_multi_target and len(sample.boxes) > 1:
             report.dropped[MULTI_TARGET] += 1
         else:
             walk.append(sample)
@@ -360,5 +396,7 @@ def _check_config(config: BuildConfig) -> None:
         raise UserInputError("nms_iou must lie in [0, 1] and min_iou in [0, 1)")
     if any(quota is not None and quota < 0 for quota in (config.positives, config.negatives)):
         raise UserInputError("positives and negatives must be at least 0")
+    if config.task not in TASKS:
+        raise UserInputError(f"unknown task {config.task!r}; choose one of {', '.join(TASKS)}")
     if config.none_option is False and config.negatives != 0:
         raise UserInputError("negatives answer 'None': they need the None option (drop --no-none-option)")

@@ -25,7 +25,8 @@ def finetune_data(
     image_root: Optional[Path] = typer.Option(None, "--image-root", help="Folder the file names are relative to."),
     split: Optional[str] = typer.Option(None, "--split", help="gRefCOCO split (grefcoco only), e.g. train."),
     detector: Optional[str] = typer.Option(
-        None, "--detector", help="Detector Hub id or folder computing the candidates (Grounding DINO, MM-GDINO, OWLv2, Florence-2)."),
+        None, "--detector",
+        help="Detector Hub id or folder computing the candidates (Grounding DINO, MM-GDINO, OWLv2, Florence-2)."),
     candidates: Optional[Path] = typer.Option(
         None, "--candidates",
         help='Cached candidates instead of a detector: JSON Lines {"id", "boxes", "scores"} (a predictions file).'),
@@ -47,6 +48,10 @@ def finetune_data(
     prompts_dir: Optional[str] = typer.Option(None, "--prompts-dir", help="Your own prompt templates."),
     device: str = typer.Option("auto", "--device", help="Detector device: auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="Detector weights: auto, fp32, fp16 or bf16."),
+    task: str = typer.Option(
+        "choice", "--task",
+        help="choice: multiple-choice samples (the paper's CRS); verify: a yes/no question per candidate "
+             "(IoU above --min-iou: yes), for crs_mode verify."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Build CRS instruction-tuning samples from a REC dataset and the specialist's candidates."""
@@ -59,7 +64,7 @@ def finetune_data(
         image_root=str(image_root) if image_root else None, split=split, detector=detector,
         candidates_file=str(candidates) if candidates else None, positives=positives, negatives=negatives,
         top_k=top_k, nms_iou=nms_iou, profile=profile, min_iou=min_iou, seed=seed, none_option=none_option,
-        dataset_name=dataset_name, prompts_dir=prompts_dir, device=device, dtype=dtype,
+        dataset_name=dataset_name, prompts_dir=prompts_dir, device=device, dtype=dtype, task=task,
     )
     report = build_crs_data(config, progress=progress)
     print_report(report)

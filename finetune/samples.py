@@ -80,6 +80,10 @@ class CRSSample:
                              family=family, input_size=input_size, prompts_dir=prompts_dir)
         return text
 
+    def questions(self, prompts_dir: str | None = None) -> list[tuple[str, str]]:
+        """``(question, answer)`` turns this sample teaches, in Qwen2-VL's box language (the export's)."""
+        return [(self.prompt(prompts_dir), self.answer)]
+
     def to_dict(self) -> dict[str, Any]:
         """The JSONL object (``meta`` only when not empty)."""
         record = {
@@ -104,6 +108,9 @@ def parse_sample(record: Any, where: str = "sample") -> CRSSample:
 
     if not isinstance(record, dict):
         raise UserInputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if "answers" in record and "answer" not in record:
+        raise UserInputError(f"{where}: a yes/no verification sample (finetune-data --task verify); agent-cli "
+                             "finetune trains the choice task: train verification on the exported LLaMA-Factory file")
     for name in REQUIRED_FIELDS:
         if name not in record:
             raise fail(name, "is missing")
@@ -215,7 +222,7 @@ def sample_conversation(
 
 
 def export_llama_factory(
-    samples: Sequence[CRSSample],
+    samples: Sequence[Any],
     output_dir: str | os.PathLike,
     dataset_name: str = "rex_crs",
     *,
@@ -233,7 +240,8 @@ def export_llama_factory(
     budget so images are resized alike. An existing
     ``dataset_info.json`` keeps its other entries. ``relative_images`` writes image paths
     relative to ``output_dir`` (LLaMA-Factory resolves them against its ``media_dir``, by
-    default the dataset folder). Returns the dataset file.
+    default the dataset folder). ``samples`` are ``CRSSample`` or ``VerifySample`` (one record per
+    question: a verification sample asks one per candidate). Returns the dataset file.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -242,13 +250,14 @@ def export_llama_factory(
         image = os.path.abspath(sample.image)
         if relative_images:
             image = os.path.relpath(image, output_dir.resolve())
-        records.append({
-            "messages": [
-                {"role": "user", "content": LLAMA_FACTORY_IMAGE + sample.prompt(prompts_dir)},
-                {"role": "assistant", "content": sample.answer},
-            ],
-            "images": [image],
-        })
+        for question, answer in sample.questions(prompts_dir):
+            records.append({
+                "messages": [
+                    {"role": "user", "content": LLAMA_FACTORY_IMAGE + question},
+                    {"role": "assistant", "content": answer},
+                ],
+                "images": [image],
+            })
     data_file = output_dir / f"{dataset_name}.json"
     write_atomically(data_file, json.dumps(records, ensure_ascii=False, indent=1))
     info_file = output_dir / "dataset_info.json"

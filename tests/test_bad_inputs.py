@@ -72,7 +72,7 @@ CLI_CASES = [
      "'./missing-model': no such file or folder"),
     (["locate", "{good}", EXPRESSION, "--config", "{missing}"], {}, 2, "missing.png: no such file"),
     (["locate", "{good}", EXPRESSION, "--config", "{config}"], {}, 2, "config file"),
-    (["locate", "{good}", EXPRESSION], {"REX_MULTI": "maybe"}, 2, "REX_MULTI='maybe' is not a boolean"),
+    (["locate", "{good}", EXPRESSION], {"REX_MULTI": "maybe"}, 2, "multi='maybe': choose false, true or auto"),
     (["locate", "{good}", EXPRESSION], {"REX_CRS_TOP_K": "lots"}, 2, "crs_top_k='lots' is not a valid int"),
     (["locate", "{good}", EXPRESSION, "--bogus"], {}, 2, "No such option: --bogus"),
     (["detect", "{good}", EXPRESSION, "--focus", "bicycle"], {}, 2, "does not occur"),

@@ -53,8 +53,11 @@ def test_bad_settings_are_clear_errors(kwargs, message):
 
 
 def test_bad_environment_boolean_and_bad_file(tmp_path):
-    with pytest.raises(UserInputError, match="REX_MULTI='maybe' is not a boolean"):
+    with pytest.raises(UserInputError, match="REX_FOCUS='maybe' is not a boolean"):
+        Configuration.load(env={"REX_FOCUS": "maybe"})
+    with pytest.raises(UserInputError, match="multi='maybe': choose false, true or auto"):
         Configuration.load(env={"REX_MULTI": "maybe"})
+    assert [Configuration.load(env={"REX_MULTI": raw}).multi for raw in ("auto", "TRUE", "off")] == ["auto", True, False]
     broken = tmp_path / "broken.toml"
     broken.write_text("strategy = ")
     with pytest.raises(UserInputError, match="broken.toml"):

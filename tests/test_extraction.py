@@ -307,3 +307,40 @@ def test_cache_files_shared_by_two_writers_keep_both_writers_entries(tmp_path):
     second.update({"a cat": ExtractedTarget("a cat", (0, 5), "model")})
     reloaded = ExtractionCache(path)
     assert "the dog" in reloaded and "a cat" in reloaded
+
+
+class CountingGenerator:
+    """Answers the count prompt with {"target": last word, "count": ...} objects."""
+
+    def __init__(self, counts):
+        self.counts = counts
+        self.prompts = []
+
+    def generate_text(self, prompt: str, max_new_tokens: int = 64) -> str:
+        self.prompts.append(prompt)
+        batch = asked_batch(prompt)
+        return json.dumps({key: {"target": last_word(expression), "count": self.counts.get(expression)}
+                           for key, expression in batch.items()})
+
+
+def test_the_count_prompt_gives_each_targets_count_in_the_same_call():
+    expressions = ["the two dogs", "all the cars", "the cat", "the birds"]
+    generator = CountingGenerator({"the two dogs": 2, "all the cars": "many", "the cat": 1, "the birds": "lots?"})
+    targets = LocalChatExtractor(generator, with_count=True).extract_spans(expressions)
+    assert len(generator.prompts) == 1 and '"count"' in generator.prompts[0]
+    assert [t.phrase for t in targets] == ["dogs", "cars", "cat", "birds"]
+    assert [t.count for t in targets] == [2, "many", 1, None]  # an unreadable count is left to the words
+    assert ExtractedTarget.from_dict(targets[1].to_dict()) == targets[1]
+    # The reference prompt (the default) is the authors' and asks for no count.
+    plain = CountingGenerator({})
+    LocalChatExtractor(plain).extract_spans(expressions)
+    assert '"count"' not in plain.prompts[0]
+
+
+def test_parse_answers_reads_objects_plain_phrases_and_truncated_replies():
+    from tools.extraction import parse_answers
+
+    assert parse_answers('{"1": {"target": "the dog", "count": 2}, "2": "the cat"}', 2) == [("the dog", 2),
+                                                                                            ("the cat", None)]
+    assert parse_answers('{"1": {"target": "a", "count": "many"}, "2": {"target": "b", "cou', 2) == [("a", "many"),
+                                                                                               (None, None)]

@@ -285,3 +285,33 @@ def test_the_reference_profile_builds_candidates_as_the_scripts_do(dataset):
     assert len(default.candidates) == 2 and len(reference.candidates) == 1
     with pytest.raises(UserInputError, match="unknown profile"):
         build_crs_data(BuildConfig(**{**settings, "annotations": str(dataset[0])}, profile="paper"))
+
+
+def test_verify_task_asks_yes_or_no_per_candidate_as_inference_does(tmp_path, dataset):
+    from finetune.verify_samples import VerifySample
+    from tools.mllm.families import QWEN2_VL
+    from tools.mllm.verify import verify_prompt
+
+    annotations, root, candidates = dataset
+    config = BuildConfig(dataset_format="finecops-ref", annotations=str(annotations), image_root=str(root),
+                         candidates_file=str(candidates), output_dir=str(tmp_path / "out"), negatives=None,
+                         task="verify")
+    report = build_crs_data(config, progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    by_id = {line["id"]: VerifySample.from_dict(line) for line in lines}
+    # Sample 1: the five distinct candidates after top-5 + NMS; only the first overlaps the ground truth.
+    first = by_id["1"]
+    assert first.answers[0] == "yes" and set(first.answers[1:]) == {"no"} and len(first.answers) == 5
+    # A lone candidate is a question too (no "None" option needed), and a negative answers "no" throughout.
+    assert by_id["7"].answers == ("yes",) and set(by_id["11"].answers) == {"no"}
+    assert "8" in by_id and by_id["8"].answers[0] == "no"  # IoU exactly 0.5 is not above min_iou
+    assert report.kept == len(lines)
+    # The LLaMA-Factory export holds one record per candidate, the question inference asks.
+    records = json.loads((tmp_path / "out" / "rex_crs.json").read_text())
+    assert len(records) == sum(len(sample.answers) for sample in by_id.values())
+    box = QWEN2_VL.option_boxes([list(first.candidates[0])], first.image_size)[0]
+    assert {"role": "user", "content": "<image>" + verify_prompt(first.expression, box)} in [
+        record["messages"][0] for record in records]
+    # agent-cli finetune trains the choice task and says so for a verification file.
+    with pytest.raises(UserInputError, match="yes/no verification sample"):
+        read_samples(tmp_path / "out" / "samples.jsonl")

@@ -317,3 +317,43 @@ def test_out_of_memory_becomes_a_clear_error(qwen2, street_image, monkeypatch):
     monkeypatch.setattr(qwen2.model, "forward", out_of_memory)
     with pytest.raises(RexError, match="max_pixels.*fp16.*cpu"):
         qwen2.select(street_image, "the red box", CANDIDATES)
+
+
+# ------------------------------------------------------------------ per-candidate verification
+
+
+def test_verify_is_one_forward_pass_and_never_generates(qwen2, street_image, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("verify must not call generate")
+
+    forwards = []
+    original = qwen2.model.forward
+
+    def counting(*args, **kwargs):
+        forwards.append(kwargs["input_ids"].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(qwen2.model, "generate", refuse)
+    monkeypatch.setattr(qwen2.model, "forward", counting)
+    yes = qwen2.verify(street_image, "the red box", CANDIDATES)
+    assert forwards == [len(CANDIDATES)]  # one pass, a row per candidate
+    assert yes.shape == (5,) and np.all((yes > 0) & (yes < 1))
+
+
+def test_yes_no_ids_come_from_the_tokenizer_and_boosting_yes_wins(qwen2, street_image):
+    from tools.mllm.verify import yes_no_token_ids
+
+    yes_ids, no_ids = yes_no_token_ids(qwen2.tokenizer)
+    spelled = {qwen2.tokenizer.decode([i]) for i in yes_ids}
+    assert spelled <= {"yes", "Yes", " yes", " Yes"} and {"yes", " yes"} & spelled
+    assert {qwen2.tokenizer.decode([i]) for i in no_ids} <= {"no", "No", " no", " No"}
+    with boosted_tokens(qwen2, no_ids):
+        assert np.all(qwen2.verify(street_image, "the red box", CANDIDATES[:2]) < 0.01)
+
+
+def test_verify_batch_matches_single_queries(qwen2_5, street_image):
+    images = [street_image, street_image.resize((100, 60))]
+    together = qwen2_5.verify_batch(images, ["the red box", "the sky"], [CANDIDATES, CANDIDATES[:2]])
+    for image, text, boxes, batched in zip(images, ["the red box", "the sky"], [CANDIDATES, CANDIDATES[:2]], together):
+        np.testing.assert_allclose(batched, qwen2_5.verify(image, text, boxes), atol=1e-4)
+    assert qwen2_5.verify(street_image, "x", CANDIDATES[:0]).shape == (0,)

@@ -280,3 +280,33 @@ def test_option_probabilities_sum_to_one_or_defer_to_the_text(top):
         assert not any(token.strip("Ġ ") in "ABCD" for token, _ in top)
     else:
         assert probabilities.sum() == pytest.approx(1.0) and (probabilities >= 0).all()
+
+
+def test_verify_asks_one_yes_no_token_per_candidate(street_image):
+    top = [("Yes", -0.2), (" yes", -3.0), ("No", -2.0), ("The", -4.0)]
+    with serve(completion("Yes", [token("Yes", -0.2, top)])) as server:
+        yes = mllm_for(server).verify(street_image, "the green box", CANDIDATES)
+    assert len(server.requests) == 3 and all(body["max_tokens"] == 1 for body in server.requests)
+    questions = sorted(server.user_texts())
+    assert all("Referring expression: the green box" in q and q.endswith("Answer with yes or no.") for q in questions)
+    assert any("Bounding box: (62,333),(250,833)" in q for q in questions)  # Qwen2-VL's box language
+    expected = (math.exp(-0.2) + math.exp(-3.0)) / (math.exp(-0.2) + math.exp(-3.0) + math.exp(-2.0))
+    assert yes.tolist() == pytest.approx([expected] * 3)
+
+
+def test_verify_without_logprobs_reads_the_reply_and_fails_alone(street_image):
+    with serve(completion("no.")) as server:
+        assert mllm_for(server).verify(street_image, "the cat", CANDIDATES[:2]).tolist() == [0.0, 0.0]
+    with serve(completion("maybe")) as server:
+        with pytest.raises(ModelOutputError, match="neither yes nor no"):
+            mllm_for(server).verify(street_image, "the cat", CANDIDATES[:1])
+    from tools.batching import PartialBatchError
+
+    def answer(body, attempt):
+        return completion("I cannot say" if "the cat" in str(body) else "yes")
+
+    with FakeChatServer(answer) as server:
+        with pytest.raises(PartialBatchError) as caught:
+            mllm_for(server).verify_batch([street_image] * 2, ["the cat", "the dog"], [CANDIDATES[:1]] * 2)
+    first, second = caught.value.results
+    assert isinstance(first, ModelOutputError) and second.tolist() == [1.0]

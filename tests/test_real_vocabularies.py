@@ -161,3 +161,11 @@ def test_internvl_answers_on_its_real_language_model_vocabulary(qwen_tokenizer):
     start, end = ids.index(tokenizer.convert_tokens_to_ids("<box>")) + 1, ids.index(tokenizer.convert_tokens_to_ids("</box>"))
     assert texts[start] == "[[" and texts[end - 1] == "]]"
     assert confidence.mean_prob[0] == pytest.approx(np.exp(logprobs[start:end]).mean())
+
+
+def test_yes_and_no_have_every_spelling_as_one_token_in_the_real_vocabulary(qwen_tokenizer):
+    from tools.mllm.verify import yes_no_token_ids
+
+    yes_ids, no_ids = yes_no_token_ids(qwen_tokenizer)
+    assert sorted(qwen_tokenizer.decode([i]) for i in yes_ids) == sorted(["yes", "Yes", " yes", " Yes"])
+    assert sorted(qwen_tokenizer.decode([i]) for i in no_ids) == sorted(["no", "No", " no", " No"])

@@ -83,6 +83,7 @@ def create_app(agents: Agent | Sequence[Agent], options: ServerOptions = ServerO
     app.state.options = options
     guard = [Depends(_api_key_check(options.api_key))] if options.api_key else []
     StrategyName = Literal[tuple(options.strategies)]  # type: ignore[valid-type]
+    MultiMode = Literal["false", "true", "auto"]  # Configuration reads these spellings
 
     app.add_middleware(BodySizeLimit, max_bytes=options.max_upload_bytes, body_timeout=options.body_timeout)
     if options.cors_origins:
@@ -141,7 +142,8 @@ def create_app(agents: Agent | Sequence[Agent], options: ServerOptions = ServerO
         strategy: Annotated[StrategyName, Form(description="Default: the server's strategy.")] = None,
         focus: Annotated[bool, Form(description="Target-focus matching and prompt.")] = None,
         allow_none: Annotated[bool, Form(description="The target may be absent.")] = None,
-        multi: Annotated[bool, Form(description="Several targets may be returned.")] = None,
+        multi: Annotated[MultiMode, Form(description="How many targets may be returned: false (one), true "
+                                                     "(several), auto (as many as the expression says).")] = None,
         request: Request = None,
     ) -> dict[str, Any]:
         _refuse_foreign_origin(request, options.cors_origins)

@@ -21,6 +21,14 @@ class SelectionModel(BaseModel):
         None, description="Total next-token probability of the option letters (low: the model wanted other words).")
     letter_logprobs: Optional[list[Optional[float]]] = Field(
         None, description="Each option letter's full-vocabulary log-probability, as the authors' scripts record it.")
+    orders: int = Field(1, description="Cyclic option orders averaged (crs_permutations).")
+    disagreement: Optional[float] = Field(
+        None, description="Share of the orders whose own pick differs from the averaged one.")
+
+
+class ScoredBoxes(BaseModel):
+    boxes: list[Box]
+    scores: list[float]
 
 
 class LocateResult(BaseModel):
@@ -37,6 +45,12 @@ class LocateResult(BaseModel):
     target_span: Optional[tuple[int, int]]
     target_source: Optional[str]
     selection: Optional[SelectionModel]
+    expected_count: Optional[int | str] = Field(None, description='How many objects the expression names: 1, n or "many".')
+    count_source: Optional[str] = Field(None, description="model (the extraction call) or heuristic (the words).")
+    candidates: Optional[ScoredBoxes] = Field(None, description="The CRS candidates, in option order.")
+    verification: Optional[list[float]] = Field(None, description="crs_mode verify: p(yes) per candidate.")
+    path_answer: Optional[ScoredBoxes] = Field(
+        None, description="The answering path's boxes before the finishing policy (for calibration).")
     trace: list[str] = Field(description="The graph nodes visited, in order.")
     timings: dict[str, float] = Field(description="Seconds per step; queue: waiting for the device.")
     fallbacks: list[str] = Field(description="Every documented fallback taken.")

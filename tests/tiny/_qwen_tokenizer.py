@@ -6,7 +6,8 @@ small byte-level BPE in memory with the *same* pre-tokenizer regex, normaliser a
 
 * every byte is a token, so any text (digits, JSON punctuation, unicode) encodes and
   ``decode(encode(text)) == text``;
-* ``"A"`` .. ``"Z"`` and ``" A"`` .. ``" Z"`` are single tokens, as in real Qwen2 vocabularies;
+* ``"A"`` .. ``"Z"`` and ``" A"`` .. ``" Z"`` are single tokens, as in real Qwen2 vocabularies, and so
+  are "yes" and "no" in the spellings a reply starts with;
 * the Qwen special tokens exist as added special tokens, in the real relative order;
 * pad = ``<|endoftext|>``, eos = ``<|im_end|>``, and a Qwen2-VL chat template.
 """
@@ -66,6 +67,7 @@ _CORPUS = [
     "system user assistant",
     "Describe the image. What is shown in the picture?",
     "Answer with a single letter. The answer is A. The answer is B.",
+    "Answer with yes or no. Yes. No. yes no Yes No",
     'Click the button. {"action": "click", "x": 120, "y": 45}',
     '{"action": "type", "text": "hello world"} {"action": "scroll", "direction": "down"}',
     '[{"bbox_2d": [10, 20, 300, 400], "label": "the red button"}]',

@@ -25,8 +25,10 @@ from ..files import JsonLinesAppender, read_json_lines
 from ..errors import UserInputError
 
 RESERVED_FIELDS = ("id", "boxes", "scores")
-# Fields of an agent result that are worth keeping next to the boxes.
-RESULT_FIELDS = ("level", "path", "target", "timings")
+# Fields of an agent result that are worth keeping next to the boxes: the last five are what
+# `agent-cli calibrate` re-chooses the boxes from at other thresholds.
+RESULT_FIELDS = ("level", "path", "target", "timings", "expected_count", "path_answer", "candidates", "selection",
+                 "verification")
 
 
 @dataclass(frozen=True, eq=False)

@@ -17,6 +17,9 @@ _EXPORTS = {
     "ExtractedTarget": ".base",
     "TargetExtractor": ".base",
     "ExtractionCache": ".cache",
+    "MANY": ".count",
+    "parse_count": ".count",
+    "read_count": ".count",
     "ChatExtractor": ".extractors",
     "HeuristicExtractor": ".extractors",
     "LocalChatExtractor": ".extractors",
@@ -24,6 +27,7 @@ _EXPORTS = {
     "TextGenerator": ".extractors",
     "heuristic_extraction": ".extractors",
     "extraction_prompt": ".parsing",
+    "parse_answers": ".parsing",
     "parse_targets": ".parsing",
 }
 __all__ = sorted(_EXPORTS)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from .count import ExpectedCount
+
 Source = Literal["model", "heuristic"]
 
 
@@ -16,13 +18,16 @@ class ExtractedTarget:
     (``expression[span[0]:span[1]]``), ``span`` its character span, ``source`` says
     whether the model's answer was used ("model") or the model-free parser
     ("heuristic"), and ``answer`` keeps the model's own words (``None`` when it gave
-    none). ``phrase`` and ``span`` are ``None`` only for a blank expression.
+    none). ``phrase`` and ``span`` are ``None`` only for a blank expression. ``count`` is
+    how many objects the model said the expression names (1, a number or "many"; asked
+    with the count prompt only), ``None`` when it was not asked or gave no usable count.
     """
 
     phrase: str | None
     span: tuple[int, int] | None
     source: Source
     answer: str | None = None
+    count: ExpectedCount | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -30,13 +35,14 @@ class ExtractedTarget:
             "span": None if self.span is None else list(self.span),
             "source": self.source,
             "answer": self.answer,
+            "count": self.count,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExtractedTarget":
         span = data.get("span")
         return cls(data.get("phrase"), None if span is None else (int(span[0]), int(span[1])),
-                   data["source"], data.get("answer"))
+                   data["source"], data.get("answer"), data.get("count"))
 
 
 @runtime_checkable

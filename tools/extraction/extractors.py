@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -23,7 +24,8 @@ from ..mllm.openai_compat import ChatCompletionsClient, RetryPolicy
 from .align import align_target, heuristic_target
 from .base import ExtractedTarget
 from .cache import ExtractionCache
-from .parsing import extraction_prompt, extraction_prompt_prefix, parse_targets
+from .count import ExpectedCount
+from .parsing import extraction_prompt, extraction_prompt_prefix, parse_answers
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +66,9 @@ class ChatExtractor(ABC):
     ``ExtractionCache`` (or a JSON file path for one); by default a fresh in-memory one.
     Heuristic fallbacks are cached too: at temperature 0 the model would answer the same.
     ``batch_size`` expressions share one prompt; ``concurrency`` prompts are asked at once (a
-    remote server answers them in parallel; a local model one after the other).
+    remote server answers them in parallel; a local model one after the other). ``with_count``
+    asks with the count prompt, whose answers also say how many objects each expression names
+    (``ExtractedTarget.count``); the default is the reference prompt.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class ChatExtractor(ABC):
         concurrency: int = 1,
         cache: ExtractionCache | str | Path | None = None,
         prompts_dir: str | Path | None = None,
+        with_count: bool = False,
     ) -> None:
         if batch_size < 1 or concurrency < 1:
             raise UserInputError(f"batch_size and concurrency must be at least 1, got {batch_size}, {concurrency}")
@@ -81,6 +86,7 @@ class ChatExtractor(ABC):
         self.concurrency = concurrency
         self.cache = cache if isinstance(cache, ExtractionCache) else ExtractionCache(cache)
         self.prompts_dir = prompts_dir
+        self.with_count = with_count
 
     @abstractmethod
     def _complete(self, prompt: str) -> str:
@@ -94,7 +100,7 @@ class ChatExtractor(ABC):
         """One ``ExtractedTarget`` per expression; only expressions not cached are asked about."""
         pending = [e for e in dict.fromkeys(expressions) if e not in self.cache and e and e.strip()]
         batches = [pending[start : start + self.batch_size] for start in range(0, len(pending), self.batch_size)]
-        prompts = [extraction_prompt(batch, self.prompts_dir) for batch in batches]
+        prompts = [extraction_prompt(batch, self.prompts_dir, with_count=self.with_count) for batch in batches]
         if self.concurrency > 1 and len(prompts) > 1:
             with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
                 replies = [pool.submit(self._complete, prompt) for prompt in prompts]
@@ -104,21 +110,21 @@ class ChatExtractor(ABC):
         for batch, reply in zip(batches, outcomes):
             if isinstance(reply, BaseException):
                 continue  # raised below, once the answered batches are cached
-            answers = parse_targets(reply, len(batch))
-            if not any(answers):
+            answers = parse_answers(reply, len(batch))
+            if not any(phrase for phrase, _ in answers):
                 logger.warning("no usable targets in the extraction reply %r; using the heuristic", reply[:200])
-            self.cache.update({e: self._resolve(e, answer) for e, answer in zip(batch, answers)})
+            self.cache.update({e: self._resolve(e, *answer) for e, answer in zip(batch, answers)})
         failed = next((reply for reply in outcomes if isinstance(reply, BaseException)), None)
         if failed is not None:
             raise failed
         return [self.cache.get(e) or heuristic_extraction(e) for e in expressions]
 
     @staticmethod
-    def _resolve(expression: str, answer: str | None) -> ExtractedTarget:
+    def _resolve(expression: str, answer: str | None, count: ExpectedCount | None = None) -> ExtractedTarget:
         span = align_target(expression, answer)
         if span is None:
-            return heuristic_extraction(expression, answer)
-        return ExtractedTarget(expression[span[0] : span[1]], span, "model", answer)
+            return replace(heuristic_extraction(expression, answer), count=count)
+        return ExtractedTarget(expression[span[0] : span[1]], span, "model", answer, count)
 
 
 class OpenAIChatExtractor(ChatExtractor):
@@ -141,8 +147,10 @@ class OpenAIChatExtractor(ChatExtractor):
         concurrency: int = BATCH_SIZE,
         cache: ExtractionCache | str | Path | None = None,
         prompts_dir: str | Path | None = None,
+        with_count: bool = False,
     ) -> None:
-        super().__init__(batch_size=batch_size, concurrency=concurrency, cache=cache, prompts_dir=prompts_dir)
+        super().__init__(batch_size=batch_size, concurrency=concurrency, cache=cache, prompts_dir=prompts_dir,
+                         with_count=with_count)
         self.model = model
         self.max_tokens = max_tokens
         self.client = ChatCompletionsClient(base_url, api_key, retry=retry)
@@ -177,13 +185,14 @@ class LocalChatExtractor(ChatExtractor):
         batch_size: int = 8,
         cache: ExtractionCache | str | Path | None = None,
         prompts_dir: str | Path | None = None,
+        with_count: bool = False,
     ) -> None:
-        super().__init__(batch_size=batch_size, cache=cache, prompts_dir=prompts_dir)
+        super().__init__(batch_size=batch_size, cache=cache, prompts_dir=prompts_dir, with_count=with_count)
         self.generator = generator
         self.max_new_tokens = max_new_tokens
         self._prefix = {}
         if "fixed_prefix" in inspect.signature(generator.generate_text).parameters:
-            self._prefix = {"fixed_prefix": extraction_prompt_prefix(prompts_dir)}
+            self._prefix = {"fixed_prefix": extraction_prompt_prefix(prompts_dir, with_count=with_count)}
 
     def _complete(self, prompt: str) -> str:
         return self.generator.generate_text(prompt, max_new_tokens=self.max_new_tokens, **self._prefix)

@@ -86,21 +86,29 @@ def letter_token_ids(tokenizer, letters: Sequence[str]) -> list[list[int]]:
     Derived from the tokenizer, never hard-coded, so any vocabulary works. A letter
     with no single-token spelling, or an id shared by two letters, is an error.
     """
-    ids_per_letter: list[list[int]] = []
+    return spelling_token_ids(tokenizer, [(letter, " " + letter) for letter in letters], names=letters)
+
+
+def spelling_token_ids(tokenizer, spellings: Sequence[Sequence[str]], *, names: Sequence[str]) -> list[list[int]]:
+    """For each answer (``names[i]``), the ids of its ``spellings[i]`` that are one token each.
+
+    An answer with no single-token spelling, or an id shared by two answers, is an error.
+    """
+    ids_per_answer: list[list[int]] = []
     owner: dict[int, str] = {}
-    for letter in letters:
+    for name, variants in zip(names, spellings, strict=True):
         ids: list[int] = []
-        for spelling in (letter, " " + letter):
+        for spelling in variants:
             encoded = tokenizer.encode(spelling, add_special_tokens=False)
             if len(encoded) == 1 and encoded[0] not in ids:
                 ids.append(int(encoded[0]))
         if not ids:
-            raise ValueError(f"the tokenizer has no single token for option letter {letter!r}")
+            raise ValueError(f"the tokenizer has no single token for the answer {name!r}")
         for token_id in ids:
-            if owner.setdefault(token_id, letter) != letter:
-                raise ValueError(f"token id {token_id} spells both {owner[token_id]!r} and {letter!r}")
-        ids_per_letter.append(ids)
-    return ids_per_letter
+            if owner.setdefault(token_id, name) != name:
+                raise ValueError(f"token id {token_id} spells both {owner[token_id]!r} and {name!r}")
+        ids_per_answer.append(ids)
+    return ids_per_answer
 
 
 def letter_distribution(logits: torch.Tensor, ids_per_letter: Sequence[Sequence[int]]) -> np.ndarray:

@@ -19,7 +19,10 @@ question (``_conversation``, ``_encode``) and what size the model sees an image 
 - ``select`` answers the CRS question with ONE forward pass (no KV cache) and no
   ``generate``: the option probabilities are the next-token probabilities of the option
   letters under the raw logits; the selection also records the letters' total probability
-  and the reference's log-probabilities (``Selection``).
+  and the reference's log-probabilities (``Selection``). ``verify`` asks "is this box what
+  the expression describes?" of every candidate: one row per candidate in one forward pass,
+  ``p(yes)`` from the first answer token; each row encodes the image again (sharing the
+  image's KV cache across rows is not done). Both live in ``candidates.py``.
 - ``chat`` / ``generate_text`` serve the same loaded weights as a text-only LLM (target
   extraction), with a LoRA adapter switched off: it was tuned for CRS, not for that task.
   A ``fixed_prefix`` that many prompts share (the extraction prompt's few-shot part) is run
@@ -52,10 +55,10 @@ from ..detections import Detections
 from ..devices import resolve_device, resolve_dtype
 from ..errors import ModelOutputError, RexError, UserInputError
 from ..images import ImageInput, load_image
-from .crs import bare_letter_logprobs, crs_prompt, letter_distribution, letter_mass, letter_token_ids
-from .decoding import chosen_scores, first_step_scores, forget_rope_deltas, stop_token_ids, token_texts
+from .batches import check_lengths, checked_text, chunks
+from .candidates import CandidateQuestions
+from .decoding import chosen_scores, forget_rope_deltas, stop_token_ids, token_texts
 from .families import ModelFamily, box_token_confidence, family_for_model
-from .selection import Selection
 
 DEFAULT_MAX_NEW_TOKENS = 128
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -82,7 +85,7 @@ class _Generated(NamedTuple):
     raw_logits: np.ndarray
 
 
-class LocalVLM:
+class LocalVLM(CandidateQuestions):
     """A transformers MLLM run locally; see the module docstring. Subclasses say how to encode.
 
     Build one with ``from_pretrained(...)``; the constructor takes an already loaded model and
@@ -113,6 +116,7 @@ class LocalVLM:
         self.prompts_dir = prompts_dir
         self._stop_ids = stop_token_ids(model.generation_config, self.tokenizer)
         self._letter_ids: dict[tuple[str, ...], list[list[int]]] = {}
+        self._yes_no_ids: list[list[int]] | None = None
         self._prefix_caches: OrderedDict[tuple, object] = OrderedDict()
         # A call switches the adapter off and keeps position offsets and prefix caches on the
         # model: calls from several threads (a batch of queries) take turns.
@@ -199,14 +203,14 @@ class LocalVLM:
     ) -> list[GroundingOutput]:
         """Prompt, raw answer, detections and parse error of each grounding query."""
         focuses = [None] * len(expressions) if focuses is None else list(focuses)
-        _check_lengths(images=images, expressions=expressions, focuses=focuses)
+        check_lengths(images=images, expressions=expressions, focuses=focuses)
         pictures = [load_image(image) for image in images]
         prompts = [
             self.family.grounding_prompt(checked_text(expression, "expression"), focus, self.prompts_dir)
             for expression, focus in zip(expressions, focuses)
         ]
         outputs: list[GroundingOutput | None] = [None] * len(prompts)
-        for chunk in _chunks(self._by_length(pictures, prompts, range(len(prompts))), self.batch_size):
+        for chunk in chunks(self._by_length(pictures, prompts, range(len(prompts))), self.batch_size):
             inputs, input_sizes = self._encode([self._conversation(pictures[i], prompts[i]) for i in chunk])
             generated = self._generate(inputs, max_new_tokens or self.max_new_tokens)
             for i, input_size, answer in zip(chunk, input_sizes, generated):
@@ -226,54 +230,6 @@ class LocalVLM:
         detections = parsed.to_detections(confidence, default_label=expression, raw=raw)
         return GroundingOutput(prompt, text, detections, None, input_size)
 
-    # ---------------------------------------------------------------- CRS selection
-
-    def select(
-        self, image: ImageInput, expression: str, candidates: Detections, allow_none: bool = False
-    ) -> Selection:
-        """Probabilities over the lettered ``candidates`` (and "None", last, when ``allow_none``)."""
-        return self.select_batch([image], [expression], [candidates], allow_none)[0]
-
-    @one_call_at_a_time
-    def select_batch(
-        self,
-        images: Sequence[ImageInput],
-        expressions: Sequence[str],
-        candidates: Sequence[Detections],
-        allow_none: bool = False,
-    ) -> list[Selection]:
-        """``select`` for several queries: one forward pass per batch, never ``generate``."""
-        _check_lengths(images=images, expressions=expressions, candidates=candidates)
-        pictures = [load_image(image) for image in images]
-        questions = [
-            crs_prompt(checked_text(text, "expression"), boxes, picture.size, allow_none, family=self.family,
-                       input_size=self.input_size(picture.size), prompts_dir=self.prompts_dir)
-            for picture, text, boxes in zip(pictures, expressions, candidates)
-        ]
-        selections: list[Selection | None] = [None] * len(questions)
-        asked = []
-        for i, (_, letters) in enumerate(questions):
-            if len(letters) > 1:
-                asked.append(i)
-            else:  # zero options, or "None" alone: nothing to ask the model
-                selections[i] = Selection(candidates[i], letters, np.ones(len(letters)), allow_none)
-        prompts = [question for question, _ in questions]
-        for chunk in _chunks(self._by_length(pictures, prompts, asked), self.batch_size):
-            inputs, _ = self._encode([self._conversation(pictures[i], questions[i][0]) for i in chunk])
-            with self._inference():  # left padding: column -1 is every row's next token
-                # One step: a KV cache would only be built to be thrown away.
-                next_token_logits = self.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1].float()
-                processed = first_step_scores(self.model.generation_config, inputs["input_ids"], next_token_logits)
-            for row, i in enumerate(chunk):
-                letters = questions[i][1]
-                ids = self._letter_token_ids(letters)
-                selections[i] = Selection(
-                    candidates[i], letters, letter_distribution(next_token_logits[row], ids), allow_none,
-                    option_mass=letter_mass(next_token_logits[row], ids),
-                    letter_logprobs=bare_letter_logprobs(processed[row], ids),
-                )
-        return selections
-
     def _by_length(self, pictures, prompts: Sequence[str], indices) -> list[int]:
         """``indices`` ordered by how long their inputs are (image tokens, then prompt length), so
         that the rows of one forward pass need little padding when a call holds several passes."""
@@ -282,12 +238,6 @@ class LocalVLM:
             return width * height, len(prompts[i])
 
         return sorted(indices, key=length)
-
-    def _letter_token_ids(self, letters: Sequence[str]) -> list[list[int]]:
-        key = tuple(letters)
-        if key not in self._letter_ids:
-            self._letter_ids[key] = letter_token_ids(self.tokenizer, key)
-        return self._letter_ids[key]
 
     # ---------------------------------------------------------------- text
 
@@ -479,21 +429,3 @@ def _load_adapter(model, adapter: str):
 
     adapter_path = resolve_checkpoint(adapter, hint="or pass --adapter PATH")
     return PeftModel.from_pretrained(model, adapter_path)
-
-
-def checked_text(text: str, what: str) -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise UserInputError(f"the {what} is empty")
-    return text
-
-
-def _check_lengths(**sequences: Sequence) -> None:
-    lengths = {name: len(values) for name, values in sequences.items()}
-    if len(set(lengths.values())) > 1:
-        raise UserInputError("batch inputs differ in length: " + ", ".join(f"{k}={v}" for k, v in lengths.items()))
-
-
-def _chunks(indices: Sequence[int], size: int) -> Iterator[list[int]]:
-    indices, size = list(indices), max(1, size)
-    for start in range(0, len(indices), size):
-        yield indices[start : start + size]

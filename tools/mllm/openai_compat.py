@@ -38,6 +38,7 @@ from ..errors import ModelOutputError, RemoteServiceError, UserInputError
 from ..images import load_image
 from .crs import NONE_OPTION, crs_marks_prompt, crs_prompt, option_letters
 from .families import box_token_confidence, get_family
+from .verify import parse_yes_no, verify_prompt, yes_probability_from_top
 from .selection import Selection
 
 if TYPE_CHECKING:
@@ -281,6 +282,47 @@ class OpenAICompatibleMLLM:
             chosen = parse_option_letter(choice.message.content or "", letters, allow_none)
             probabilities = np.eye(len(letters))[letters.index(chosen)]
         return Selection(candidates, letters, probabilities, allow_none, **statistics)
+
+    def verify(self, image: Image.Image, expression: str, candidates: Detections) -> np.ndarray:
+        """``p(yes)`` of each candidate (``verify.py``): one request per candidate, one token with
+        ``top_logprobs``; without usable logprobs the reply's yes (1) or no (0) decides."""
+        try:
+            return self.verify_batch([image], [expression], [candidates])[0]
+        except PartialBatchError as partial:
+            raise partial.results[0] from None
+
+    def verify_batch(self, images: Sequence[Image.Image], expressions: Sequence[str],
+                     candidates: Sequence[Detections]) -> list[np.ndarray]:
+        """``verify`` for several queries, ``concurrency`` requests (one per candidate) in flight;
+        a query with a failed request fails alone (``PartialBatchError``)."""
+        rows = []  # (query, image, question)
+        for query, (image, expression, boxes) in enumerate(zip(images, expressions, candidates)):
+            image = load_image(image)
+            written = self.family.option_boxes(boxes.boxes, image.size, self._input_size(image)) if len(boxes) else []
+            rows += [(query, image, verify_prompt(expression, box, self.prompts_dir)) for box in written]
+        try:
+            answers = self._concurrently(self._yes_probability, [(image, question) for _, image, question in rows])
+        except PartialBatchError as partial:
+            answers = partial.results
+        results: list = [[] for _ in images]
+        for (query, _, _), answer in zip(rows, answers):
+            if isinstance(answer, BaseException) or isinstance(results[query], BaseException):
+                results[query] = results[query] if isinstance(results[query], BaseException) else answer
+            else:
+                results[query].append(answer)
+        results = [result if isinstance(result, BaseException) else np.array(result, dtype=np.float64)
+                   for result in results]
+        if any(isinstance(result, BaseException) for result in results):
+            raise PartialBatchError(results)
+        return results
+
+    def _yes_probability(self, image: Image.Image, question: str) -> float:
+        response = self.client.create(**self._request(image, question), max_tokens=1, logprobs=True,
+                                      top_logprobs=TOP_LOGPROBS)
+        choice = response.choices[0]
+        steps = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
+        probability = yes_probability_from_top([(t.token, t.logprob) for t in steps[0].top_logprobs]) if steps else None
+        return parse_yes_no(choice.message.content or "") if probability is None else probability
 
     def _input_size(self, image: Image.Image) -> tuple[int, int] | None:
         """The resized input's size when the family writes boxes in its pixels, else ``None``."""

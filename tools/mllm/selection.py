@@ -30,6 +30,9 @@ class Selection:
     generated step, after the logits processors of the checkpoint's generation config:
     what the authors' scripts record (``answer_prob_norm``, ``none_prob_norm``), ``nan``
     where unknown.
+
+    A selection averaged over ``orders`` cyclic orders of the options (``average_orders``)
+    records ``disagreement``: the share of orders whose own pick is not the averaged pick.
     """
 
     candidates: Detections
@@ -38,6 +41,8 @@ class Selection:
     allow_none: bool = False
     option_mass: float | None = None
     letter_logprobs: Sequence[float] | None = None
+    orders: int = 1
+    disagreement: float | None = None
 
     def __post_init__(self) -> None:
         probabilities = np.array(self.probabilities, dtype=np.float64).reshape(-1)
@@ -123,7 +128,45 @@ class Selection:
             "allow_none": self.allow_none,
             "option_mass": self.option_mass,
             "letter_logprobs": None if self.letter_logprobs is None else [_finite(v) for v in self.letter_logprobs],
+            "orders": self.orders,
+            "disagreement": self.disagreement,
         }
+
+
+def selection_from_dict(data: dict[str, Any], candidates: Detections) -> Selection:
+    """The ``Selection`` a ``to_dict()`` record describes, over ``candidates`` (recorded apart)."""
+    logprobs = data.get("letter_logprobs")
+    return Selection(candidates, tuple(data["letters"]), np.asarray(data["probabilities"], dtype=np.float64),
+                     bool(data["allow_none"]), option_mass=data.get("option_mass"),
+                     letter_logprobs=None if logprobs is None else [math.nan if v is None else v for v in logprobs],
+                     orders=int(data.get("orders", 1)), disagreement=data.get("disagreement"))
+
+
+def cyclic_orders(count: int, orders: int) -> list[np.ndarray]:
+    """``orders`` cyclic shifts of ``0..count-1`` (at most ``count`` distinct ones), the identity first."""
+    shifts = sorted({i * count // orders for i in range(orders)}) if count else [0]
+    return [np.roll(np.arange(count), -shift) for shift in shifts]
+
+
+def average_orders(candidates: Detections, selections: Sequence[Selection], orders: Sequence[np.ndarray]) -> Selection:
+    """One ``Selection`` over ``candidates`` from selections asked with the candidates in ``orders``
+    (``selections[i].candidates == candidates[orders[i]]``): each candidate's probability averaged
+    over the orders, "None" (last) likewise, and how often an order's own pick differs from it."""
+    count, allow_none = len(candidates), selections[0].allow_none
+    averaged = np.zeros(count + int(allow_none))
+    picks = []
+    for selection, order in zip(selections, orders, strict=True):
+        averaged[order] += selection.probabilities[:count]
+        if allow_none:
+            averaged[-1] += selection.probabilities[-1]
+        picks.append(None if selection.index is None else int(order[selection.index]))
+    averaged /= len(selections)
+    result = Selection(candidates, selections[0].letters, averaged, allow_none, orders=len(selections))
+    disagreement = float(np.mean([pick != result.index for pick in picks]))
+    masses = [selection.option_mass for selection in selections]
+    option_mass = None if any(mass is None for mass in masses) else float(np.mean(masses))
+    return Selection(candidates, result.letters, averaged, allow_none, option_mass=option_mass,
+                     orders=len(selections), disagreement=disagreement)
 
 
 def _finite(value: float) -> float | None:

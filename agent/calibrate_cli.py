@@ -1,0 +1,98 @@
+"""``agent-cli calibrate``: fit the thresholds of one eval run on its dev split (``agent/calibration.py``).
+
+Registered on the ``agent-cli`` app with ``app.command("calibrate")(calibrate)``::
+
+    agent-cli eval --format grefcoco --split val --annotations grefs\\(unc\\).json --image-root coco/ \\
+        --output runs/val --strategy sfa+crs --allow-none --multi auto --crs-mode verify
+    agent-cli calibrate --format grefcoco --split val --annotations grefs\\(unc\\).json \\
+        --predictions runs/val/predictions.jsonl --output calibrated.toml
+    agent-cli eval --format grefcoco --split testA ... --config calibrated.toml
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tools.errors import UserInputError
+from tools.evaluation.formats import FORMAT_HELP, get_format
+
+stdout = Console()
+
+
+def calibrate(
+    dataset_format: str = typer.Option(..., "--format", help=FORMAT_HELP + " (see the README)."),
+    annotations: Path = typer.Option(..., "--annotations", help="The dev split's annotation file."),
+    predictions: Path = typer.Option(
+        ..., "--predictions", help="predictions.jsonl of an agent-cli eval run on that split (its run.json beside it)."),
+    split: Optional[str] = typer.Option(None, "--split", help="gRefCOCO split (grefcoco only), e.g. val."),
+    output: Path = typer.Option(Path("calibrated.toml"), "--output", help="The settings file to write (TOML)."),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="The objective against each threshold (PNG); default: OUTPUT with .png."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="The run's settings, when its run.json is not beside the predictions."),
+    score_threshold: Optional[float] = typer.Option(
+        None, "--score-threshold", help="GREC: the evaluator's box-score floor, as agent-cli score takes it."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Fit the finishing thresholds that maximise the format's metric on PREDICTIONS' split, without a model run."""
+    from agent.calibration import calibrate as fit
+    from agent.calibration import recorded, run_configuration, settings_file_text
+    from agent.finishing import FinishPolicy
+    from tools.evaluation import read_predictions
+    from tools.evaluation.formats import read_dataset
+    from tools.files import check_output_folder, write_atomically
+
+    check_output_folder(str(output.parent) if str(output.parent) else ".")
+    metric = get_format(dataset_format).metric
+    score_options = {}
+    if score_threshold is not None:
+        if "score_threshold" not in metric.options:
+            raise UserInputError("--score-threshold applies to the GREC formats only")
+        score_options["score_threshold"] = score_threshold
+    config_used = run_configuration(predictions, config)
+    samples = list(read_dataset(dataset_format, annotations, split=split))
+    records = recorded(read_predictions(predictions))
+    result = fit(records, samples, metric, FinishPolicy.of(config_used), score_options)
+    if not result.fitted:
+        raise UserInputError("no threshold changes these answers (e.g. plain REC without --allow-none or --multi); "
+                             "nothing to calibrate")
+    source = {"format": dataset_format, "annotations": str(annotations.resolve()), "split": split or "",
+              "predictions": str(predictions.resolve())}
+    write_atomically(output, settings_file_text(config_used, result, source))
+    plot = plot or output.with_suffix(".png")
+    _plot(result, plot, dataset_format)
+    before = {name: getattr(FinishPolicy.of(config_used), name) for name in result.fitted}
+    if as_json:
+        stdout.print_json(json.dumps({"before": result.before, "after": result.after, "thresholds": result.fitted,
+                                      "previous": before, "settings": str(output), "plot": str(plot)}))
+        return
+    table = Table("threshold", "before", "after", title=f"calibrated on {annotations} ({len(samples)} samples)")
+    for name, value in result.fitted.items():
+        table.add_row(name, f"{before[name]:.4g}", f"{value:.4g}")
+    table.add_row("objective", f"{result.before:.2f}", f"{result.after:.2f}")
+    stdout.print(table)
+    stdout.print(f"wrote {output} (load it with --config) and {plot}; the numbers above are on the dev split itself",
+                 markup=False, soft_wrap=True)
+
+
+def _plot(result, path: Path, dataset_format: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(result.curves), figsize=(4 * len(result.curves), 3.2), squeeze=False)
+    for axis, (name, (values, scores)) in zip(axes[0], result.curves.items()):
+        axis.plot(values, scores, marker=".")
+        axis.axvline(result.fitted[name], color="tab:red", linestyle="--")
+        axis.set_xlabel(name)
+        axis.set_ylabel(f"{dataset_format} objective")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,135 @@
+"""``agent-cli calibrate`` on synthetic score sets whose best thresholds are known by construction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from agent.calibration import calibrated_on, recorded, relevant_thresholds, rescore
+from agent.cli import main
+from agent.configuration import Configuration
+from agent.finishing import FinishPolicy
+from tests.test_datasets import annotation, image_entry, write_json
+from tools.evaluation import PredictionWriter, read_predictions
+
+RIGHT, OTHER, WRONG = [0, 0, 10, 10], [20, 0, 30, 10], [50, 50, 90, 90]
+
+
+def grec_split(tmp_path, count=12):
+    """Two-target expressions (even ids) and no-target ones (odd ids)."""
+    images, annotations = [], []
+    for i in range(count):
+        images.append(image_entry(i, "both cups" if i % 2 == 0 else "the flying cup"))
+        if i % 2 == 0:
+            annotations += [annotation(10 * i, i, [0, 0, 10, 10]), annotation(10 * i + 1, i, [20, 0, 10, 10])]
+        else:
+            annotations.append(annotation(10 * i, i, [0, 0, 0, 0], category_id=-1))
+    return write_json(tmp_path, "grec_dev.json", {"images": images, "annotations": annotations})
+
+
+def verification_run(tmp_path, count=12, verify_threshold=0.5):
+    """An eval run folder: crs + verify records. Targets' boxes say yes with 0.9-0.95, the wrong
+    box of a two-target expression with 0.8, a no-target expression's boxes with at most 0.85:
+    every threshold in (0.85, 0.9] is perfect, and 0.5 is not."""
+    run = tmp_path / "run"
+    run.mkdir()
+    settings = Configuration(strategy="crs", allow_none=True, multi="auto", crs_mode="verify",
+                             verify_threshold=verify_threshold).to_dict()
+    (run / "run.json").write_text(json.dumps({"version": 1, "agent": settings, "dataset": {}}))
+    rng = np.random.default_rng(0)
+    with PredictionWriter(run / "predictions.jsonl") as writer:
+        for i in range(count):
+            if i % 2 == 0:
+                boxes, yes = [RIGHT, OTHER, WRONG], [rng.uniform(0.9, 0.95), rng.uniform(0.9, 0.95), 0.8]
+            else:
+                boxes, yes = [OTHER, WRONG], [0.85, rng.uniform(0.71, 0.8)]
+            from tools.evaluation import Prediction
+            from tools.detections import Detections
+
+            record = Prediction(i, Detections.empty(), {
+                "path": "crs", "expected_count": "many" if i % 2 == 0 else 1,
+                "candidates": {"boxes": boxes, "scores": [0.5] * len(boxes)}, "verification": [float(v) for v in yes]})
+            writer.write(record)
+    return run
+
+
+def test_calibration_finds_the_threshold_known_by_construction(tmp_path, capsys):
+    annotations = grec_split(tmp_path)
+    run = verification_run(tmp_path)
+    output = tmp_path / "calibrated.toml"
+    code = main(["calibrate", "--format", "grec", "--annotations", str(annotations), "--predictions",
+                 str(run / "predictions.jsonl"), "--output", str(output), "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert 0.85 < printed["thresholds"]["verify_threshold"] <= 0.9
+    assert printed["before"] < 100.0 and printed["after"] == 100.0
+    assert set(printed["thresholds"]) == {"verify_threshold"}  # the only threshold these paths read
+    assert (tmp_path / "calibrated.png").stat().st_size > 0
+    # The file is a settings file the agent loads, recording where it was fitted.
+    loaded = Configuration.load(output, env={})
+    assert loaded.verify_threshold == printed["thresholds"]["verify_threshold"]
+    assert (loaded.strategy, loaded.crs_mode, loaded.multi, loaded.allow_none) == ("crs", "verify", "auto", True)
+    assert calibrated_on(output) == str(annotations.resolve())
+
+
+def test_rescored_predictions_score_as_agent_cli_score_says(tmp_path, capsys):
+    annotations = grec_split(tmp_path)
+    run = verification_run(tmp_path)
+    records = recorded(read_predictions(run / "predictions.jsonl"))
+    for threshold in (0.5, 0.88):
+        rescored = tmp_path / f"rescored-{threshold}.jsonl"
+        with PredictionWriter(rescored) as writer:
+            for prediction in rescore(records, FinishPolicy(allow_none=True, multi="auto", verify_threshold=threshold)):
+                writer.write(prediction)
+        assert main(["score", "--format", "grec", "--annotations", str(annotations), "--predictions", str(rescored),
+                     "--json"]) == 0
+        scored = json.loads(capsys.readouterr().out)
+        assert (scored["f1_precision"] == 100.0) == (threshold == 0.88)
+
+
+def test_specialist_threshold_and_what_matters():
+    from tools.detections import Detections
+    from tools.evaluation import Prediction
+
+    prediction = Prediction(1, Detections.empty(), {"path": "specialist", "path_answer": {
+        "boxes": [RIGHT, WRONG], "scores": [0.8, 0.4]}})
+    records = recorded([prediction])
+    assert set(relevant_thresholds(records, FinishPolicy(allow_none=True))) == {"specialist_threshold"}
+    assert relevant_thresholds(records, FinishPolicy(allow_none=False)) == {}  # plain REC: always the top box
+    boxes = [p.boxes.tolist() for p in rescore(records, FinishPolicy(allow_none=True, specialist_threshold=0.9))]
+    assert boxes == [[]]
+
+
+def test_runs_without_the_recorded_scores_are_refused(tmp_path, capsys):
+    annotations = grec_split(tmp_path, count=2)
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps({"id": 0, "boxes": [], "scores": [], "path": "crs"}) + "\n")
+    assert main(["calibrate", "--format", "grec", "--annotations", str(annotations), "--predictions",
+                 str(old)]) == 2
+    assert "lacks the scores calibrate re-chooses boxes from" in capsys.readouterr().err
+
+
+def test_eval_warns_when_the_dev_file_is_the_test_file(tmp_path, capsys, street_image):
+    annotations = grec_split(tmp_path, count=2)
+    calibrated = tmp_path / "calibrated.toml"
+    calibrated.write_text(f'[agent]\nstrategy = "specialist"\n\n[calibration]\nannotations = "{annotations}"\n')
+    street_image.save(tmp_path / "0.jpg")
+    street_image.save(tmp_path / "1.jpg")
+    main(["eval", "--format", "grec", "--annotations", str(annotations), "--image-root", str(tmp_path),
+          "--output", str(tmp_path / "out"), "--config", str(calibrated), "--detector", str(tmp_path / "none")])
+    assert "were calibrated on" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("format_name", ["grec", "finecops-ref"])
+def test_objectives_are_the_documented_ones(format_name):
+    from agent.calibration import objective
+    from tools.evaluation.formats import get_format
+
+    goal = objective(get_format(format_name).metric.name)
+    if format_name == "grec":
+        assert goal({"f1_precision": 61.9}) == 61.9
+    else:
+        assert goal({"crs_accuracy": {"positive": 80.0, "negative": 40.0}}) == 60.0
+        assert goal({"crs_accuracy": {"positive": 80.0, "negative": None}}) == 80.0
