@@ -9,8 +9,9 @@ Queries run together (``tools.batching``) have their calls coalesced into the op
 methods ``ground_batch(images, expressions, focuses)``, ``select_batch(images, expressions,
 candidates, allow_none)``, ``verify_batch(images, expressions, candidates)`` and
 ``detect_batch(images, texts, focuses)``; a backend without them is called once per query.
-``verify`` (per-candidate yes/no, ``crs_mode="verify"``) is optional: ``p(yes)`` per candidate. Calls into a plug-in take turns unless it says ``thread_safe = True``
-(the bundled models serialise themselves).
+``verify`` (per-candidate yes/no, ``crs_mode="verify"``) is optional: ``p(yes)`` per candidate.
+Calls into a plug-in take turns unless it says ``thread_safe = True`` (the bundled models
+serialise themselves).
 """
 
 from __future__ import annotations

@@ -133,3 +133,48 @@ def test_objectives_are_the_documented_ones(format_name):
     else:
         assert goal({"crs_accuracy": {"positive": 80.0, "negative": 40.0}}) == 60.0
         assert goal({"crs_accuracy": {"positive": 80.0, "negative": None}}) == 80.0
+
+
+def test_the_fitted_objective_is_what_agent_cli_score_gives(tmp_path, capsys):
+    annotations = grec_split(tmp_path)
+    run = verification_run(tmp_path, verify_threshold=0.3)
+    assert main(["calibrate", "--format", "grec", "--annotations", str(annotations), "--predictions",
+                 str(run / "predictions.jsonl"), "--output", str(tmp_path / "c.toml"), "--json"]) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    for threshold, expected in ((0.3, fitted["before"]), (fitted["thresholds"]["verify_threshold"], fitted["after"])):
+        rescored = tmp_path / f"at-{threshold}.jsonl"
+        policy = FinishPolicy(allow_none=True, multi="auto", verify_threshold=threshold)
+        with PredictionWriter(rescored) as writer:
+            for prediction in rescore(recorded(read_predictions(run / "predictions.jsonl")), policy):
+                writer.write(prediction)
+        assert main(["score", "--format", "grec", "--annotations", str(annotations), "--predictions",
+                     str(rescored), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["f1_precision"] == pytest.approx(expected)
+
+
+def test_an_eval_run_on_tiny_models_carries_what_calibrate_needs(tmp_path, capsys, tiny_mm_grounding_dino,
+                                                                  tiny_qwen2_vl):
+    from PIL import Image
+
+    annotations = grec_split(tmp_path, count=4)
+    for i in range(4):
+        Image.new("RGB", (100, 100), (40 * i, 90, 160)).save(tmp_path / f"{i}.jpg")
+    common = ["--format", "grec", "--annotations", str(annotations)]
+    for mode in ("verify", "choice"):
+        run = tmp_path / mode
+        assert main(["eval", *common, "--image-root", str(tmp_path), "--output", str(run), "--strategy", "crs",
+                     "--crs-mode", mode, "--allow-none", "--multi", "auto", "--crs-permutations", "2",
+                     "--detector", str(tiny_mm_grounding_dino), "--mllm", str(tiny_qwen2_vl), "--llm", "heuristic",
+                     "--device", "cpu"]) == 0
+        capsys.readouterr()
+        lines = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+        assert all({"path", "candidates", "expected_count"} <= set(line) for line in lines)
+        assert all(("verification" in line) == (mode == "verify") for line in lines)
+        assert [line["expected_count"] for line in lines] == [2, 1, 2, 1]  # "both cups", "the flying cup"
+        if mode == "choice":
+            assert all(line["selection"]["orders"] == 2 for line in lines)
+        assert main(["calibrate", *common, "--predictions", str(run / "predictions.jsonl"), "--output",
+                     str(tmp_path / f"{mode}.toml"), "--json"]) == 0
+        fitted = json.loads(capsys.readouterr().out)
+        assert fitted["after"] >= fitted["before"]
+        assert set(fitted["thresholds"]) == {"verify_threshold" if mode == "verify" else "multi_ratio"}

@@ -312,6 +312,13 @@ def test_verify_task_asks_yes_or_no_per_candidate_as_inference_does(tmp_path, da
     box = QWEN2_VL.option_boxes([list(first.candidates[0])], first.image_size)[0]
     assert {"role": "user", "content": "<image>" + verify_prompt(first.expression, box)} in [
         record["messages"][0] for record in records]
+    # The command line builds the same.
+    assert build_main(["--format", "finecops-ref", "--annotations", str(annotations), "--image-root", str(root),
+                       "--candidates", str(candidates), "--output", str(tmp_path / "cli"), "--negatives", "0",
+                       "--task", "verify", "--no-progress"]) == 0
+    assert (tmp_path / "cli" / "samples.jsonl").read_text().count('"answers"') > 0
+    assert build_main(["--format", "finecops-ref", "--annotations", str(annotations), "--candidates", str(candidates),
+                       "--output", str(tmp_path / "bad"), "--task", "vote"]) == 2
     # agent-cli finetune trains the choice task and says so for a verification file.
     with pytest.raises(UserInputError, match="yes/no verification sample"):
         read_samples(tmp_path / "out" / "samples.jsonl")

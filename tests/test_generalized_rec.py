@@ -198,3 +198,43 @@ def test_finish_is_a_function_of_the_recorded_scores():
     state = {"path": "crs", "candidates": candidates, "verification": [0.9, 0.2, 0.8, 0.6], "expected_count": 2}
     assert finish(state, policy).boxes.tolist() == [BOXES[0], BOXES[2]]
     assert len(finish_verification(candidates, np.array([0.9, 0.2, 0.8, 0.6]), policy, None)) == 3
+
+
+def test_permutations_on_a_tiny_qwen_equal_k_separate_select_calls(tiny_qwen2_vl, street_image):
+    from tools.mllm import QwenVL
+
+    qwen = QwenVL.from_pretrained(str(tiny_qwen2_vl), device="cpu")
+    detector = FourBoxes(scores=(0.9, 0.8, 0.7, 0.6))
+    agent = Agent("crs", detector=detector, mllm=qwen, extractor="heuristic", focus=False, crs_permutations=3,
+                  allow_none=True)
+    result = agent.locate(street_image, "the red box")
+    candidates = result.selection.candidates
+    expected = np.zeros(len(candidates) + 1)
+    for order in cyclic_orders(len(candidates), 3):
+        alone = qwen.select(street_image, "the red box", candidates[order], allow_none=True)
+        expected[order] += alone.probabilities[:-1] / 3
+        expected[-1] += alone.probabilities[-1] / 3
+    np.testing.assert_allclose(result.selection.probabilities, expected, atol=1e-4)
+    assert result.selection.orders == 3 and 0 <= result.selection.disagreement <= 1
+
+
+def test_the_command_line_reaches_every_part(tiny_mm_grounding_dino, tiny_qwen2_vl, street_image, tmp_path, capsys):
+    import json
+
+    from agent.cli import main
+
+    picture = tmp_path / "street.png"
+    street_image.save(picture)
+    base = ["locate", str(picture), "the two boxes", "--detector", str(tiny_mm_grounding_dino), "--mllm",
+            str(tiny_qwen2_vl), "--llm", "heuristic", "--device", "cpu", "--json"]
+    assert main([*base, "--strategy", "specialist", "--multi", "auto"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["expected_count"] == 2 and len(result["boxes"]) <= 2
+    assert main([*base, "--strategy", "crs", "--crs-mode", "verify", "--allow-none", "--verify-threshold", "0.0"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["verification"]) == len(result["candidates"]["boxes"]) > 0
+    assert len(result["boxes"]) == 1 and all(0 <= p <= 1 for p in result["verification"])  # multi false: one box
+    assert main([*base, "--strategy", "crs", "--crs-permutations", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["selection"]["orders"] == 3
+    assert main([*base, "--multi", "perhaps"]) == 2
+    assert "multi='perhaps': choose false, true or auto" in capsys.readouterr().err

@@ -99,6 +99,25 @@ def test_crs_options_are_written_in_internvl_box_language(internvl, street_image
     assert selection.probabilities.sum() == pytest.approx(1.0)
 
 
+def test_verify_is_one_forward_pass_in_internvl_box_language(internvl, street_image, monkeypatch):
+    forwards, questions = [], []
+    original_forward, original_encode = internvl.model.forward, internvl._encode
+
+    def counting(*args, **kwargs):
+        forwards.append(kwargs["input_ids"].shape[0])
+        return original_forward(*args, **kwargs)
+
+    def spying(conversations):
+        questions.extend(conversation[0]["content"][1]["text"] for conversation in conversations)
+        return original_encode(conversations)
+
+    monkeypatch.setattr(internvl.model, "forward", counting)
+    monkeypatch.setattr(internvl, "_encode", spying)
+    yes = internvl.verify(street_image, "the red box", CANDIDATES[:3])
+    assert forwards == [3] and yes.shape == (3,) and np.all((yes > 0) & (yes < 1))
+    assert any("Bounding box: [[62, 333, 250, 833]]" in question for question in questions)
+
+
 @pytest.mark.parametrize("letter", ["A", "D"])
 def test_the_boosted_letter_wins(internvl, street_image, letter):
     (spaced_id,) = encode(internvl, " " + letter)

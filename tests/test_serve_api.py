@@ -53,7 +53,8 @@ def without_timings(result: dict) -> dict:
 
 @pytest.mark.parametrize(
     "settings", [{}, {"strategy": "specialist"}, {"strategy": "sfa+crs"}, {"strategy": "crs", "allow_none": True},
-                 {"strategy": "mllm", "focus": False}, {"strategy": "crs", "multi": True}],
+                 {"strategy": "mllm", "focus": False}, {"strategy": "crs", "multi": True},
+                 {"strategy": "specialist", "multi": "auto"}],
 )
 def test_locate_answers_what_the_agent_answers(client, agent, settings):
     response = post(client, **settings)

@@ -19,6 +19,8 @@ class MLLM(Protocol):
     ``ground_batch(images, expressions, focuses)`` and ``select_batch(images, expressions,
     candidates, allow_none)`` answer several queries in one call: queries run together
     (``batch_size``) then share it (``tools.batching``; README, "Batched execution").
+    ``verify(image, expression, candidates)`` (and ``verify_batch``), returning ``p(yes)`` per
+    candidate for "is this box what the expression describes?", enables ``crs_mode="verify"``.
     """
 
     def ground(self, image: Image.Image, expression: str, focus: str | None = None) -> Detections:
