@@ -53,7 +53,7 @@ def finetune(
     merge: bool = typer.Option(False, "--merge", help="Also save the merged model and processor."),
     prompts_dir: Optional[str] = typer.Option(None, "--prompts-dir", help="Your own prompt templates."),
 ) -> None:
-    """Instruction-tune a Qwen VL or InternVL model for Candidate Region Selection with LoRA."""
+    """Instruction-tune a Qwen VL or InternVL model for Candidate Region Selection with LoRA (choice or verify samples)."""
     from .train import train
 
     config = TrainConfig(

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from tools.errors import UserInputError
 from tools.images import load_image
-from tools.mllm.crs import letter_distribution, letter_token_ids
+from tools.mllm.crs import letter_distribution
 from tools.mllm.families import QWEN2_VL, ModelFamily
 from tools.mllm.qwen import pixel_budget  # the same default budget as inference
 
@@ -35,7 +35,7 @@ CRS_KEYS = (OPTION_IDS, ANSWER_OPTIONS)
 
 
 class CRSCollator:
-    """Turns a list of ``CRSSample`` into a batch dict (a ``Trainer``'s ``data_collator``).
+    """Turns a list of ``CRSSample`` (or ``VerifyQuestion``) into a batch dict (a ``Trainer``'s ``data_collator``).
 
     The batch holds the model inputs (``input_ids``, ``attention_mask``, ``pixel_values``,
     ``image_grid_thw``), ``labels`` (``IGNORE_INDEX`` except the answer tokens),
@@ -67,7 +67,7 @@ class CRSCollator:
                     f"need 0 < min_pixels <= max_pixels, got {self.min_pixels} and {self.max_pixels}")
         self.max_patches = int(max_patches or getattr(image_processor, "max_patches", None) or 1)
         self.prompts_dir = prompts_dir
-        self._letter_ids: dict[tuple[str, ...], list[list[int]]] = {}
+        self._option_ids: dict[tuple[str, ...], list[list[int]]] = {}
 
     def __call__(self, samples: Sequence[CRSSample]) -> dict:
         conversations, texts, answer_ids = [], [], []
@@ -97,7 +97,7 @@ class CRSCollator:
             **encoded,
             "labels": labels,
             "logits_to_keep": answer_length + 1,
-            OPTION_IDS: [self._letter_token_ids(sample.letters) for sample in samples],
+            OPTION_IDS: [self._option_token_ids(sample) for sample in samples],
             ANSWER_OPTIONS: [sample.answer_index for sample in samples],
         }
 
@@ -132,11 +132,11 @@ class CRSCollator:
     def _token_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _letter_token_ids(self, letters: Sequence[str]) -> list[list[int]]:
-        key = tuple(letters)
-        if key not in self._letter_ids:
-            self._letter_ids[key] = letter_token_ids(self.tokenizer, key)
-        return self._letter_ids[key]
+    def _option_token_ids(self, sample) -> list[list[int]]:
+        key = tuple(sample.options)
+        if key not in self._option_ids:
+            self._option_ids[key] = sample.option_token_ids(self.tokenizer)
+        return self._option_ids[key]
 
 
 def answer_loss(outputs, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:

@@ -12,7 +12,8 @@ free-form provenance that training ignores. A relative ``image`` path is relativ
 JSONL file's folder.
 
 The user turn is built with ``crs_prompt``, exactly as ``QwenVL.select`` asks at inference,
-so the model is trained on the very question it will be asked.
+so the model is trained on the very question it will be asked. ``read_training_samples`` also
+reads verification files (``verify_samples.py``), one yes/no question per candidate.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from PIL import Image
 from tools.files import read_json_lines, write_atomically
 from tools.detections import Detections
 from tools.errors import UserInputError
-from tools.mllm.crs import crs_prompt, option_letters
+from tools.mllm.crs import crs_prompt, letter_token_ids, option_letters
 from tools.mllm.families import QWEN2_VL, ModelFamily
 
 REQUIRED_FIELDS = ("id", "image", "expression", "candidates", "image_size", "allow_none", "answer")
@@ -61,6 +62,14 @@ class CRSSample:
     def answer_index(self) -> int:
         """Position of the answer among the options."""
         return self.letters.index(self.answer)
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return tuple(self.letters)
+
+    def option_token_ids(self, tokenizer) -> list[list[int]]:
+        """Per option, the ids that spell its letter (what ``select`` reads)."""
+        return letter_token_ids(tokenizer, self.letters)
 
     def detections(self) -> Detections:
         """The candidates as ``Detections`` (scores play no part in the prompt)."""
@@ -109,8 +118,8 @@ def parse_sample(record: Any, where: str = "sample") -> CRSSample:
     if not isinstance(record, dict):
         raise UserInputError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if "answers" in record and "answer" not in record:
-        raise UserInputError(f"{where}: a yes/no verification sample (finetune-data --task verify); agent-cli "
-                             "finetune trains the choice task: train verification on the exported LLaMA-Factory file")
+        raise UserInputError(f"{where}: a yes/no verification sample (finetune-data --task verify), not a "
+                             "multiple-choice one; read it with read_training_samples")
     for name in REQUIRED_FIELDS:
         if name not in record:
             raise fail(name, "is missing")
@@ -181,6 +190,25 @@ def read_samples(path: str | os.PathLike) -> list[CRSSample]:
     return samples
 
 
+def read_training_samples(path: str | os.PathLike) -> list:
+    """The training items of a samples file: its ``CRSSample`` lines, or, for a verification file
+    (``finetune-data --task verify``), one ``VerifyQuestion`` per candidate of every line."""
+    from .verify_samples import VerifySample
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"no CRS sample file {str(path)!r}")
+    records = list(read_json_lines(path))
+    if not records or not (isinstance(records[0][1], dict) and "answers" in records[0][1]):
+        return read_samples(path)
+    questions = []
+    for where, record in records:
+        sample = VerifySample.from_dict(record, where)
+        image = Path(sample.image).expanduser()
+        questions += replace(sample, image=str(image if image.is_absolute() else path.parent / image)).split()
+    return questions
+
+
 def write_samples(samples: Iterable[CRSSample], path: str | os.PathLike) -> Path:
     """Write ``samples`` as JSONL (image paths as they are in the samples); returns the path."""
     path = Path(path)
@@ -190,7 +218,7 @@ def write_samples(samples: Iterable[CRSSample], path: str | os.PathLike) -> Path
 
 
 def sample_conversation(
-    sample: CRSSample,
+    sample: Any,
     image: Image.Image | str | None = None,
     *,
     min_pixels: int | None = None,
@@ -199,7 +227,8 @@ def sample_conversation(
     family: ModelFamily = QWEN2_VL,
     patch_size: int | None = None,
 ) -> list[dict]:
-    """The chat turns of ``sample``: user = image + CRS question, assistant = the answer letter.
+    """The chat turns of ``sample`` (a ``CRSSample`` or ``VerifyQuestion``): user = image + its
+    question, assistant = the answer (letter, or Yes / No).
 
     The user turn has the layout of ``QwenVL.select`` (image item with its pixel budget, then
     the text), so ``qwen_vl_utils.process_vision_info`` resizes the image the same way, and

@@ -46,7 +46,7 @@ class TrainConfig:
     """Every setting of a fine-tuning run; ``agent-cli finetune`` exposes each as an option."""
 
     model: str  # Qwen VL or InternVL (-hf) checkpoint: Hub id or folder
-    train_file: str  # CRS samples, JSONL (finetune/samples.py)
+    train_file: str  # CRS samples, JSONL: multiple-choice (finetune/samples.py) or yes/no (verify_samples.py)
     output_dir: str
     eval_file: str | None = None  # held-out CRS samples: option accuracy after every epoch
     epochs: float = 3.0
@@ -107,7 +107,7 @@ def lora_target_regex(target: str) -> str:
 def train(config: TrainConfig) -> dict[str, Any]:
     """Fine-tune as ``config`` says; returns the summary written to ``summary.json`` (on the main
     process; the others, under ``accelerate launch`` or ``torchrun``, return an empty dict)."""
-    from .samples import read_samples
+    from .samples import read_training_samples
 
     # Every mistake in the settings and files is answered before torch is imported.
     _check_config(config)
@@ -117,8 +117,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     resume_from = find_checkpoint(config.resume, checkpoints_dir) if config.resume else None
     if resume_from is not None:
         _check_resumable(resume_from, config)
-    train_samples = read_samples(config.train_file)
-    eval_samples = read_samples(config.eval_file) if config.eval_file else []
+    train_samples = read_training_samples(config.train_file)
+    eval_samples = read_training_samples(config.eval_file) if config.eval_file else []
 
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env

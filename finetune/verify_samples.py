@@ -10,7 +10,10 @@ Each candidate is one question, asked exactly as ``verify`` asks it at inference
 (``tools.mllm.verify.verify_prompt``, the box in the family's box language): ``answers[i]`` is
 "yes" when candidate ``i`` overlaps a ground-truth box with IoU above the build's ``min_iou``,
 else "no" (every candidate of an expression without target is a "no"). Keeping an expression's
-candidates on one line keeps an interrupted build's resume exact.
+candidates on one line keeps an interrupted build's resume exact. The model is taught to reply
+"Yes" or "No" (``REPLIES``), the spellings a chat model starts a reply with; ``verify`` reads
+every spelling of both. ``agent-cli finetune`` trains on the questions one by one
+(``VerifyQuestion``, the same fields the collator reads of a ``CRSSample``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import numpy as np
 
 from tools.errors import UserInputError
 from tools.mllm.families import QWEN2_VL, ModelFamily
-from tools.mllm.verify import ANSWERS, verify_prompt
+from tools.mllm.verify import ANSWERS, verify_prompt, yes_no_token_ids
+
+REPLIES = {"yes": "Yes", "no": "No"}  # what the model is taught to write for each answer
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,12 @@ class VerifySample:
         """``(question, answer)`` per candidate, as ``verify`` asks a model of ``family``."""
         boxes = family.option_boxes(np.asarray(self.candidates, dtype=np.float64).reshape(-1, 4), self.image_size,
                                     input_size)
-        return [(verify_prompt(self.expression, box, prompts_dir), answer) for box, answer in zip(boxes, self.answers)]
+        return [(verify_prompt(self.expression, box, prompts_dir), REPLIES[answer])
+                for box, answer in zip(boxes, self.answers)]
+
+    def split(self) -> list["VerifyQuestion"]:
+        """One training item per candidate."""
+        return [VerifyQuestion(self, index) for index in range(len(self.candidates))]
 
     def to_dict(self) -> dict[str, Any]:
         record = {"id": self.id, "image": self.image, "expression": self.expression,
@@ -57,8 +67,55 @@ class VerifySample:
         return record
 
     @classmethod
-    def from_dict(cls, record: dict[str, Any]) -> "VerifySample":
-        return cls(str(record["id"]), record["image"], record["expression"],
-                   tuple(tuple(float(v) for v in box) for box in record["candidates"]),
-                   (int(record["image_size"][0]), int(record["image_size"][1])), tuple(record["answers"]),
-                   dict(record.get("meta", {})))
+    def from_dict(cls, record: Any, where: str = "sample") -> "VerifySample":
+        """A checked sample from its JSON object; problems name ``where``."""
+        try:
+            sample = cls(str(record["id"]), str(record["image"]), str(record["expression"]),
+                         tuple(tuple(float(v) for v in box) for box in record["candidates"]),
+                         (int(record["image_size"][0]), int(record["image_size"][1])), tuple(record["answers"]),
+                         dict(record.get("meta", {})))
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise UserInputError(f"{where}: not a verification sample ({type(error).__name__}: {error})") from None
+        if not all(len(box) == 4 and box[0] < box[2] and box[1] < box[3] for box in sample.candidates):
+            raise UserInputError(f"{where}: field 'candidates' must be [x1, y1, x2, y2] boxes with x1 < x2, y1 < y2")
+        return sample
+
+
+@dataclass(frozen=True)
+class VerifyQuestion:
+    """One candidate's yes/no question, with what the training collator reads of a sample."""
+
+    sample: VerifySample
+    index: int
+
+    options = ANSWERS  # option 0 "yes", option 1 "no"
+
+    @property
+    def id(self) -> str:
+        return f"{self.sample.id}/{self.index}"
+
+    @property
+    def image(self) -> str:
+        return self.sample.image
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.sample.image_size
+
+    @property
+    def answer(self) -> str:
+        return REPLIES[self.sample.answers[self.index]]
+
+    @property
+    def answer_index(self) -> int:
+        return ANSWERS.index(self.sample.answers[self.index])
+
+    def option_token_ids(self, tokenizer) -> list[list[int]]:
+        return yes_no_token_ids(tokenizer)
+
+    def prompt(self, prompts_dir: str | None = None, *, family: ModelFamily = QWEN2_VL,
+               input_size: tuple[int, int] | None = None) -> str:
+        """The question ``verify`` asks of this candidate, for a model of ``family``."""
+        box = family.option_boxes(np.asarray([self.sample.candidates[self.index]], dtype=np.float64),
+                                  self.image_size, input_size)[0]
+        return verify_prompt(self.sample.expression, box, prompts_dir)

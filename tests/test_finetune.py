@@ -344,3 +344,54 @@ def test_trainer_settings_are_checked_before_loading(dataset, tiny_qwen2_vl, tmp
     train_file, _ = dataset
     with pytest.raises(UserInputError, match=message):
         train(config_for(tiny_qwen2_vl, train_file, tmp_path / "run", **overrides))
+
+
+# ------------------------------------------------------------------ the verification task
+
+
+def verify_file(samples, folder):
+    """The dataset as verification samples: the answer's candidate says yes, the others no."""
+    from finetune.verify_samples import VerifySample
+
+    path = folder / "verify.jsonl"
+    lines = []
+    for sample in samples:
+        answers = ["yes" if i == sample.answer_index else "no" for i in range(len(sample.candidates))]
+        lines.append(VerifySample(sample.id, sample.image, sample.expression, sample.candidates, sample.image_size,
+                                  tuple(answers)).to_dict())
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_verification_questions_train_as_inference_asks_them(dataset, collator, tiny_qwen2_vl, tmp_path):
+    from finetune.samples import read_training_samples
+    from finetune.verify_samples import VerifyQuestion
+
+    _, samples = dataset
+    questions = read_training_samples(verify_file(samples, tmp_path))
+    assert all(isinstance(q, VerifyQuestion) for q in questions) and len(questions) == 3 * len(samples)
+    qwen = QwenVL.from_pretrained(str(tiny_qwen2_vl), device="cpu")
+    question = questions[1]
+    inference_inputs, _ = qwen._encode([qwen._conversation(Image.open(question.image).convert("RGB"),
+                                                           question.prompt())])
+    batch = collator([question, questions[0]])
+    answer_length = batch["logits_to_keep"] - 1
+    row = batch["input_ids"][0][batch["attention_mask"][0].bool()]
+    assert torch.equal(row[:-answer_length], inference_inputs["input_ids"][0])
+    labels = [collator.tokenizer.decode(r[r != IGNORE_INDEX]) for r in batch["labels"]]
+    assert labels == [question.answer + "<|im_end|>", questions[0].answer + "<|im_end|>"]
+    assert {q.answer for q in questions} == {"Yes", "No"} and batch["answer_options"] == [
+        question.answer_index, questions[0].answer_index]
+
+
+def test_training_on_verification_samples_changes_verify(dataset, tiny_qwen2_vl, tmp_path):
+    _, samples = dataset
+    train_file = verify_file(samples, tmp_path)
+    summary = train(config_for(tiny_qwen2_vl, train_file, tmp_path / "run", eval_file=str(train_file), max_steps=4))
+    assert training_steps(tmp_path / "run" / "log.jsonl") == [1, 2, 3, 4]
+    assert 0.0 <= summary["eval_accuracy"] <= 1.0
+    base = QwenVL.from_pretrained(str(tiny_qwen2_vl), device="cpu")
+    tuned = QwenVL.from_pretrained(str(tiny_qwen2_vl), device="cpu", adapter=summary["adapter_dir"])
+    sample = samples[0]
+    assert not np.allclose(base.verify(sample.image, sample.expression, sample.detections()),
+                           tuned.verify(sample.image, sample.expression, sample.detections()), atol=1e-4)
