@@ -9,6 +9,7 @@
 - ``orchestration``: ``Agent.locate``'s own time per query with instant plug-in backends;
 - ``serving``: what ``agent-cli serve`` adds per request (HTTP, upload, decoding, queue), same plug-ins;
 - ``batching``: queries/s at several batch sizes (local 218 M Qwen2-VL, a slow remote server, the server);
+- ``crs_modes``: queries/s of CRS letter selection, over 3 option orders, and per-candidate verification;
 - ``extraction``: the model-free target extractor's agreement with a reader's targets;
 - ``cli_latency``: how fast ``agent-cli`` answers help, ``graph`` and bad input (no model runs).
 """
@@ -18,10 +19,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import batching, cli_latency, extraction, flops, orchestration, serving, walltime
+from . import batching, cli_latency, crs_modes, extraction, flops, orchestration, serving, walltime
 
 BENCHMARKS = {"flops": flops, "walltime": walltime, "orchestration": orchestration, "serving": serving,
-              "batching": batching, "extraction": extraction, "cli_latency": cli_latency}
+              "batching": batching, "crs_modes": crs_modes, "extraction": extraction, "cli_latency": cli_latency}
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:

@@ -234,3 +234,18 @@ def test_the_batching_benchmark_measures_remote_and_served_queries():
     served = batching.served(clients=2, requests=4)
     assert set(remote) == {1, 8} and all(value > 0 for value in remote.values())
     assert set(served) == {"off", "on"} and all(value > 0 for value in served.values())
+
+
+def test_the_crs_modes_benchmark_runs_every_mode():
+    import dataclasses
+
+    from benchmarks import crs_modes
+    from benchmarks.walltime import MID_SIZE
+
+    small = dataclasses.replace(
+        # head_dim 128, as the M-RoPE sections of the real checkpoints need
+        MID_SIZE, text={**MID_SIZE.text, "hidden_size": 256, "intermediate_size": 256, "num_hidden_layers": 1,
+                        "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 1024},
+        vision={**MID_SIZE.vision, "depth": 1, "embed_dim": 32, "num_heads": 4, "hidden_size": 256})
+    results = crs_modes.measure(queries=2, device="cpu", dtype="auto", spec=small)
+    assert set(results) == set(crs_modes.MODES) and all(qps > 0 for qps in results.values())
