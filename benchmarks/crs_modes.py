@@ -6,7 +6,7 @@ selection over k option orders (``crs_permutations``) and of per-candidate verif
 figures are the MLLM's forward passes: one row per query for ``choice``, k rows for k orders,
 one row per candidate for ``verify``. Random weights: only the cost means something.
 
-    python -m benchmarks.crs_modes --out outputs/bench [--queries 8]
+    python -m benchmarks.crs_modes --out outputs/bench [--crs-queries 8]
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ def measure(queries: int, device: str, dtype: str, spec=MID_SIZE) -> dict[str, f
 
 
 def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    parser.add_argument("--queries", type=int, default=8, help="queries per mode (default: %(default)s)")
+    parser.add_argument("--crs-queries", type=int, default=8, help="queries per CRS mode (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> dict:
     """Measure, print the table and write ``crs_modes.json``; returns the JSON payload."""
     device, dtype = str(resolve_device(getattr(args, "device", "auto"))), getattr(args, "dtype", "auto")
-    results = measure(args.queries, device, dtype)
+    results = measure(args.crs_queries, device, dtype)
     payload = {"queries_per_s": results, "device": device, "batch_size": BATCH, "candidates": 5}
     base = results["choice"]
     rows = [[name, f"{qps:.2f}", f"{base / qps:.1f}x"] for name, qps in results.items()]

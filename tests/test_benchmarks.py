@@ -249,3 +249,11 @@ def test_the_crs_modes_benchmark_runs_every_mode():
         vision={**MID_SIZE.vision, "depth": 1, "embed_dim": 32, "num_heads": 4, "hidden_size": 256})
     results = crs_modes.measure(queries=2, device="cpu", dtype="auto", spec=small)
     assert set(results) == set(crs_modes.MODES) and all(qps > 0 for qps in results.values())
+
+
+def test_every_benchmark_option_lives_beside_the_others_in_one_command(capsys):
+    # benchmarks.run gathers every benchmark's options in one parser: two with one name cannot both be set
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["--help"])
+    assert exit_.value.code == 0
+    assert "--crs-queries" in capsys.readouterr().out
