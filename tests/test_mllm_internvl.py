@@ -99,23 +99,23 @@ def test_crs_options_are_written_in_internvl_box_language(internvl, street_image
     assert selection.probabilities.sum() == pytest.approx(1.0)
 
 
-def test_verify_is_one_forward_pass_in_internvl_box_language(internvl, street_image, monkeypatch):
+def test_verify_reads_one_row_per_candidate_in_internvl_box_language(internvl, street_image, monkeypatch):
     forwards, questions = [], []
-    original_forward, original_encode = internvl.model.forward, internvl._encode
+    original_forward, original_text = internvl.model.forward, internvl._prompt_text
 
     def counting(*args, **kwargs):
         forwards.append(kwargs["input_ids"].shape[0])
         return original_forward(*args, **kwargs)
 
-    def spying(conversations):
-        questions.extend(conversation[0]["content"][1]["text"] for conversation in conversations)
-        return original_encode(conversations)
+    def spying(conversation):
+        questions.append(conversation[0]["content"][1]["text"])
+        return original_text(conversation)
 
     monkeypatch.setattr(internvl.model, "forward", counting)
-    monkeypatch.setattr(internvl, "_encode", spying)
+    monkeypatch.setattr(internvl, "_prompt_text", spying)
     yes = internvl.verify(street_image, "the red box", CANDIDATES[:3])
-    assert forwards == [3] and yes.shape == (3,) and np.all((yes > 0) & (yes < 1))
-    assert any("Bounding box: [[62, 333, 250, 833]]" in question for question in questions)
+    assert forwards == [1, 3] and yes.shape == (3,) and np.all((yes > 0) & (yes < 1))
+    assert "Bounding box: [[62, 333, 250, 833]]" in questions[0] and len(set(questions)) == 3
 
 
 @pytest.mark.parametrize("letter", ["A", "D"])

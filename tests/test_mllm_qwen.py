@@ -322,7 +322,7 @@ def test_out_of_memory_becomes_a_clear_error(qwen2, street_image, monkeypatch):
 # ------------------------------------------------------------------ per-candidate verification
 
 
-def test_verify_is_one_forward_pass_and_never_generates(qwen2, street_image, monkeypatch):
+def test_verify_reads_one_row_per_candidate_and_never_generates(qwen2, street_image, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("verify must not call generate")
 
@@ -336,7 +336,7 @@ def test_verify_is_one_forward_pass_and_never_generates(qwen2, street_image, mon
     monkeypatch.setattr(qwen2.model, "generate", refuse)
     monkeypatch.setattr(qwen2.model, "forward", counting)
     yes = qwen2.verify(street_image, "the red box", CANDIDATES)
-    assert forwards == [len(CANDIDATES)]  # one pass, a row per candidate
+    assert forwards == [1, len(CANDIDATES)]  # the image and question prefix once, then a row per candidate
     assert yes.shape == (5,) and np.all((yes > 0) & (yes < 1))
 
 

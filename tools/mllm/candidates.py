@@ -1,24 +1,26 @@
-"""The questions a local MLLM answers about candidate boxes, each read from one forward pass.
+"""The questions a local MLLM answers about candidate boxes, read from next-token logits.
 
 ``CandidateQuestions`` is part of ``LocalVLM`` (``local.py``): ``select`` asks the CRS
-multiple-choice question, ``verify`` the yes/no question of each candidate (``verify.py``).
-Neither calls ``generate``: the answer is the next-token distribution over the option letters,
-or over "yes" and "no", under the raw logits.
-"""
+multiple-choice question (one forward pass), ``verify`` the yes/no question of each candidate
+(``verify.py``; two passes: the image and question prefix, then a row per candidate continuing
+from its KV cache, ``shared_prefix.py``). Neither calls ``generate``: the answer is the
+next-token distribution over the option letters, or over "yes" and "no", under the raw logits."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from ..batching import one_call_at_a_time
 from ..detections import Detections
 from ..images import ImageInput, load_image
 from .batches import check_lengths, checked_text, chunks
 from .crs import bare_letter_logprobs, crs_prompt, letter_distribution, letter_mass, letter_token_ids
-from .decoding import first_step_scores
+from .decoding import first_step_scores, forget_rope_deltas
 from .selection import Selection
+from .shared_prefix import continuation_inputs, drop_last_tokens, ends_with, plan_shared_prefix, positions_from_mask
 from .verify import verify_prompt, yes_no_token_ids, yes_probability
 
 
@@ -81,27 +83,74 @@ class CandidateQuestions:
     def verify_batch(
         self, images: Sequence[ImageInput], expressions: Sequence[str], candidates: Sequence[Detections]
     ) -> list[np.ndarray]:
-        """``verify`` for several queries: one row per candidate, ``batch_size`` rows per forward pass,
-        one next-token read per row, never ``generate``."""
+        """``verify`` for several queries, ``batch_size`` queries at a time: each query's image and
+        question prefix in one pass, then one row per candidate continuing from it; one next-token
+        read per row, never ``generate``."""
         check_lengths(images=images, expressions=expressions, candidates=candidates)
         pictures = [load_image(image) for image in images]
-        rows: list[tuple[int, str]] = []  # (query, question) per candidate
-        for query, (picture, text, boxes) in enumerate(zip(pictures, expressions, candidates)):
+        questions: list[list[str]] = []  # per query, one question per candidate
+        for picture, text, boxes in zip(pictures, expressions, candidates):
             checked_text(text, "expression")
-            if len(boxes):
-                written = self.family.option_boxes(boxes.boxes, picture.size, self.input_size(picture.size))
-                rows += [(query, verify_prompt(text, box, self.prompts_dir)) for box in written]
+            written = self.family.option_boxes(boxes.boxes, picture.size, self.input_size(picture.size)) if len(
+                boxes) else []
+            questions.append([verify_prompt(text, box, self.prompts_dir) for box in written])
         if self._yes_no_ids is None:
             self._yes_no_ids = yes_no_token_ids(self.tokenizer)
-        row_pictures = [pictures[query] for query, _ in rows]
-        probabilities = np.zeros(len(rows))
-        for chunk in chunks(self._by_length(row_pictures, [q for _, q in rows], range(len(rows))), self.batch_size):
-            next_token_logits, _ = self._next_token_logits(
-                [self._conversation(row_pictures[i], rows[i][1]) for i in chunk])
-            for row, i in enumerate(chunk):
-                probabilities[i] = yes_probability(next_token_logits[row], self._yes_no_ids)
-        queries = np.array([query for query, _ in rows], dtype=np.int64)
-        return [probabilities[queries == query] for query in range(len(pictures))]
+        probabilities = [np.zeros(len(asked)) for asked in questions]
+        asked = [query for query, its in enumerate(questions) if its]
+        first_questions = [its[0] if its else "" for its in questions]
+        for chunk in chunks(self._by_length(pictures, first_questions, asked), self.batch_size):
+            conversations = [[self._conversation(pictures[query], question) for question in questions[query]]
+                             for query in chunk]
+            logits = self._shared_prefix_logits(conversations)
+            rows = iter(range(logits.shape[0]))
+            for query in chunk:
+                probabilities[query] = np.array(
+                    [yes_probability(logits[next(rows)], self._yes_no_ids) for _ in questions[query]])
+        return probabilities
+
+    def _shared_prefix_logits(self, conversations: list[list[list[dict]]]) -> torch.Tensor:
+        """Next-token logits of every conversation (per query, conversations that differ only at
+        the end), query after query: each query's shared prefix runs once and every conversation's
+        own tokens continue from its KV cache (``shared_prefix.py``). Full rows, one per
+        conversation, when the text-only and the processor's tokens disagree."""
+        texts = [[self._prompt_text(conversation) for conversation in its] for its in conversations]
+        plan = plan_shared_prefix([[self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in its]
+                                   for its in texts])
+        inputs, _ = self._encode([its[0] for its in conversations])
+        first_tails = [plan.tails[plan.owners.index(query)] for query in range(len(conversations))]
+        if not ends_with(inputs["input_ids"], inputs["attention_mask"], first_tails):
+            return torch.cat([self._next_token_logits(list(its))[0] for its in conversations])
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        prefix = drop_last_tokens(inputs, plan.dropped, pad_id)
+        owners = torch.tensor(plan.owners, device=self.device)
+        continuation = continuation_inputs(plan.tails, plan.owners, prefix["attention_mask"], pad_id)
+        tail_mask = continuation["attention_mask"][:, prefix["attention_mask"].shape[1]:]
+        positions = positions_from_mask(tail_mask, self._positions_after(prefix)[owners])
+        with self._inference():
+            forget_rope_deltas(self.model)  # the prefix pass computes its own M-RoPE offsets
+            output = self.model(**prefix, **self._prefix_pass_positions(prefix), use_cache=True, logits_to_keep=1)
+            cache = getattr(output, self._cache_argument)
+            cache.batch_select_indices(owners)  # a copy of its query's prefix per row
+            logits = self.model(**continuation, position_ids=self._continuation_positions(positions),
+                                **{self._cache_argument: cache}, use_cache=True, logits_to_keep=1).logits
+            forget_rope_deltas(self.model)
+        return logits[:, -1].float()
+
+    # ---------------------------------------------------------------- positions of the two passes
+    # For 1-D RoPE; the Qwen VL families override them for M-RoPE.
+
+    def _prefix_pass_positions(self, prefix) -> dict:
+        """Extra arguments of the prefix pass: positions counted over each row's real tokens."""
+        return {"position_ids": positions_from_mask(prefix["attention_mask"])}
+
+    def _positions_after(self, prefix) -> torch.Tensor:
+        """The position of the token after each row of the prefix pass."""
+        return prefix["attention_mask"].sum(-1)
+
+    def _continuation_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """``position_ids`` for a continuation pass from its 1-D positions."""
+        return positions
 
     def _next_token_logits(self, conversations: list[list[dict]]):
         """The next-token logits of each conversation (one forward pass) and the input ids."""

@@ -72,10 +72,7 @@ class InternVL(LocalVLM):
 
     def _encode(self, conversations: list[list[dict]]):
         """Chat template + tiling; returns model inputs and each image's tile-grid ``(w, h)``."""
-        texts = [
-            self.processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-            for conversation in conversations
-        ]
+        texts = [self._prompt_text(conversation) for conversation in conversations]
         images = [item["image"] for conversation in conversations for message in conversation
                   if not isinstance(message["content"], str)
                   for item in message["content"] if item.get("type") == "image"]

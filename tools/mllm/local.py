@@ -21,8 +21,9 @@ question (``_conversation``, ``_encode``) and what size the model sees an image 
   letters under the raw logits; the selection also records the letters' total probability
   and the reference's log-probabilities (``Selection``). ``verify`` asks "is this box what
   the expression describes?" of every candidate: one row per candidate in one forward pass,
-  ``p(yes)`` from the first answer token; each row encodes the image again (sharing the
-  image's KV cache across rows is not done). Both live in ``candidates.py``.
+  ``p(yes)`` from the first answer token; the image and the question's shared lines run once
+  per query, each candidate's own tokens continue from their KV cache (``shared_prefix.py``).
+  Both live in ``candidates.py``.
 - ``chat`` / ``generate_text`` serve the same loaded weights as a text-only LLM (target
   extraction), with a LoRA adapter switched off: it was tuned for CRS, not for that task.
   A ``fixed_prefix`` that many prompts share (the extraction prompt's few-shot part) is run
@@ -121,7 +122,7 @@ class LocalVLM(CandidateQuestions):
         # A call switches the adapter off and keeps position offsets and prefix caches on the
         # model: calls from several threads (a batch of queries) take turns.
         self._lock = threading.RLock()
-        # transformers 5 calls the KV cache argument "cache", 4.x "past_key_values".
+        # transformers 5 calls the KV cache argument (and output) "cache", 4.x "past_key_values".
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PEFT wrapper
         self._cache_argument = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
         self._refuse_thinking_template()
@@ -287,7 +288,7 @@ class LocalVLM(CandidateQuestions):
         if key not in self._prefix_caches:
             with self._inference():
                 output = self.model(input_ids=torch.tensor([prefix_ids], device=self.device), use_cache=True)
-            self._prefix_caches[key] = output.past_key_values
+            self._prefix_caches[key] = getattr(output, self._cache_argument)
             while len(self._prefix_caches) > MAX_PREFIX_CACHES:
                 self._prefix_caches.popitem(last=False)
         self._prefix_caches.move_to_end(key)
@@ -336,6 +337,12 @@ class LocalVLM(CandidateQuestions):
     def _memory_hint(self) -> str:
         """What lowers this model's memory use, for the out-of-memory message."""
         return ""
+
+    # ---------------------------------------------------------------- shared by the subclasses
+
+    def _prompt_text(self, conversation: list[dict]) -> str:
+        """The conversation through the chat template, ending where the model's answer starts."""
+        return self.processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
 
     # ---------------------------------------------------------------- internals
 

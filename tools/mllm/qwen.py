@@ -64,6 +64,24 @@ class QwenVL(LocalVLM):
     def _memory_hint(self) -> str:
         return f"lower max_pixels (now {self.max_pixels})"
 
+    # M-RoPE (Qwen2-VL paper, the models' get_rope_index): the image's tokens sit on a (t, h, w)
+    # grid of merged patches, and the text after it continues, equal on all three axes, at the
+    # grid's largest extent.
+
+    def _prefix_pass_positions(self, prefix) -> dict:
+        return {}  # the model places the image itself
+
+    def _positions_after(self, prefix) -> torch.Tensor:
+        """Each row's real tokens, its image's tokens replaced by the image's extent (one image per row)."""
+        grids = prefix["image_grid_thw"]
+        merge = int(getattr(self.processor.image_processor, "merge_size", None) or 2)
+        image_tokens = grids.prod(-1) // merge**2
+        extent = torch.maximum(grids[:, 1], grids[:, 2]) // merge
+        return prefix["attention_mask"].sum(-1) - image_tokens + extent
+
+    def _continuation_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions.unsqueeze(0).expand(3, -1, -1)
+
     def _conversation(self, image: Image.Image, text: str) -> list[dict]:
         """One user turn: the image (resized within our pixel budget by qwen_vl_utils), then the text."""
         image_item = {"type": "image", "image": image, "min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
@@ -73,10 +91,7 @@ class QwenVL(LocalVLM):
         """Chat template + vision preprocessing; returns model inputs and each image's resized ``(w, h)``."""
         from qwen_vl_utils import process_vision_info
 
-        texts = [
-            self.processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-            for conversation in conversations
-        ]
+        texts = [self._prompt_text(conversation) for conversation in conversations]
         images, _ = process_vision_info(conversations, image_patch_size=self.patch_size)
         if images is None:
             return self.processor(text=texts, padding=True, return_tensors="pt").to(self.device), []
