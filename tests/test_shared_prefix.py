@@ -111,3 +111,20 @@ def test_disagreeing_tokenisations_fall_back_to_full_rows(local_mllm, street_ima
     passes = record_passes(local_mllm, monkeypatch)
     np.testing.assert_allclose(local_mllm.verify(street_image, "the red box", CANDIDATES), expected, atol=1e-6)
     assert passes == [(len(CANDIDATES), True)]  # every question in full, the image in each row
+
+
+def test_option_orders_of_one_question_share_its_prefix(local_mllm, street_image, monkeypatch):
+    from tools.mllm.selection import cyclic_orders
+
+    # Qwen2-VL-7B-Instruct's repetition penalty: the reference's log-probabilities read the processed scores
+    monkeypatch.setattr(local_mllm.model.generation_config, "repetition_penalty", 1.05)
+    orders = cyclic_orders(len(CANDIDATES), 3)
+    alone = [local_mllm.select(street_image, "the red box", CANDIDATES[order], allow_none=True) for order in orders]
+    passes = record_passes(local_mllm, monkeypatch)
+    together = local_mllm.select_batch([street_image] * 3, ["the red box"] * 3, [CANDIDATES[o] for o in orders],
+                                       allow_none=True)
+    assert passes == [(1, True), (3, False)]  # the image and expression once, then the three orders
+    for single, shared in zip(alone, together):
+        np.testing.assert_allclose(shared.probabilities, single.probabilities, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(shared.option_mass, single.option_mass, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(shared.letter_logprobs, single.letter_logprobs, rtol=0, atol=1e-5)

@@ -3,11 +3,12 @@
 ``CandidateQuestions`` is part of ``LocalVLM`` (``local.py``): ``select`` asks the CRS
 multiple-choice question (one forward pass), ``verify`` the yes/no question of each candidate
 (``verify.py``; two passes: the image and question prefix, then a row per candidate continuing
-from its KV cache, ``shared_prefix.py``). Neither calls ``generate``: the answer is the
+from its KV cache, ``shared_prefix.py``; so do the option orders of one CRS question). Neither calls ``generate``: the answer is the
 next-token distribution over the option letters, or over "yes" and "no", under the raw logits."""
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
@@ -20,7 +21,8 @@ from .batches import check_lengths, checked_text, chunks
 from .crs import bare_letter_logprobs, crs_prompt, letter_distribution, letter_mass, letter_token_ids
 from .decoding import first_step_scores, forget_rope_deltas
 from .selection import Selection
-from .shared_prefix import continuation_inputs, drop_last_tokens, ends_with, plan_shared_prefix, positions_from_mask
+from .shared_prefix import (continuation_inputs, drop_last_tokens, ends_with, left_padded_cat, plan_shared_prefix,
+                            positions_from_mask)
 from .verify import verify_prompt, yes_no_token_ids, yes_probability
 
 
@@ -43,7 +45,9 @@ class CandidateQuestions:
         candidates: Sequence[Detections],
         allow_none: bool = False,
     ) -> list[Selection]:
-        """``select`` for several queries: one forward pass per batch, never ``generate``."""
+        """``select`` for several queries: one forward pass per batch, never ``generate``. Queries
+        that ask about the same image with the same expression (the option orders of
+        ``crs_permutations``) share their prefix as verification's candidates do."""
         check_lengths(images=images, expressions=expressions, candidates=candidates)
         pictures = [load_image(image) for image in images]
         questions = [
@@ -59,11 +63,10 @@ class CandidateQuestions:
             else:  # zero options, or "None" alone: nothing to ask the model
                 selections[i] = Selection(candidates[i], letters, np.ones(len(letters)), allow_none)
         prompts = [question for question, _ in questions]
-        for chunk in chunks(self._by_length(pictures, prompts, asked), self.batch_size):
-            next_token_logits, input_ids = self._next_token_logits(
-                [self._conversation(pictures[i], questions[i][0]) for i in chunk])
+
+        def read(rows: list[int], next_token_logits: torch.Tensor, input_ids: torch.Tensor) -> None:
             processed = first_step_scores(self.model.generation_config, input_ids, next_token_logits)
-            for row, i in enumerate(chunk):
+            for row, i in enumerate(rows):
                 letters = questions[i][1]
                 ids = self._letter_token_ids(letters)
                 selections[i] = Selection(
@@ -71,6 +74,18 @@ class CandidateQuestions:
                     option_mass=letter_mass(next_token_logits[row], ids),
                     letter_logprobs=bare_letter_logprobs(processed[row], ids),
                 )
+
+        groups = same_question_groups(images, expressions, asked)
+        if all(len(group) == 1 for group in groups):  # one row per query: one pass, nothing shared
+            for chunk in chunks(self._by_length(pictures, prompts, asked), self.batch_size):
+                read(chunk, *self._next_token_logits([self._conversation(pictures[i], prompts[i]) for i in chunk]))
+            return selections
+        # The same question in several option orders (crs_permutations): its prefix once per image.
+        by_first = {group[0]: group for group in groups}
+        for chunk in chunks(self._by_length(pictures, prompts, list(by_first)), self.batch_size):
+            chunk_groups = [by_first[first] for first in chunk]
+            read([i for group in chunk_groups for i in group], *self._shared_prefix_logits(
+                [[self._conversation(pictures[i], prompts[i]) for i in group] for group in chunk_groups]))
         return selections
 
     # ---------------------------------------------------------------- verification
@@ -102,26 +117,30 @@ class CandidateQuestions:
         for chunk in chunks(self._by_length(pictures, first_questions, asked), self.batch_size):
             conversations = [[self._conversation(pictures[query], question) for question in questions[query]]
                              for query in chunk]
-            logits = self._shared_prefix_logits(conversations)
+            logits, _ = self._shared_prefix_logits(conversations)
             rows = iter(range(logits.shape[0]))
             for query in chunk:
                 probabilities[query] = np.array(
                     [yes_probability(logits[next(rows)], self._yes_no_ids) for _ in questions[query]])
         return probabilities
 
-    def _shared_prefix_logits(self, conversations: list[list[list[dict]]]) -> torch.Tensor:
-        """Next-token logits of every conversation (per query, conversations that differ only at
-        the end), query after query: each query's shared prefix runs once and every conversation's
-        own tokens continue from its KV cache (``shared_prefix.py``). Full rows, one per
-        conversation, when the text-only and the processor's tokens disagree."""
+    def _shared_prefix_logits(self, conversations: list[list[list[dict]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-token logits and input ids of every conversation (per query, conversations that
+        differ only at the end), query after query: each query's shared prefix runs once and every
+        conversation's own tokens continue from its KV cache (``shared_prefix.py``). The ids are
+        each row's prefix and own tokens, padding between them. Full rows, ``batch_size`` at a
+        time, when the text-only and the processor's tokens disagree."""
         texts = [[self._prompt_text(conversation) for conversation in its] for its in conversations]
         plan = plan_shared_prefix([[self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in its]
                                    for its in texts])
         inputs, _ = self._encode([its[0] for its in conversations])
         first_tails = [plan.tails[plan.owners.index(query)] for query in range(len(conversations))]
-        if not ends_with(inputs["input_ids"], inputs["attention_mask"], first_tails):
-            return torch.cat([self._next_token_logits(list(its))[0] for its in conversations])
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        if not ends_with(inputs["input_ids"], inputs["attention_mask"], first_tails):
+            rows = [conversation for its in conversations for conversation in its]
+            passes = [self._next_token_logits(rows[start:start + self.batch_size])
+                      for start in range(0, len(rows), max(1, self.batch_size))]
+            return torch.cat([logits for logits, _ in passes]), left_padded_cat([ids for _, ids in passes], pad_id)
         prefix = drop_last_tokens(inputs, plan.dropped, pad_id)
         owners = torch.tensor(plan.owners, device=self.device)
         continuation = continuation_inputs(plan.tails, plan.owners, prefix["attention_mask"], pad_id)
@@ -135,7 +154,7 @@ class CandidateQuestions:
             logits = self.model(**continuation, position_ids=self._continuation_positions(positions),
                                 **{self._cache_argument: cache}, use_cache=True, logits_to_keep=1).logits
             forget_rope_deltas(self.model)
-        return logits[:, -1].float()
+        return logits[:, -1].float(), torch.cat([prefix["input_ids"][owners], continuation["input_ids"]], dim=1)
 
     # ---------------------------------------------------------------- positions of the two passes
     # For 1-D RoPE; the Qwen VL families override them for M-RoPE.
@@ -165,3 +184,14 @@ class CandidateQuestions:
         if key not in self._letter_ids:
             self._letter_ids[key] = letter_token_ids(self.tokenizer, key)
         return self._letter_ids[key]
+
+
+def same_question_groups(images: Sequence[ImageInput], expressions: Sequence[str], indices: Sequence[int]
+                         ) -> list[list[int]]:
+    """``indices`` grouped by the image (the same object or path) and expression they ask about, in order."""
+    groups: dict[tuple, list[int]] = {}
+    for i in indices:
+        image = images[i]
+        key = (image if isinstance(image, (str, os.PathLike)) else id(image), expressions[i])
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())

@@ -1,7 +1,8 @@
 """Many questions that share a long prefix (the image and the first lines), read in two passes.
 
 Verification asks one yes/no question per candidate, and the questions of one query differ
-only in their last line (the box). Encoding each row in full would run the vision tower and
+only in their last line (the box); the option orders of one CRS question (``crs_permutations``)
+differ from the first option on. Encoding each row in full would run the vision tower and
 the image's tokens once per candidate; here the shared prefix of each query runs once (one
 pass over the queries, its KV cache kept) and the candidates' own tokens run in a second pass
 that continues from that cache (one row per candidate). Each row's next-token logits equal
@@ -106,6 +107,8 @@ def continuation_inputs(
     return {"input_ids": input_ids, "attention_mask": torch.cat([prefix_mask[owners_index], mask], dim=1)}
 
 
-def rope_delta_modules(model) -> list:
-    """The modules that keep M-RoPE offsets (``rope_deltas``): the Qwen VL families' models."""
-    return [module for module in model.modules() if hasattr(module, "rope_deltas")]
+def left_padded_cat(tensors: Sequence[torch.Tensor], pad_id: int) -> torch.Tensor:
+    """Left-padded ``(rows, width)`` tensors stacked into one, padded on the left to the widest."""
+    width = max(tensor.shape[1] for tensor in tensors)
+    return torch.cat([torch.nn.functional.pad(tensor, (width - tensor.shape[1], 0), value=pad_id)
+                      for tensor in tensors])
