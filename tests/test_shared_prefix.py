@@ -11,7 +11,7 @@ import torch
 from tools.detections import Detections
 from tools.mllm import load_local_mllm
 from tools.mllm.shared_prefix import (common_prefix_length, continuation_inputs, drop_last_tokens, ends_with,
-                                      plan_shared_prefix, positions_from_mask)
+                                      left_padded_cat, plan_shared_prefix, positions_from_mask)
 from tools.mllm.verify import verify_prompt, yes_probability
 
 CANDIDATES = Detections(
@@ -85,6 +85,11 @@ def test_continuations_count_positions_over_real_tokens_only():
     assert positions_from_mask(tail_mask, torch.tensor([2, 2, 3])).tolist() == [[2, 3], [0, 2], [3, 4]]
 
 
+def test_passes_of_different_widths_stack_padded_on_the_left():
+    stacked = left_padded_cat([torch.tensor([[1, 2, 3]]), torch.tensor([[4], [5]])], pad_id=0)
+    assert stacked.tolist() == [[1, 2, 3], [0, 0, 4], [0, 0, 5]]
+
+
 # ------------------------------------------------------------------ on tiny checkpoints
 
 
@@ -106,11 +111,17 @@ def test_the_image_runs_once_per_query_and_each_candidate_gets_a_row(local_mllm,
 def test_disagreeing_tokenisations_fall_back_to_full_rows(local_mllm, street_image, monkeypatch):
     import tools.mllm.candidates as candidates_module
 
+    orders = [CANDIDATES, CANDIDATES[[1, 2, 3, 4, 0]]]
     expected = local_mllm.verify(street_image, "the red box", CANDIDATES)
+    expected_orders = local_mllm.select_batch([street_image] * 2, ["the red box"] * 2, orders)
     monkeypatch.setattr(candidates_module, "ends_with", lambda *args: False)
     passes = record_passes(local_mllm, monkeypatch)
     np.testing.assert_allclose(local_mllm.verify(street_image, "the red box", CANDIDATES), expected, atol=1e-6)
     assert passes == [(len(CANDIDATES), True)]  # every question in full, the image in each row
+    for full, shared in zip(local_mllm.select_batch([street_image] * 2, ["the red box"] * 2, orders),
+                            expected_orders):
+        np.testing.assert_allclose(full.probabilities, shared.probabilities, atol=1e-6)
+        np.testing.assert_allclose(full.letter_logprobs, shared.letter_logprobs, atol=1e-5)
 
 
 def test_option_orders_of_one_question_share_its_prefix(local_mllm, street_image, monkeypatch):

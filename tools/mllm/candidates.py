@@ -2,9 +2,11 @@
 
 ``CandidateQuestions`` is part of ``LocalVLM`` (``local.py``): ``select`` asks the CRS
 multiple-choice question (one forward pass), ``verify`` the yes/no question of each candidate
-(``verify.py``; two passes: the image and question prefix, then a row per candidate continuing
-from its KV cache, ``shared_prefix.py``; so do the option orders of one CRS question). Neither calls ``generate``: the answer is the
-next-token distribution over the option letters, or over "yes" and "no", under the raw logits."""
+(``verify.py``). Questions that differ only at the end (verification's candidates, the option
+orders of one CRS question) take two passes: their shared prefix with the image, then a row
+each continuing from its KV cache (``shared_prefix.py``). Neither calls ``generate``: the
+answer is the next-token distribution over the option letters, or over "yes" and "no", under
+the raw logits."""
 
 from __future__ import annotations
 
@@ -111,7 +113,7 @@ class CandidateQuestions:
             questions.append([verify_prompt(text, box, self.prompts_dir) for box in written])
         if self._yes_no_ids is None:
             self._yes_no_ids = yes_no_token_ids(self.tokenizer)
-        probabilities = [np.zeros(len(asked)) for asked in questions]
+        probabilities = [np.zeros(len(its)) for its in questions]
         asked = [query for query, its in enumerate(questions) if its]
         first_questions = [its[0] if its else "" for its in questions]
         for chunk in chunks(self._by_length(pictures, first_questions, asked), self.batch_size):

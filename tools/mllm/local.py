@@ -20,10 +20,9 @@ question (``_conversation``, ``_encode``) and what size the model sees an image 
   ``generate``: the option probabilities are the next-token probabilities of the option
   letters under the raw logits; the selection also records the letters' total probability
   and the reference's log-probabilities (``Selection``). ``verify`` asks "is this box what
-  the expression describes?" of every candidate: one row per candidate in one forward pass,
-  ``p(yes)`` from the first answer token; the image and the question's shared lines run once
-  per query, each candidate's own tokens continue from their KV cache (``shared_prefix.py``).
-  Both live in ``candidates.py``.
+  the expression describes?" of every candidate, ``p(yes)`` from the first answer token: the
+  image and the question's shared lines run once per query, then one row per candidate
+  continues from their KV cache (``shared_prefix.py``). Both live in ``candidates.py``.
 - ``chat`` / ``generate_text`` serve the same loaded weights as a text-only LLM (target
   extraction), with a LoRA adapter switched off: it was tuned for CRS, not for that task.
   A ``fixed_prefix`` that many prompts share (the extraction prompt's few-shot part) is run

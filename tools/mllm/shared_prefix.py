@@ -10,9 +10,9 @@ those of its full encoding, up to float rounding (the tests check it against ``L
 full rows for every local family).
 
 Positions. RoPE scores depend only on distances, so each row only needs positions that are
-consecutive over its real tokens. The Qwen VL families place images with M-RoPE, which the
-model computes in the prefix pass and keeps as ``rope_deltas``; the continuation starts where
-they say. Models without them get explicit positions in both passes.
+consecutive over its real tokens and continue its prefix's. 1-D RoPE models get them explicitly
+in both passes. The Qwen VL families place the image with M-RoPE in the prefix pass themselves;
+their continuation starts after the image's grid extent (``QwenVL._positions_after``).
 """
 
 from __future__ import annotations
