@@ -3,8 +3,9 @@ selection over k option orders (``crs_permutations``) and of per-candidate verif
 (``crs_mode="verify"``), on the 218 M-parameter random Qwen2-VL of ``walltime.py``.
 
 ``Agent.locate_batch`` with an instant detector (five candidates per query) at batch 8, so the
-figures are the MLLM's forward passes: one row per query for ``choice``, k rows for k orders,
-one row per candidate for ``verify``. Random weights: only the cost means something.
+figures are the MLLM's forward passes: one row per query for ``choice``; for k orders and for
+``verify``, one row per query for the image and question prefix, then k (or one per candidate)
+short rows continuing from its KV cache. Random weights: only the cost means something.
 
     python -m benchmarks.crs_modes --out outputs/bench [--crs-queries 8]
 """
