@@ -310,3 +310,16 @@ def test_verify_without_logprobs_reads_the_reply_and_fails_alone(street_image):
             mllm_for(server).verify_batch([street_image] * 2, ["the cat", "the dog"], [CANDIDATES[:1]] * 2)
     first, second = caught.value.results
     assert isinstance(first, ModelOutputError) and second.tolist() == [1.0]
+
+
+def test_verify_encodes_each_image_once_for_all_its_candidates(street_image, monkeypatch):
+    import tools.mllm.openai_compat as openai_compat
+
+    encoded = []
+    original = openai_compat.image_data_url
+    monkeypatch.setattr(openai_compat, "image_data_url", lambda image, *args: encoded.append(image) or original(image, *args))
+    top = [("Yes", -0.2), ("No", -2.0)]
+    with serve(completion("Yes", [token("Yes", -0.2, top)])) as server:
+        mllm_for(server).verify_batch([street_image, street_image.resize((80, 60))], ["the box", "the sky"],
+                                      [CANDIDATES, CANDIDATES[:2]])
+    assert len(server.requests) == 5 and len(encoded) == 2

@@ -211,7 +211,8 @@ class OpenAICompatibleMLLM:
         """
         image = load_image(image)
         prompt = self.family.grounding_prompt(expression, focus, self.prompts_dir)
-        response = self.client.create(**self._request(image, prompt), max_tokens=self.max_new_tokens, logprobs=True)
+        response = self.client.create(**self._request(self._data_url(image), prompt), max_tokens=self.max_new_tokens,
+                                      logprobs=True)
         choice = response.choices[0]
         tokens = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
         text = "".join(token.token for token in tokens) if tokens else choice.message.content
@@ -269,7 +270,7 @@ class OpenAICompatibleMLLM:
             prompt, letters = crs_prompt(expression, candidates, image.size, allow_none, family=self.family,
                                          input_size=self._input_size(image), prompts_dir=self.prompts_dir)
         response = self.client.create(
-            **self._request(image, prompt), max_tokens=1, logprobs=True, top_logprobs=TOP_LOGPROBS
+            **self._request(self._data_url(image), prompt), max_tokens=1, logprobs=True, top_logprobs=TOP_LOGPROBS
         )
         choice = response.choices[0]
         steps = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
@@ -295,13 +296,16 @@ class OpenAICompatibleMLLM:
                      candidates: Sequence[Detections]) -> list[np.ndarray]:
         """``verify`` for several queries, ``concurrency`` requests (one per candidate) in flight;
         a query with a failed request fails alone (``PartialBatchError``)."""
-        rows = []  # (query, image, question)
+        rows = []  # (query, image data URL, question): each image encoded once for all its candidates
         for query, (image, expression, boxes) in enumerate(zip(images, expressions, candidates)):
             image = load_image(image)
-            written = self.family.option_boxes(boxes.boxes, image.size, self._input_size(image)) if len(boxes) else []
-            rows += [(query, image, verify_prompt(expression, box, self.prompts_dir)) for box in written]
+            if not len(boxes):
+                continue
+            url = self._data_url(image)
+            written = self.family.option_boxes(boxes.boxes, image.size, self._input_size(image))
+            rows += [(query, url, verify_prompt(expression, box, self.prompts_dir)) for box in written]
         try:
-            answers = self._concurrently(self._yes_probability, [(image, question) for _, image, question in rows])
+            answers = self._concurrently(self._yes_probability, [(url, question) for _, url, question in rows])
         except PartialBatchError as partial:
             answers = partial.results
         results: list = [[] for _ in images]
@@ -316,8 +320,8 @@ class OpenAICompatibleMLLM:
             raise PartialBatchError(results)
         return results
 
-    def _yes_probability(self, image: Image.Image, question: str) -> float:
-        response = self.client.create(**self._request(image, question), max_tokens=1, logprobs=True,
+    def _yes_probability(self, image_url: str, question: str) -> float:
+        response = self.client.create(**self._request(image_url, question), max_tokens=1, logprobs=True,
                                       top_logprobs=TOP_LOGPROBS)
         choice = response.choices[0]
         steps = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
@@ -330,9 +334,12 @@ class OpenAICompatibleMLLM:
             return None
         return self.family.input_size(image.size, self.min_pixels, self.max_pixels)
 
-    def _request(self, image: Image.Image, prompt: str) -> dict[str, Any]:
+    def _data_url(self, image: Image.Image) -> str:
+        return image_data_url(image, self.image_format)
+
+    def _request(self, image_url: str, prompt: str) -> dict[str, Any]:
         content = [
-            {"type": "image_url", "image_url": {"url": image_data_url(image, self.image_format)}},
+            {"type": "image_url", "image_url": {"url": image_url}},
             {"type": "text", "text": prompt},
         ]
         return {"model": self.model, "messages": [{"role": "user", "content": content}], "temperature": 0}
