@@ -11,7 +11,8 @@ from PIL import Image
 
 from tools.batching import run_together
 from tools.errors import UserInputError
-from tools.images import ImageInput, load_image
+from tools.extraction.base import ExtractedTarget
+from tools.images import ImageInput, exif_orientation, load_image
 from tools.text import clean_expression
 
 from .backends import Backends
@@ -92,16 +93,23 @@ class Agent:
         for backend in (name for name, used in needed.items() if used):
             getattr(self.backends, backend)
 
-    def locate(self, image: ImageInput, expression: str) -> Result:
-        """Find what ``expression`` refers to in ``image`` (a path, encoded file bytes, PIL image or uint8 array)."""
+    def locate(self, image: ImageInput, expression: str, *, target: ExtractedTarget | str | None = None) -> Result:
+        """Find what ``expression`` refers to in ``image`` (a path, encoded file bytes, PIL image or uint8 array).
+
+        ``target``: the target phrase when it is known (a phrase of the expression, or an
+        ``ExtractedTarget``); the extractor is then not asked.
+        """
         expression = clean_expression(expression)
         start = time.perf_counter()
-        picture = load_image(image, max_pixels=self.config.max_image_pixels)
+        limit = self.config.max_image_pixels
+        picture = load_image(image, max_pixels=limit)
+        inputs: dict[str, Any] = {"image": picture, "expression": expression}
+        if target is not None:
+            inputs["given_target"] = target
+        if self.config.uses_mllm and not self.config.behaviour.mllm_exif_orientation and exif_orientation(image) != 1:
+            inputs["mllm_image"] = load_image(image, max_pixels=limit, orientation=False)
         decode_time = time.perf_counter() - start
-        state = self.graph.invoke(
-            {"image": picture, "expression": expression, "trace": [], "timings": {}, "fallbacks": [],
-             "detector_memo": {}}
-        )
+        state = self.graph.invoke({**inputs, "trace": [], "timings": {}, "fallbacks": [], "detector_memo": {}})
         timings = {"load_image": decode_time, **state["timings"], "total": time.perf_counter() - start}
         return Result(
             expression=expression,
@@ -117,6 +125,7 @@ class Agent:
             expected_count=state.get("expected_count"),
             count_source=state.get("count_source"),
             candidates=state.get("candidates"),
+            proposals=state.get("proposals"),
             verification=None if state.get("verification") is None else [float(p) for p in state["verification"]],
             path_answer=recorded_answer(state.get("path"), state["answer"], self._policy) if "answer" in state else None,
             trace=state["trace"],

@@ -17,6 +17,7 @@ serialise themselves).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 import threading
 from pathlib import Path
@@ -28,10 +29,11 @@ from PIL import Image
 from tools.batching import Coalescer, PartialBatchError
 from tools.detections import Detections
 from tools.text import Span
-from tools.errors import ModelOutputError, UserInputError
+from tools.errors import ExtractionFailedError, ModelOutputError, UserInputError
 from tools.extraction import ChatExtractor, ExtractedTarget, HeuristicExtractor, LocalChatExtractor
 from tools.extraction import OpenAIChatExtractor
 from tools.extraction import align_target, heuristic_extraction
+from tools.extraction.reference import ReferenceExtractor, substring_target
 from tools.mllm.crs import option_letters
 from tools.mllm.openai_compat import OpenAICompatibleMLLM
 from tools.mllm.selection import Selection, average_orders, cyclic_orders
@@ -127,30 +129,61 @@ class Backends:
         choice = self.config.llm
         if choice == "auto":
             choice = "mllm" if self.config.uses_mllm else "heuristic"
-        slot = f"extractor:{choice}" + (" +count" if self.config.needs_count else "")
+        slot = f"extractor:{choice}" + self._extraction_variant()
         if slot not in self._models:
             self._models[slot] = self._load_extractor(choice)
         return self._models[slot]
 
+    def _extraction_variant(self) -> str:
+        """What besides the model changes the extractor's answers: the authors' messages, the count
+        prompt, a temperature other than REX's 0."""
+        config = self.config
+        variant = " reference" if config.behaviour.extraction == "reference" else ""
+        variant += " +count" if config.needs_count and not variant else ""
+        temperature = config.extraction_temperature
+        return variant + ("" if temperature == 0 else f" temperature={'default' if temperature is None else temperature}")
+
     def _load_extractor(self, choice: str):
         if choice == "heuristic":
             return HeuristicExtractor()
+        if self.config.behaviour.extraction == "reference":
+            return self._load_reference_extractor(choice)
         # Answers depend on the expected count: ask for it in the same call (the count prompt).
         count = {"with_count": True} if self.config.needs_count else {}
         if choice == "mllm":
             if isinstance(self.mllm, OpenAICompatibleMLLM):  # the same served model, as a chat model
                 name = f"{OPENAI_PREFIX}{self.mllm.model}"
                 return OpenAIChatExtractor(self.mllm.model, base_url=self.mllm.client.base_url,
+                                           temperature=self.config.extraction_temperature,
                                            concurrency=self.config.batch_size, cache=self._extraction_cache(name),
                                            **count)
             if not hasattr(self.mllm, "generate_text"):
                 return HeuristicExtractor()  # a plug-in MLLM without text-only generation
-            model = self.config.mllm + (f" adapter={self.config.adapter}" if self.config.adapter else "")
-            return LocalChatExtractor(self.mllm, cache=self._extraction_cache(model), **count)
+            return LocalChatExtractor(self.mllm, cache=self._extraction_cache(self._local_name()), **count)
         if choice.startswith(OPENAI_PREFIX):
-            return OpenAIChatExtractor(choice[len(OPENAI_PREFIX) :], concurrency=self.config.batch_size,
-                                       cache=self._extraction_cache(choice), **count)
-        raise UserInputError(f"unknown llm {choice!r}; use auto, mllm, heuristic or openai:MODEL")
+            return OpenAIChatExtractor(choice[len(OPENAI_PREFIX) :], temperature=self.config.extraction_temperature,
+                                       concurrency=self.config.batch_size, cache=self._extraction_cache(choice),
+                                       **count)
+        raise _unknown_llm(choice)
+
+    def _load_reference_extractor(self, choice: str):
+        """The authors' extraction (``tools.extraction.reference``) asked of the model ``choice`` names."""
+        served = {"temperature": self.config.extraction_temperature, "concurrency": self.config.batch_size}
+        if choice == "mllm":
+            if isinstance(self.mllm, OpenAICompatibleMLLM):
+                name = f"{OPENAI_PREFIX}{self.mllm.model}"
+                return ReferenceExtractor.served(self.mllm.model, base_url=self.mllm.client.base_url,
+                                                 cache=self._extraction_cache(name), **served)
+            if not hasattr(self.mllm, "chat"):
+                return HeuristicExtractor()  # a plug-in MLLM without chat
+            return ReferenceExtractor.local(self.mllm, cache=self._extraction_cache(self._local_name()))
+        if choice.startswith(OPENAI_PREFIX):
+            return ReferenceExtractor.served(choice[len(OPENAI_PREFIX):], cache=self._extraction_cache(choice),
+                                             **served)
+        raise _unknown_llm(choice)
+
+    def _local_name(self) -> str:
+        return self.config.mllm + (f" adapter={self.config.adapter}" if self.config.adapter else "")
 
     def _extraction_cache(self, model: str) -> Path | None:
         """The answers file of extraction ``model`` under ``cache_dir`` (``None`` without one).
@@ -160,8 +193,7 @@ class Backends:
         """
         if not self.config.cache_dir:
             return None
-        if self.config.needs_count:  # the count prompt's answers are kept apart from the reference prompt's
-            model += " +count"
+        model += self._extraction_variant()  # the answers of other prompts or temperatures are kept apart
         readable = re.sub(r"[^A-Za-z0-9.-]+", "_", model).strip("_")[-60:]
         digest = hashlib.sha256(model.encode("utf-8")).hexdigest()[:8]
         return Path(self.config.cache_dir) / f"extraction-{readable}-{digest}.json"
@@ -180,12 +212,18 @@ class Backends:
 
     def _detect_one(self, item) -> list[Detections]:
         image, queries = item
+        resize = self._resize()
         if len(queries) > 1 and hasattr(self.detector, "detect_many"):
             texts, focuses = zip(*queries)
-            answers = self._call(self.detector, "detect_many", image, list(texts), list(focuses))
+            answers = self._call(self.detector, "detect_many", image, list(texts), list(focuses), **resize)
             return [as_detections(answer, "detector.detect_many") for answer in answers]
-        return [as_detections(self._call(self.detector, "detect", image, text, focus=focus), "detector.detect")
-                for text, focus in queries]
+        return [as_detections(self._call(self.detector, "detect", image, text, focus=focus, **resize),
+                              "detector.detect") for text, focus in queries]
+
+    def _resize(self) -> dict[str, str]:
+        """``resize=`` for a detector that offers the profile's (``GroundingDinoDetector.resizes``)."""
+        resize = self.config.behaviour.detector_resize
+        return {"resize": resize} if resize != "transformers" and resize in getattr(self.detector, "resizes", ()) else {}
 
     def _detect_many_images(self, _, items) -> list:
         flat = [(image, text, focus) for image, queries in items for text, focus in queries]
@@ -221,15 +259,24 @@ class Backends:
 
     def _select_one(self, item) -> Selection:
         image, expression, candidates, allow_none = item
-        answer = self._call(self.mllm, "select", image, expression, candidates, allow_none=allow_none)
+        answer = self._call(self.mllm, "select", image, expression, candidates, allow_none=allow_none,
+                            **self._reading("select"))
         return as_selection(answer, candidates, allow_none)
 
     def _select_many(self, allow_none: bool, items) -> list:
         images, expressions, candidates = (list(column) for column in zip(*(item[:3] for item in items)))
-        answers = _answers(lambda: self._call(self.mllm, "select_batch", images, expressions, candidates, allow_none),
-                           "mllm.select_batch")
+        answers = _answers(lambda: self._call(self.mllm, "select_batch", images, expressions, candidates, allow_none,
+                                              **self._reading("select_batch")), "mllm.select_batch")
         return [answer if isinstance(answer, BaseException) else as_selection(answer, boxes, allow_none)
                 for answer, boxes in zip(answers, candidates)]
+
+    def _reading(self, method: str) -> dict[str, str]:
+        """``reading=`` for the MLLM's ``method`` when the profile reads generated answers and the
+        method takes it (``tools.mllm.base.MLLM``); plug-ins without it answer with letter probabilities."""
+        reading = self.config.behaviour.crs_reading
+        if reading == "letter" or "reading" not in inspect.signature(getattr(self.mllm, method)).parameters:
+            return {}
+        return {"reading": reading}
 
     def select_in_orders(self, image: Image.Image, expression: str, candidates: Detections, allow_none: bool,
                          orders: int) -> Selection:
@@ -292,23 +339,41 @@ class Backends:
         """Ask a model-backed extractor about many expressions at once (it batches them, 8 per
         prompt by default, and caches the answers), so later one-by-one ``extract`` calls are
         served from its cache."""
-        if self.config.uses_extractor and isinstance(self.extractor, ChatExtractor):
+        if self.config.uses_extractor and isinstance(self.extractor, (ChatExtractor, ReferenceExtractor)):
             self.extractor.extract_spans(list(dict.fromkeys(expressions)))
 
-    def extract(self, expression: str) -> tuple[ExtractedTarget, str | None]:
-        """The target of ``expression`` and, when a fallback was needed, why."""
-        if hasattr(self.extractor, "extract_spans"):
-            target = self._call(self.extractor, "extract_spans", [expression])[0]
-        else:
-            phrase = list(self._call(self.extractor, "extract", [expression]))[0]
+    def extract(self, expression: str, given: ExtractedTarget | str | None = None
+                ) -> tuple[ExtractedTarget, str | None]:
+        """The target of ``expression`` (``given``: the caller's, not asked of the extractor) and, when a
+        fallback was needed, why. ``ExtractionFailedError`` when the reference extraction dropped it."""
+        if isinstance(given, ExtractedTarget):
+            target = given
+        elif given is not None or not hasattr(self.extractor, "extract_spans"):
+            phrase = given if given is not None else list(self._call(self.extractor, "extract", [expression]))[0]
             span = align_target(expression, phrase) if phrase else None
             target = ExtractedTarget(None if span is None else expression[span[0] : span[1]], span, "model", phrase)
+        else:
+            target = self._call(self.extractor, "extract_spans", [expression])[0]
+        if target.source == "failed":
+            raise ExtractionFailedError(
+                f"target extraction gave no target for {expression!r} (reply {_preview(target.answer)}): the authors' "
+                "script drops its batch and the sample")
+        if self.config.behaviour.target_span == "substring" and (target.answer or target.phrase):
+            return substring_target(expression, target.answer or target.phrase, target.source)
         if target.span is None:
             fallback = heuristic_extraction(expression, target.answer)
             return fallback, f"target extraction gave {target.answer!r}: used the heuristic target"
         if target.source == "heuristic" and not isinstance(self.extractor, HeuristicExtractor):
             return target, f"target extraction gave {target.answer!r}: used the heuristic target"
         return target, None
+
+
+def _unknown_llm(choice: str) -> UserInputError:
+    return UserInputError(f"unknown llm {choice!r}; use auto, mllm, heuristic or openai:MODEL")
+
+
+def _preview(text: str | None, limit: int = 120) -> str:
+    return "none" if text is None else repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
 def _answers(call, source: str, convert=None) -> list:

@@ -31,11 +31,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from tools.batching import run_together
 from tools.datasets import Sample
 from tools.detections import Detections
-from tools.errors import ModelOutputError, RexError, UserInputError
+from tools.errors import ExtractionFailedError, ModelOutputError, RexError, UserInputError
 from tools.evaluation import Prediction, PredictionWriter, read_predictions
+from tools.evaluation.common import EXTRACTION_FAILED, READ_AS_STORED
 from tools.evaluation.formats import get_format, read_dataset
+from tools.extraction.base import ExtractedTarget
+from tools.extraction.reference import ReferenceExtractor, ReplyLog
 from tools.files import replaced_atomically, write_atomically
-from tools.images import load_image
+from tools.images import exif_orientation, frame_sizes, load_image
 
 from .configuration import Configuration
 
@@ -190,6 +193,30 @@ def check_image_size(sample: Sample, size: tuple[int, int]) -> None:
         )
 
 
+def reads_as_stored(sample: Sample) -> bool:
+    """Whether ``sample``'s image is read as stored, its EXIF rotation ignored: the annotation's width
+    and height are the stored frame's, not the rotated one's."""
+    if sample.image_size is None:
+        return False
+    stored, oriented = frame_sizes(sample.image_path)
+    return stored != oriented and tuple(sample.image_size) == stored
+
+
+def sample_image(agent: Agent, sample: Sample):
+    """What ``agent.locate`` is given for ``sample``'s image: decoded in the frame its annotation
+    describes. An image whose EXIF tag turns it but whose annotation has the stored size is read as
+    stored by every model; otherwise oriented, and when the profile shows the MLLM the stored pixels
+    (the reference's) the file itself goes to ``locate``, which decodes both."""
+    limit = agent.config.max_image_pixels
+    if reads_as_stored(sample):
+        return load_image(sample.image_path, max_pixels=limit, orientation=False)
+    picture = load_image(sample.image_path, max_pixels=limit)
+    check_image_size(sample, picture.size)
+    if not agent.config.behaviour.mllm_exif_orientation and exif_orientation(sample.image_path) != 1:
+        return sample.image_path
+    return picture
+
+
 def lock_file(path: Path) -> Path:
     """The (hidden) lock file of predictions file ``path``: one process writes a predictions file at a time."""
     return path.with_name(f".{path.name}.lock")
@@ -214,20 +241,51 @@ def completed_ids(path: Path) -> set[str]:
     return {str(prediction.id) for prediction in read_predictions(path)} if path.exists() else set()
 
 
-def answer(agent: Agent, sample: Sample):
-    """The agent's ``Result`` for ``sample`` (its image checked against the annotation)."""
-    picture = load_image(sample.image_path, max_pixels=agent.config.max_image_pixels)
-    check_image_size(sample, picture.size)
-    return agent.locate(picture, sample.expression)
+def answer(agent: Agent, sample: Sample, targets: Mapping[str, ExtractedTarget] | None = None):
+    """The agent's ``Result`` for ``sample`` (its image in the annotation's frame). ``targets``: the
+    targets the reference extraction found for the dataset (``reference_targets``); a sample it
+    dropped raises ``ExtractionFailedError`` and reaches no model."""
+    given = None
+    if targets is not None:
+        given = targets.get(str(sample.id))
+        if given is None or given.source == "failed":
+            reply = None if given is None else given.answer
+            raise ExtractionFailedError(f"the reference target extraction dropped this sample's batch (reply "
+                                        f"{reply!r:.120})" if reply is not None else
+                                        "the reference target extraction gave no target for this sample")
+    return agent.locate(sample_image(agent, sample), sample.expression, target=given)
 
 
-def predict(agent: Agent, sample: Sample) -> Prediction:
+def predict(agent: Agent, sample: Sample, targets: Mapping[str, ExtractedTarget] | None = None) -> Prediction:
     """The agent's prediction for ``sample`` alone (``prediction`` says what a failure gives)."""
     try:
-        outcome = answer(agent, sample)
+        outcome = answer(agent, sample, targets)
     except Exception as error:  # noqa: BLE001 - judged by prediction()
         outcome = error
     return prediction(sample, outcome)
+
+
+def reference_targets(agent: Agent, samples: list[Sample], todo: list[Sample], replies: Path
+                      ) -> dict[str, ExtractedTarget] | None:
+    """The targets of ``todo`` as the authors' ``SFA/target_extraction.py`` finds them for the whole
+    dataset: its batches of 8 consecutive samples (in dataset order, keyed by sample id), so that
+    each batch is the script's whatever a shard or a resumed run still has to do. ``None`` when
+    the run extracts no targets that way (another profile, strategy or extractor). Replies are
+    kept in ``replies`` (JSON), so a resumed run asks no batch again."""
+    config = agent.config
+    if not config.uses_extractor or config.behaviour.extraction != "reference":
+        return None
+    extractor = agent.backends.extractor
+    if not isinstance(extractor, ReferenceExtractor):
+        return None
+    items = [(str(sample.id), sample.expression) for sample in samples]
+    return extractor.extract_by_id(items, {str(sample.id) for sample in todo}, ReplyLog(replies))
+
+
+def replies_file(predictions: Path) -> Path:
+    """Where the reference extraction's replies of predictions file ``predictions`` are kept."""
+    return predictions.with_name(predictions.name.replace("predictions", "extraction-replies", 1)
+                                 .removesuffix(".jsonl") + ".json")
 
 
 def prediction(sample: Sample, outcome) -> Prediction:
@@ -237,6 +295,8 @@ def prediction(sample: Sample, outcome) -> Prediction:
     the documented sample errors (``SAMPLE_ERRORS``) and any unexpected one (logged too).
     Outages (a remote service down, a missing checkpoint, out of memory: ``RexError`` and
     ``MemoryError``) are raised again: they stop the run, which then resumes."""
+    if isinstance(outcome, ExtractionFailedError):  # the method's outcome, not an error: the scripts drop it
+        return Prediction(sample.id, Detections.empty(), {EXTRACTION_FAILED: True, "extraction_error": str(outcome)})
     if isinstance(outcome, SAMPLE_ERRORS):
         return Prediction(sample.id, Detections.empty(), {"error": f"{type(outcome).__name__}: {outcome}"})
     if isinstance(outcome, (RexError, MemoryError)):
@@ -257,6 +317,8 @@ def prediction(sample: Sample, outcome) -> Prediction:
         extra["answer_logprob"] = selection.answer_logprob
         if selection.none_logprob is not None and math.isfinite(selection.none_logprob):
             extra["none_logprob"] = selection.none_logprob
+    if reads_as_stored(sample):
+        extra[READ_AS_STORED] = True
     return Prediction.from_result(sample.id, result, **extra)
 
 
@@ -287,22 +349,24 @@ class GracefulInterrupt:
 
 
 def run_samples(
-    agent: Agent, samples: Iterable[Sample], writer: PredictionWriter, progress, stop: GracefulInterrupt
+    agent: Agent, samples: Iterable[Sample], writer: PredictionWriter, progress, stop: GracefulInterrupt,
+    targets: Mapping[str, ExtractedTarget] | None = None,
 ) -> int:
     """Answer ``samples`` in order, ``batch_size`` at a time together (``tools.batching``), each
     batch's predictions written durably, in order, as soon as it is done; returns how many were
     written (fewer than given when ``stop`` was requested: it stops after the batch in flight).
-    ``progress`` is a tqdm-like bar counting queries."""
+    ``progress`` is a tqdm-like bar counting queries; ``targets`` as ``answer`` takes them."""
     batch = agent.config.batch_size
     written = 0
     for chunk in _chunks(samples, max(PREFETCH_CHUNK, batch)):
         if stop.requested:
             return written
-        agent.prefetch_targets([sample.expression for sample in chunk])
+        if targets is None:
+            agent.prefetch_targets([sample.expression for sample in chunk])
         for together in _chunks(chunk, batch):
             if stop.requested:
                 return written
-            outcomes = run_together(lambda sample: answer(agent, sample), together, batch)
+            outcomes = run_together(lambda sample: answer(agent, sample, targets), together, batch)
             for sample, outcome in zip(together, outcomes):
                 writer.write(prediction(sample, outcome))
                 written += 1

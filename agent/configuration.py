@@ -9,6 +9,7 @@ explicit arguments.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -72,6 +73,11 @@ class Configuration:
         "target extraction: auto (the MLLM text-only when the strategy loads one, else heuristic), mllm, "
         "heuristic, openai:MODEL",
     )
+    llm_temperature: str | None = setting(
+        None, "Models",
+        "target extraction's temperature on a served LLM: unset = the profile's (0; reference: the API's "
+        "default), default (not sent) or a number in [0, 2]",
+    )
     adapter: str | None = setting(
         None, "Models",
         "PEFT LoRA adapter folder loaded onto the MLLM (kept unmerged: target extraction runs with it "
@@ -94,7 +100,7 @@ class Configuration:
         None, "Models", "Qwen VL: largest pixel budget of the MLLM's image (default: the checkpoint's)"
     )
     max_patches: int | None = setting(
-        None, "Models", "InternVL: most tiles an image is cut into (default: the checkpoint's, 12 when released)"
+        None, "Models", "InternVL: most tiles an image is cut into (default 6, as InternVL's own RefCOCO evaluation)"
     )
     # Decompression bombs are refused before they are decoded.
     max_image_pixels: int = setting(
@@ -155,6 +161,10 @@ class Configuration:
             raise UserInputError(f"unknown crs_mode {self.crs_mode!r}; choose one of {', '.join(CRS_MODES)}")
         if self.crs_permutations < 1:
             raise UserInputError(f"crs_permutations must be at least 1, got {self.crs_permutations}")
+        if self.crs_permutations > 1 and self.behaviour.crs_reading == "generated":
+            raise UserInputError(f"crs_permutations averages letter probabilities; the {self.profile} profile reads "
+                                 "the generated answer (use crs_permutations=1)")
+        object.__setattr__(self, "llm_temperature", _temperature_setting(self.llm_temperature))
         for name in ("router_score_threshold", "router_iou_threshold", "crs_iou_threshold",
                      "specialist_threshold", "mllm_threshold", "multi_ratio", "verify_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -164,6 +174,13 @@ class Configuration:
     def behaviour(self) -> Profile:
         """What ``profile`` decides (NMS method, CRS focus, fallbacks, ...)."""
         return PROFILES[self.profile]
+
+    @property
+    def extraction_temperature(self) -> float | None:
+        """The temperature sent with a served extraction request; ``None``: none sent."""
+        if self.llm_temperature is None:
+            return self.behaviour.extraction_temperature
+        return None if self.llm_temperature == DEFAULT_TEMPERATURE else float(self.llm_temperature)
 
     @property
     def routing(self) -> RoutingThresholds:
@@ -234,6 +251,22 @@ class Configuration:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+DEFAULT_TEMPERATURE = "default"  # llm_temperature: send none, the API's default applies
+
+
+def _temperature_setting(value: Any) -> str | None:
+    """``llm_temperature`` as ``None``, "default" or a number's text in [0, 2]."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == DEFAULT_TEMPERATURE):
+        return None if value is None else DEFAULT_TEMPERATURE
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not 0.0 <= number <= 2.0:
+        raise UserInputError(f"llm_temperature={value!r}: choose default or a number in [0, 2]")
+    return repr(number)
 
 
 def multi_mode(value: Any) -> bool | str:

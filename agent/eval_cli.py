@@ -27,8 +27,9 @@ writes the report. One process per GPU, sharded by ``RANK``/``WORLD_SIZE``, each
 
 Output folder: ``run.json`` (settings; resuming with others is an error unless
 ``--force``), ``predictions.jsonl`` (+ shard files), ``metrics.json``, ``metrics.csv``,
-``report.png``. ``--cache-dir`` holds ``detections/`` (one ``.npz`` per detector query)
-and ``extraction-<model>.json``.
+``report.png``; with ``--profile reference`` and a model extractor ``extraction-replies.json``
+(each extraction batch's raw reply, so a resumed run asks none again). ``--cache-dir`` holds
+``detections/`` (one ``.npz`` per detector query) and ``extraction-<model>.json``.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def evaluate(
     """Run the agent over a benchmark (resumable), score it and write the report into OUTPUT."""
     from agent.benchmark_run import PREDICTIONS_FILE, DatasetSpec, GracefulInterrupt, Shard, completed_ids
     from agent.benchmark_run import drop_errors, local_device, lock_file, merge_shards, record_run, run_samples
-    from agent.benchmark_run import run_settings
+    from agent.benchmark_run import reference_targets, replies_file, run_settings
     from agent.report import read_compared
     from tools.devices import resolve_device
     from tools.evaluation import PredictionWriter
@@ -115,12 +116,14 @@ def evaluate(
 
             agent = Agent(config=settings)
             agent.load_models()
+            # The reference profile's extraction runs over the dataset's own batches first.
+            targets = reference_targets(agent, samples, todo, replies_file(path))
             label = f"{settings.strategy}" + (f" shard {part}" if part else "")
             with GracefulInterrupt() as stop, PredictionWriter(path) as writer, tqdm(
                 total=len(mine), initial=len(mine) - len(todo), unit="sample", desc=label, dynamic_ncols=True,
                 position=part.index if part else None,  # one line per process under a launcher
             ) as progress:
-                written = run_samples(agent, todo, writer, progress, stop)
+                written = run_samples(agent, todo, writer, progress, stop, targets)
             reused = getattr(agent.backends.detector, "hits", None) if settings.uses_detector else None
             if reused is not None:  # a CachedDetector (--cache-dir)
                 stdout.print(f"detector cache: {reused} answers reused, {agent.backends.detector.misses} computed",
@@ -143,8 +146,9 @@ def evaluate(
 def _score_and_report(dataset, samples, output: Path, run: dict, compared: list) -> None:
     """Score ``output/predictions.jsonl``, write metrics and chart, print tables and where files went."""
     from agent.benchmark_run import PREDICTIONS_FILE, RUN_FILE, score_run
-    from agent.report import REPORT_PNG, build_metrics, finecops_confidences, print_report, run_label
-    from agent.report import write_metrics, write_plot
+    from agent.report import REPORT_PNG, build_metrics, finecops_confidences, print_report, reference_evaluation
+    from agent.report import reference_evaluation_line, run_label, write_metrics, write_plot
+    from tools.evaluation.common import EXTRACTION_FAILED, READ_AS_STORED
     from tools.evaluation.formats import get_format
     from tools.evaluation import read_predictions
 
@@ -153,6 +157,9 @@ def _score_and_report(dataset, samples, output: Path, run: dict, compared: list)
     predictions = [p for p in read_predictions(output / PREDICTIONS_FILE) if str(p.id) in wanted]
     result, left_out = score_run(dataset, samples, predictions)
     metrics = build_metrics(dataset.format, result, predictions, run)
+    evaluation = reference_evaluation(dataset.format, samples, predictions, run["agent"])
+    if evaluation is not None:
+        metrics["reference_evaluator"] = evaluation
     json_path, csv_path = write_metrics(output, metrics)
     confidences = None
     if get_format(dataset.format).metric.paired_negatives and metrics["counts"]["negatives"]:
@@ -167,6 +174,15 @@ def _score_and_report(dataset, samples, output: Path, run: dict, compared: list)
                      "field; --retry-errors answers them again)")
     if left_out:
         notes.append(f"{left_out} negatives left out of the scores: their positive lies beyond --limit")
+    if metrics[EXTRACTION_FAILED]:
+        notes.append(f"{metrics[EXTRACTION_FAILED]} samples: the reference target extraction dropped their batch; "
+                     "they count as misses here (agent-cli score --exclude-extraction-failed leaves them out, as "
+                     "the scripts do)")
+    if metrics[READ_AS_STORED]:
+        notes.append(f"{metrics[READ_AS_STORED]} images carry an EXIF rotation their annotation does not: read as "
+                     "stored")
+    if evaluation is not None:
+        notes.append(reference_evaluation_line(evaluation))
     for note in notes:
         stdout.print(note, markup=False, soft_wrap=True)
     for name, file in (("settings", output / RUN_FILE), ("predictions", output / PREDICTIONS_FILE),

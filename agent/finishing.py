@@ -72,12 +72,11 @@ def finish_boxes(answer: Detections, policy: FinishPolicy, threshold: float, lim
 def finish_selection(selection, policy: FinishPolicy, limit: int | None) -> Detections:
     """The chosen candidate(s) of a CRS selection, scored by their option probability.
 
-    "None" winning gives no box. Allowed several, every candidate whose probability is at least
-    ``multi_ratio`` times the best option's is kept, best first, up to ``limit``.
+    "None" winning gives no box; a generated answer naming no option the evaluators' zero box.
+    Allowed several, every candidate whose probability is at least ``multi_ratio`` times the best
+    option's is kept, best first, up to ``limit``.
     """
-    if selection.index is None:
-        return Detections.empty()
-    if limit == 1:
+    if selection.index is None or limit == 1:
         return selection.to_detections()
     probabilities = selection.probabilities[: len(selection.candidates)]
     keep = np.flatnonzero(probabilities >= policy.multi_ratio * selection.probability)

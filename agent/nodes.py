@@ -23,6 +23,9 @@ from .finishing import finish as finish_answer
 from .state import AgentState
 
 Node = Callable[[AgentState], dict[str, Any]]
+# The detector's boxes for the CRS expression a result keeps (before top-k and NMS): the authors'
+# detector files hold ten, and their positive evaluator maps letters A-D onto the first four.
+RECORDED_PROPOSALS = 10
 
 
 def timed(name: str, node: Node) -> Node:
@@ -65,8 +68,12 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
         """The target as routing and the focus prompt name it."""
         return state.get("target_answer") if behaviour.verbatim_target else state.get("target")
 
+    def mllm_image(state: AgentState):
+        """What the MLLM sees: the pixels as stored when the profile says so and they differ."""
+        return state["mllm_image"] if state.get("mllm_image") is not None else state["image"]
+
     def extract_target(state: AgentState) -> dict[str, Any]:
-        target, fallback = backends.extract(state["expression"])
+        target, fallback = backends.extract(state["expression"], state.get("given_target"))
         update: dict[str, Any] = {"target": target.phrase, "target_span": target.span, "target_source": target.source}
         # The extractor's own words ("this tree." where the expression says "This tree"), which
         # the authors' scripts pass on verbatim; the heuristic has no words of its own.
@@ -100,7 +107,7 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
         update: dict[str, Any] = {"path": "mllm"}
         try:
             # In the order the model wrote them: its first box is its answer.
-            answer = backends.ground(state["image"], state["expression"], focus)
+            answer = backends.ground(mllm_image(state), state["expression"], focus)
         except ModelOutputError as error:
             answer = Detections.empty()
             update["fallbacks"] = [f"the MLLM's answer was unusable: {error}"]
@@ -118,14 +125,18 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
         detections, memo = detect(state, state["expression"], crs_span(state))
         candidates = crs_candidates(detections, state["image"].size, config.crs_rule,
                                     drop_empty=behaviour.drop_empty_candidates)
-        update: dict[str, Any] = {"path": "crs", "candidates": candidates, "detector_memo": memo}
+        update: dict[str, Any] = {"path": "crs", "candidates": candidates, "detector_memo": memo,
+                                  "proposals": detections.sorted()[:RECORDED_PROPOSALS]}
         if config.crs_mode == "verify":
             return {**update, **verify(state, candidates)}
         try:
-            selection = backends.select_in_orders(state["image"], state["expression"], candidates, config.allow_none,
-                                                  config.crs_permutations)
+            selection = backends.select_in_orders(mllm_image(state), state["expression"], candidates,
+                                                  config.allow_none, config.crs_permutations)
             update["selection"] = selection
-            if selection.option_mass is not None and selection.option_mass < MIN_OPTION_MASS:
+            if selection.unread:
+                text = selection.text if len(selection.text) <= 80 else selection.text[:80] + "..."
+                update["fallbacks"] = [f"the CRS answer {text!r} names no option: the evaluators' zero box"]
+            elif selection.text is None and selection.option_mass is not None and selection.option_mass < MIN_OPTION_MASS:
                 update["fallbacks"] = [
                     f"the option letters had only {selection.option_mass:.0%} of the MLLM's next-token probability "
                     "(it wanted to write something else); the choice among them stands"
@@ -141,7 +152,7 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
 
     def verify(state: AgentState, candidates: Detections) -> dict[str, Any]:
         try:
-            return {"verification": backends.verify(state["image"], state["expression"], candidates)}
+            return {"verification": backends.verify(mllm_image(state), state["expression"], candidates)}
         except ModelOutputError as error:
             return {"answer": candidates[:1],
                     "fallbacks": [f"the MLLM's verification was unusable ({error}): used the top candidate"]}

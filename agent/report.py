@@ -27,7 +27,8 @@ from rich.table import Table
 from tools.datasets import Sample
 from tools.errors import UserInputError
 from tools.evaluation import Prediction
-from tools.evaluation.finecops import answer_confidence
+from tools.evaluation.common import EXTRACTION_FAILED, READ_AS_STORED, without_extraction_failures
+from tools.evaluation.finecops import REFERENCE_EVALUATORS, answer_confidence, score_finecops_ref
 from tools.evaluation.formats import FORMATS, get_format
 from tools.files import write_atomically
 
@@ -57,7 +58,49 @@ def build_metrics(dataset_format: str, result: dict[str, Any], predictions: Sequ
                   run: dict[str, Any]) -> dict[str, Any]:
     """``metrics.json``'s content (see the module docstring)."""
     errors = sum("error" in prediction.fields for prediction in predictions)
-    return {"format": dataset_format, **result, "errors": errors, "timing": timing_summary(predictions), "run": run}
+    outcomes = {name: sum(bool(prediction.fields.get(name)) for prediction in predictions)
+                for name in (EXTRACTION_FAILED, READ_AS_STORED)}
+    return {"format": dataset_format, **result, "errors": errors, **outcomes, "timing": timing_summary(predictions),
+            "run": run}
+
+
+def reference_evaluation(dataset_format: str, samples: Sequence[Sample], predictions: Sequence[Prediction],
+                         agent_settings: dict[str, Any]) -> dict[str, Any] | None:
+    """What the authors' evaluator of this way of answering reports for a FineCops-Ref-shaped run
+    made with ``profile="reference"``: its scoring quirks (``REFERENCE_EVALUATORS``), the samples
+    whose target extraction failed left out as the scripts leave them out. ``None`` for other runs."""
+    if agent_settings.get("profile") != "reference" or get_format(dataset_format).metric.name != "finecops":
+        return None
+    strategy = agent_settings["strategy"]
+    if strategy in ("sfa", "sfa+crs"):
+        key = "sfa"
+    elif strategy == "crs" and agent_settings.get("crs_mode") == "choice":
+        key = "crs+none" if agent_settings.get("allow_none") else "crs"
+    else:
+        return None
+    script, options = REFERENCE_EVALUATORS[key]
+    kept, answers, excluded = without_extraction_failures(samples, predictions)
+    scores = score_finecops_ref(kept, answers, allow_missing=True, **options)
+    return {"script": script, "options": options, "extraction_failed_excluded": excluded,
+            **{name: scores[name] for name in ("precision_at_1", "precision_at_1_by_route", "crs_accuracy")}}
+
+
+def reference_evaluation_line(evaluation: dict[str, Any]) -> str:
+    """One line of what ``reference_evaluation`` found."""
+    def shown(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    if evaluation["script"].startswith("SFA"):
+        by_route = evaluation["precision_at_1_by_route"]
+        figures = f"route 1 {shown(by_route.get('1'))}, route 2 {shown(by_route.get('2'))}"
+    else:
+        by_level = evaluation["precision_at_1"]
+        figures = f"level 1 {shown(by_level.get('1'))}, level 2 (with 3) {shown(by_level.get('2'))}"
+        if evaluation["script"].endswith("neg.py"):
+            figures += f", negatives answered None {shown(evaluation['crs_accuracy']['negative'])}"
+    left_out = evaluation["extraction_failed_excluded"]
+    return (f"the authors' {evaluation['script']} would report Precision@1 {shown(evaluation['precision_at_1']['all'])}"
+            f" ({figures})" + (f", {left_out} samples left out for a failed target extraction" if left_out else ""))
 
 
 def write_metrics(output: Path, metrics: dict[str, Any]) -> tuple[Path, Path]:

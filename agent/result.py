@@ -22,7 +22,9 @@ class Result:
     What the final boxes were chosen from is kept too, so that ``agent-cli calibrate`` can
     choose them again at other thresholds: ``expected_count`` (1, n or "many") and where it
     came from, the CRS ``candidates`` with their ``selection`` or ``verification`` (``p(yes)``
-    per candidate), and ``path_answer``, the answering path's scored boxes before the
+    per candidate), the detector's ``proposals`` the candidates were taken from (its first ten
+    boxes, before top-k and NMS: what the authors' positive CRS evaluator maps letters onto), and
+    ``path_answer``, the answering path's scored boxes before the
     finishing policy (``finishing.recorded_answer``).
     """
 
@@ -39,6 +41,7 @@ class Result:
     expected_count: int | str | None = None
     count_source: str | None = None
     candidates: Detections | None = None
+    proposals: Detections | None = None
     verification: list[float] | None = None
     path_answer: Detections | None = None
     trace: list[str] = field(default_factory=list)
@@ -74,6 +77,7 @@ class Result:
             "expected_count": self.expected_count,
             "count_source": self.count_source,
             "candidates": None if self.candidates is None else _boxes(self.candidates),
+            "proposals": None if self.proposals is None else _boxes(self.proposals),
             "verification": self.verification,
             "path_answer": None if self.path_answer is None else _boxes(self.path_answer),
             "trace": list(self.trace),

@@ -42,15 +42,29 @@ def score(
     confidence: str = typer.Option(
         "rex", "--confidence",
         help="FineCops-Ref: what AUROC and Recall@k rank CRS answers by: rex, or reference (the authors' evaluators)."),
+    crs_letters: str = typer.Option(
+        "options", "--crs-letters",
+        help="FineCops-Ref: a positive's CRS letter names the option offered (options), or the detector's raw box "
+             "of that rank, A-D only (raw: evaluation_CRS_pos.py)."),
+    iou_strict: bool = typer.Option(
+        False, "--iou-strict", help="FineCops-Ref: a hit needs IoU > 0.5, not >= (evaluation_SFA.py)."),
+    fold_level_3: bool = typer.Option(
+        False, "--fold-level-3", help="FineCops-Ref: count level 3 as level 2 (both CRS evaluators)."),
+    exclude_extraction_failed: bool = typer.Option(
+        False, "--exclude-extraction-failed",
+        help="Leave out the samples whose target extraction failed (the authors' scripts drop them); "
+             "default: they count as misses."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Score PREDICTIONS against a benchmark's ANNOTATIONS, with the authors' metric definitions."""
     from tools.evaluation import read_predictions
+    from tools.evaluation.common import without_extraction_failures
     from tools.evaluation.formats import read_dataset
 
     metric = get_format(dataset_format).metric
-    options = {"score_threshold": score_threshold, "matching": matching, "confidence": confidence}
-    defaults = {"confidence": "rex"}
+    options = {"score_threshold": score_threshold, "matching": matching, "confidence": confidence,
+               "crs_letters": crs_letters, "iou_strict": iou_strict, "fold_level_3": fold_level_3}
+    defaults = {"confidence": "rex", "crs_letters": "options", "iou_strict": False, "fold_level_3": False}
     for name, value in options.items():
         if value not in (None, defaults.get(name)) and name not in metric.options:
             users = ", ".join(f for f, entry in FORMATS.items() if name in entry.metric.options)
@@ -59,8 +73,12 @@ def score(
         raise UserInputError(f"--score-threshold must lie in [0, 1], got {score_threshold}")
     samples = list(read_dataset(dataset_format, annotations, split=split))
     answers = read_predictions(predictions)
+    excluded = 0
+    if exclude_extraction_failed:
+        samples, answers, excluded = without_extraction_failures(samples, answers)
     chosen = {name: value for name, value in options.items() if name in metric.options and value is not None}
     result = metric.score(samples, answers, allow_missing=allow_missing, **chosen)
+    result["counts"]["extraction_failed_excluded"] = excluded
     if as_json:
         stdout.print_json(json.dumps({"format": dataset_format, **result}))
         return
@@ -75,3 +93,4 @@ def score(
 def _notes(counts: dict[str, Any]):
     yield "samples without a prediction (scored as empty)", counts["missing_predictions"]
     yield "predictions for unknown ids (ignored)", counts["unmatched_predictions"]
+    yield "samples left out: their target extraction failed", counts.get("extraction_failed_excluded", 0)

@@ -22,6 +22,8 @@ class AgentState(TypedDict, total=False):
     # Inputs (set once by the agent; the image is decoded once per query)
     image: Image.Image
     expression: str
+    given_target: Any  # the caller's target (``locate(target=...)``): the extractor is not asked
+    mllm_image: Image.Image | None  # what the MLLM sees when it is not ``image``: the pixels as stored
     # Target extraction
     target: str | None
     target_span: tuple[int, int] | None
@@ -33,6 +35,7 @@ class AgentState(TypedDict, total=False):
     instance_count: int | None
     level: int | None
     # CRS
+    proposals: Detections | None  # the detector's first boxes for the expression, before top-k and NMS
     candidates: Detections | None
     selection: Selection | None
     verification: np.ndarray | None  # crs_mode="verify": p(yes) per candidate

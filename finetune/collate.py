@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tools.defaults import INTERNVL_TILES
 from tools.errors import UserInputError
 from tools.images import load_image
 from tools.mllm.crs import letter_distribution
@@ -44,7 +45,7 @@ class CRSCollator:
 
     Images are loaded as at inference: for Qwen VL resized by ``qwen_vl_utils`` within
     ``min_pixels``/``max_pixels`` (default: the processor's budget, as ``QwenVL`` uses), for
-    InternVL cut into at most ``max_patches`` tiles (default: the processor's, as ``InternVL``
+    InternVL cut into at most ``max_patches`` tiles (default ``INTERNVL_TILES``, as ``InternVL``
     uses); the options are written in ``family``'s box language, as ``select`` writes them.
     """
 
@@ -65,7 +66,7 @@ class CRSCollator:
             if not 0 < self.min_pixels <= self.max_pixels:
                 raise UserInputError(
                     f"need 0 < min_pixels <= max_pixels, got {self.min_pixels} and {self.max_pixels}")
-        self.max_patches = int(max_patches or getattr(image_processor, "max_patches", None) or 1)
+        self.max_patches = int(max_patches or INTERNVL_TILES)
         self.prompts_dir = prompts_dir
         self._option_ids: dict[tuple[str, ...], list[list[int]]] = {}
 

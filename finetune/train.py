@@ -68,7 +68,7 @@ class TrainConfig:
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2
     min_pixels: int | None = None  # image budget; default: the processor's, as at inference
     max_pixels: int | None = None
-    max_patches: int | None = None  # InternVL's tiles per image; default: the processor's, as at inference
+    max_patches: int | None = None  # InternVL's tiles per image; default INTERNVL_TILES, as at inference
     save_every: int = 500  # checkpoint every N optimizer steps (and at the end); 0: end only
     save_total_limit: int | None = 2  # checkpoints kept; None keeps all
     resume: str | None = None  # a checkpoint folder, or "latest" under output_dir/checkpoints

@@ -3,7 +3,8 @@
 Templates use ``str.format`` fields (``{expression}``, ``{target}``, ...). Load one with
 ``load_prompt("crs_select")`` and fill it with ``render_prompt("crs_select", **fields)``.
 A folder of your own templates with the same names can replace the defaults by
-passing ``directory=``.
+passing ``directory=``. A fixed conversation (the authors' few-shot extraction messages,
+to be sent byte for byte) is a ``.json`` list of chat messages: ``load_messages(name)``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def render_prompt(name: str, directory: str | Path | None = None, **fields: obje
         return template.format(**fields)
     except KeyError as missing:
         raise KeyError(f"prompt {name!r} needs field {missing.args[0]!r}") from None
+
+
+def load_messages(name: str) -> list[dict[str, str]]:
+    """The chat messages of ``<name>.json`` (a list of ``{"role", "content"}``), exactly as written."""
+    import json
+
+    return [dict(message) for message in json.loads(_read(str(PROMPTS_DIR / f"{name}.json")))]
 
 
 @lru_cache(maxsize=None)

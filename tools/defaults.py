@@ -20,6 +20,9 @@ DEFAULT_MLLM = "Qwen/Qwen2-VL-7B-Instruct"
 DEFAULT_INTERNVL = "OpenGVLab/InternVL3-8B-hf"
 DEFAULT_OWLV2 = "google/owlv2-base-patch16-ensemble"
 DEFAULT_FLORENCE2 = "florence-community/Florence-2-large"
+# The tiles InternVL cuts an image into, at inference and in training: what its own RefCOCO
+# evaluation uses (``--dynamic --max-num 6``; the released processors say 12).
+INTERNVL_TILES = 6
 
 # Queries run together, rows per MLLM forward pass, requests in flight to a server.
 BATCH_SIZE = 8

@@ -26,3 +26,8 @@ class ModelOutputError(RexError, ValueError):
 
 class RemoteServiceError(RexError, RuntimeError):
     """A remote model endpoint failed after retries, or refused the request."""
+
+
+class ExtractionFailedError(ModelOutputError):
+    """The authors' target extraction dropped this expression's batch (an unreadable reply, or no
+    answer for it): the reference profile records the sample as ``extraction_failed``."""

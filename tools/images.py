@@ -24,8 +24,10 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 SERVER_MAX_IMAGE_PIXELS = 40_000_000
 
 
-def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Return ``source`` as an RGB ``PIL.Image`` with EXIF orientation applied.
+def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, *,
+               orientation: bool = True) -> Image.Image:
+    """Return ``source`` as an RGB ``PIL.Image`` with EXIF orientation applied (``orientation=False``:
+    the pixels as stored, in an image that carries no orientation any more).
 
     Paths are opened and fully decoded here, so a corrupt file fails at once with an
     ``ImageLoadError`` naming it; a file of more than ``max_pixels`` pixels is refused
@@ -50,9 +52,49 @@ def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_IMAGE_PI
         raise ImageLoadError(f"image has zero size ({image.width}x{image.height})")
     # exif_transpose copies even when there is nothing to rotate; images passed along a
     # pipeline (already loaded here) come back unchanged, the same object.
-    if image.getexif().get(_ORIENTATION, 1) != 1:
+    if _orientation_of(image) != 1:
+        if not orientation:  # a copy without metadata: nothing downstream can rotate it
+            return Image.fromarray(np.asarray(image if image.mode == "RGB" else _to_rgb(image)))
         image = ImageOps.exif_transpose(image)
     return image if image.mode == "RGB" else _to_rgb(image)
+
+
+def exif_orientation(source: ImageInput) -> int:
+    """The EXIF orientation of ``source`` (1: none, or nothing to tell, as for arrays), read from the
+    file's header without decoding its pixels."""
+    if isinstance(source, Image.Image):
+        return _orientation_of(source)
+    if not isinstance(source, (str, Path, bytes, bytearray, memoryview)):
+        return 1
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source) as opened:
+            return _orientation_of(opened)
+    except (OSError, SyntaxError, ValueError):  # unreadable: load_image reports it
+        return 1
+
+
+def frame_sizes(path: str | Path) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(w, h)`` of the image file ``path`` as stored and with its EXIF orientation applied (they
+    differ when the orientation turns it by 90 degrees), read from its header."""
+    try:
+        with Image.open(path) as opened:
+            size, orientation = opened.size, _orientation_of(opened)
+    except (OSError, SyntaxError, ValueError):
+        load_image(path, max_pixels=None)  # says why in one line (ImageLoadError)
+        raise
+    return size, (size[::-1] if orientation in _QUARTER_TURNS else size)
+
+
+# EXIF orientations that swap width and height (transposed, rotated by 90 or 270 degrees).
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def _orientation_of(image: Image.Image) -> int:
+    try:
+        value = int(image.getexif().get(_ORIENTATION, 1))
+    except (TypeError, ValueError):
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 # Integer modes wider than 8 bits: PIL's convert("RGB") clips them at 255 instead of scaling.

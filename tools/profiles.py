@@ -10,10 +10,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import UserInputError
+from .mllm.reading import READINGS
 
 # "iou": non-maximum suppression on the true IoU of xyxy boxes (``tools.boxes.nms``).
 # "opencv": ``cv2.dnn.NMSBoxes`` called on xyxy boxes, which it reads as xywh (``tools.boxes.opencv_nms``).
 NMS_METHODS = ("iou", "opencv")
+
+
+# "aligned": the extractor's answer aligned to the expression's words (``tools.extraction.align``).
+# "substring": the first case-insensitive substring, as the scripts' ``find_positive`` finds it.
+TARGET_SPANS = ("aligned", "substring")
+# How a CRS answer is read (``tools.mllm.reading``): "letter", the option letters' next-token
+# probabilities of one forward pass; "generated", the greedy answer text as the authors'
+# evaluators parse it (the letter probabilities are still recorded).
+CRS_READINGS = READINGS
+# The detector's input size: "transformers", its processor's resize; "mmdet", mmdetection's
+# ``FixScaleResize`` (``int(x + 0.5)``), which the scripts ran.
+DETECTOR_RESIZES = ("transformers", "mmdet")
 
 
 @dataclass(frozen=True)
@@ -31,13 +44,30 @@ class Profile:
     # Routing and the target-focus prompt use the extractor's own words (the scripts do),
     # rather than the phrase as it is written in the expression.
     verbatim_target: bool
+    # Target extraction with REX's prompt and per-item fallback ("rex"), or the scripts'
+    # messages, parsing and batch dropping (``tools.extraction.reference``).
+    extraction: str
+    # Where the target's focus span lies in the expression (see TARGET_SPANS).
+    target_span: str
+    # The temperature a served extraction LLM is asked at; ``None``: not sent (the API's default).
+    extraction_temperature: float | None
+    # See CRS_READINGS.
+    crs_reading: str
+    # The MLLM sees the image with its EXIF orientation applied (qwen-vl-utils does not apply it).
+    mllm_exif_orientation: bool
+    # See DETECTOR_RESIZES.
+    detector_resize: str
 
 
 PROFILES: dict[str, Profile] = {
     "default": Profile("default", nms="iou", crs_focus=True, drop_empty_candidates=True,
-                       grounding_fallback=True, verbatim_target=False),
+                       grounding_fallback=True, verbatim_target=False, extraction="rex", target_span="aligned",
+                       extraction_temperature=0.0, crs_reading="letter", mllm_exif_orientation=True,
+                       detector_resize="transformers"),
     "reference": Profile("reference", nms="opencv", crs_focus=False, drop_empty_candidates=False,
-                         grounding_fallback=False, verbatim_target=True),
+                         grounding_fallback=False, verbatim_target=True, extraction="reference",
+                         target_span="substring", extraction_temperature=None, crs_reading="generated",
+                         mllm_exif_orientation=False, detector_resize="mmdet"),
 }
 
 

@@ -24,6 +24,12 @@ class SelectionModel(BaseModel):
     orders: int = Field(1, description="Cyclic option orders averaged (crs_permutations).")
     disagreement: Optional[float] = Field(
         None, description="Share of the orders whose own pick differs from the averaged one.")
+    text: Optional[str] = Field(
+        None, description="The answer as generated (reference profile): the chosen option is the one it names.")
+    read_letter: Optional[str] = Field(None, description="The letter the generated text names, as the authors' "
+                                                         "evaluators read it; null when it names none.")
+    first_token_logprob: Optional[float] = Field(
+        None, description="The generated answer's first token's log-probability (the scripts' answer_prob_norm).")
 
 
 class ScoredBoxes(BaseModel):
@@ -48,6 +54,8 @@ class LocateResult(BaseModel):
     expected_count: Optional[int | str] = Field(None, description='How many objects the expression names: 1, n or "many".')
     count_source: Optional[str] = Field(None, description="model (the extraction call) or heuristic (the words).")
     candidates: Optional[ScoredBoxes] = Field(None, description="The CRS candidates, in option order.")
+    proposals: Optional[ScoredBoxes] = Field(
+        None, description="The detector's first ten boxes for the expression, before CRS's top-k and NMS.")
     verification: Optional[list[float]] = Field(None, description="crs_mode verify: p(yes) per candidate.")
     path_answer: Optional[ScoredBoxes] = Field(
         None, description="The answering path's boxes before the finishing policy (for calibration).")

@@ -38,8 +38,8 @@ TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 HEAD_DIM = TEXT["hidden_size"] // TEXT["num_attention_heads"]
 
 
-def _tokenizer_and_ids():
-    tok = build_qwen_tokenizer()
+def _tokenizer_and_ids(tok=None):
+    tok = tok or build_qwen_tokenizer()
     ids = {name: tok.convert_tokens_to_ids(f"<|{name}|>") for name in
            ("endoftext", "im_end", "image_pad", "video_pad", "vision_start", "vision_end")}
     # Like the real checkpoints, the embedding table is larger than the tokenizer (padded to 64).
@@ -65,24 +65,28 @@ def _image_processor(patch: int, **kwargs) -> Qwen2VLImageProcessor:
                                  **kwargs)
 
 
-def _save(path, model, processor, ids) -> pathlib.Path:
+def _save(path, model, processor, ids, repetition_penalty: float | None = None) -> pathlib.Path:
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
     # Greedy by default so tests are deterministic; eos list mirrors the real generation_config.
+    penalty = {} if repetition_penalty is None else {"repetition_penalty": repetition_penalty}
     model.generation_config = GenerationConfig(
         bos_token_id=ids["endoftext"], eos_token_id=[ids["im_end"], ids["endoftext"]],
-        pad_token_id=ids["endoftext"], do_sample=False)
+        pad_token_id=ids["endoftext"], do_sample=False, **penalty)
     model.save_pretrained(path)
     processor.save_pretrained(path)  # also writes the tokenizer and chat template
     return path
 
 
-def build_tiny_qwen2_vl(path) -> pathlib.Path:
-    """Qwen2-VL: patch 14, CLIP normalisation, vision ``embed_dim`` != merger output ``hidden_size``."""
+def build_tiny_qwen2_vl(path, tokenizer=None, repetition_penalty: float | None = None) -> pathlib.Path:
+    """Qwen2-VL: patch 14, CLIP normalisation, vision ``embed_dim`` != merger output ``hidden_size``.
+
+    ``tokenizer``: another Qwen tokenizer, e.g. the real Qwen2-VL vocabulary (``tests/real_vocab.py``);
+    ``repetition_penalty``: put into the generation config, as Qwen2-VL-7B-Instruct's has one."""
     from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor,
                               Qwen2VLVideoProcessor)
 
-    tok, ids, vocab_size = _tokenizer_and_ids()
+    tok, ids, vocab_size = _tokenizer_and_ids(tokenizer)
     config = Qwen2VLConfig(
         text_config=dict(**TEXT, vocab_size=vocab_size, max_position_embeddings=4096,
                          bos_token_id=ids["endoftext"], eos_token_id=ids["im_end"], pad_token_id=ids["endoftext"],
@@ -98,7 +102,7 @@ def build_tiny_qwen2_vl(path) -> pathlib.Path:
         video_processor=Qwen2VLVideoProcessor(patch_size=14, merge_size=MERGE, temporal_patch_size=TEMPORAL,
                                               min_pixels=MIN_IMAGE_TOKENS * 28**2, max_pixels=MAX_IMAGE_TOKENS * 28**2),
         tokenizer=tok, chat_template=tok.chat_template)
-    return _save(path, model, processor, ids)
+    return _save(path, model, processor, ids, repetition_penalty)
 
 
 def build_tiny_qwen2_5_vl(path) -> pathlib.Path:

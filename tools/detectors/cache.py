@@ -59,16 +59,22 @@ class CachedDetector:
         # Datasets ask several queries per image in a row: hash its pixels once.
         self._last_image: tuple[weakref.ref, str] | None = None
 
-    def detect(self, image: Image.Image, text: str, focus: Span | None = None) -> Detections:
-        return self.detect_many(image, [text], [focus])[0]
+    @property
+    def resizes(self) -> tuple[str, ...]:
+        """The wrapped detector's ``resize`` choices (none: it takes no ``resize=``)."""
+        return tuple(getattr(self.detector, "resizes", ()))
+
+    def detect(self, image: Image.Image, text: str, focus: Span | None = None, **resize: str) -> Detections:
+        return self.detect_many(image, [text], [focus], **resize)[0]
 
     def detect_many(
-        self, image: Image.Image, texts: Sequence[str], focuses: Sequence[Span | None] | None = None
+        self, image: Image.Image, texts: Sequence[str], focuses: Sequence[Span | None] | None = None, **resize: str
     ) -> list[Detections]:
-        """Answers for ``(text, focus)`` pairs on ``image``; only the uncached ones reach the detector."""
+        """Answers for ``(text, focus)`` pairs on ``image``; only the uncached ones reach the detector.
+        ``resize=`` goes to the detector and into the key (the default's keys stay as they were)."""
         focuses = focus_spans(texts, focuses)
         image_digest = self._image_digest(image)
-        files = [self._file(image_digest, text, focus) for text, focus in zip(texts, focuses)]
+        files = [self._file(image_digest, text, focus, resize.get("resize")) for text, focus in zip(texts, focuses)]
         queries = dict(zip(files, zip(texts, focuses)))  # a query asked twice is one file
         answers = {file: _read(file) for file in queries}
         missing = [file for file, answer in answers.items() if answer is None]
@@ -76,19 +82,22 @@ class CachedDetector:
         self.misses += len(missing)
         if missing:
             texts_missing, focuses_missing = zip(*(queries[file] for file in missing))
-            for file, detections in zip(missing, self._detect(image, list(texts_missing), list(focuses_missing))):
+            for file, detections in zip(missing, self._detect(image, list(texts_missing), list(focuses_missing),
+                                                              resize)):
                 _write(file, detections)
                 answers[file] = detections
         return [answers[file] for file in files]
 
-    def _detect(self, image: Image.Image, texts: list[str], focuses: list[Span | None]) -> list[Detections]:
+    def _detect(self, image: Image.Image, texts: list[str], focuses: list[Span | None],
+                resize: dict[str, str]) -> list[Detections]:
         if hasattr(self.detector, "detect_many"):
-            return list(self.detector.detect_many(image, texts, focuses))
-        return [self.detector.detect(image, text, focus=focus) for text, focus in zip(texts, focuses)]
+            return list(self.detector.detect_many(image, texts, focuses, **resize))
+        return [self.detector.detect(image, text, focus=focus, **resize) for text, focus in zip(texts, focuses)]
 
-    def _file(self, image_digest: str, text: str, focus: Span | None) -> Path:
+    def _file(self, image_digest: str, text: str, focus: Span | None, resize: str | None = None) -> Path:
         span = None if focus is None else [int(v) for v in focus]
-        query = json.dumps([FORMAT_VERSION, self.model_name, image_digest, text, span], ensure_ascii=False)
+        key_parts = [FORMAT_VERSION, self.model_name, image_digest, text, span] + ([resize] if resize else [])
+        query = json.dumps(key_parts, ensure_ascii=False)
         key = hashlib.sha256(query.encode("utf-8")).hexdigest()
         # Two-letter subfolders keep folders small on benchmarks of tens of thousands of queries.
         return self.directory / key[:2] / f"{key}.npz"

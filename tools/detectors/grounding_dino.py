@@ -13,6 +13,8 @@ from .. import boxes as box_ops
 from ..defaults import DEFAULT_DETECTOR
 from ..batching import one_call_at_a_time
 from ..detections import Detections
+from ..errors import UserInputError
+from ..profiles import DETECTOR_RESIZES
 from ..text import Span, check_text
 from .base import caption_and_focus_tokens, check_focus_score, focus_spans, query_scores
 from .loading import load_detector_parts
@@ -34,6 +36,9 @@ class GroundingDinoDetector:
 
     model_types = ("grounding-dino", "mm-grounding-dino")  # the checkpoints' config.model_type
     title = "Grounding DINO / MM-Grounding-DINO"
+    # How the image may be resized (``resize=``): transformers' processor, or mmdetection's
+    # FixScaleResize rounding, which the authors' scripts ran (640x480 -> 1067x800, not 1066x800).
+    resizes = DETECTOR_RESIZES
 
     def __init__(self, model, processor, *, max_detections: int | None = None, focus_score: str = "mean"):
         self.focus_score = check_focus_score(focus_score)
@@ -72,16 +77,21 @@ class GroundingDinoDetector:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def detect(self, image: Image.Image, text: str, focus: Span | None = None) -> Detections:
-        """Boxes for ``text`` on ``image``, best first (see the class docstring for scoring)."""
-        return self.detect_many(image, [text], [focus])[0]
+    def detect(self, image: Image.Image, text: str, focus: Span | None = None, *,
+               resize: str = "transformers") -> Detections:
+        """Boxes for ``text`` on ``image``, best first (see the class docstring for scoring);
+        ``resize`` is one of ``resizes``."""
+        return self.detect_many(image, [text], [focus], resize=resize)[0]
 
     @one_call_at_a_time
     def detect_many(
-        self, image: Image.Image, texts: Sequence[str], focuses: Sequence[Span | None] | None = None
+        self, image: Image.Image, texts: Sequence[str], focuses: Sequence[Span | None] | None = None, *,
+        resize: str = "transformers",
     ) -> list[Detections]:
         """Several texts on one image in one batched forward: the image is preprocessed and its
         (text-independent) backbone features computed once, then shared by every text."""
+        if resize not in self.resizes:
+            raise UserInputError(f"unknown resize {resize!r}; choose one of {', '.join(self.resizes)}")
         focuses = focus_spans(texts, focuses)
         for text, focus in zip(texts, focuses):
             check_text(text, focus)
@@ -90,7 +100,7 @@ class GroundingDinoDetector:
             caption_and_focus_tokens(text, focus, tokenizer, self.max_text_len, keeps_sep=True, stacklevel=4)
             for text, focus in zip(texts, focuses)
         ]
-        logits, pred_boxes = self._forward(image, [caption for caption, _ in captions])
+        logits, pred_boxes = self._forward(image, [caption for caption, _ in captions], resize)
         probs = torch.sigmoid(logits.float())
         xyxy = box_ops.scale_boxes(box_ops.cxcywh_to_xyxy(pred_boxes.reshape(-1, 4)), image.width, image.height)
         xyxy = box_ops.clip_boxes(xyxy, image.width, image.height).reshape(len(texts), -1, 4)
@@ -101,9 +111,20 @@ class GroundingDinoDetector:
             results.append(detections if self.max_detections is None else detections[: self.max_detections])
         return results
 
+    def input_size(self, image_size: tuple[int, int], resize: str = "transformers") -> tuple[int, int] | None:
+        """``(w, h)`` the image is resized to with ``resize="mmdet"``; ``None``: the processor decides."""
+        if resize == "transformers":
+            return None
+        size = self.processor.image_processor.size
+        edges = (size["shortest_edge"], size["longest_edge"]) if "shortest_edge" in size else (800, 1333)
+        return mmdet_fix_scale_size(image_size, edges)
+
     @torch.inference_mode()
-    def _forward(self, image: Image.Image, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = self.processor.image_processor(images=image, return_tensors="pt")
+    def _forward(self, image: Image.Image, captions: list[str], resize: str = "transformers"
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        target = self.input_size(image.size, resize)
+        exact = {} if target is None else {"size": {"height": target[1], "width": target[0]}}
+        pixels = self.processor.image_processor(images=image, return_tensors="pt", **exact)
         text = self.processor.tokenizer(
             captions, padding=True, truncation=True, max_length=self.max_text_len, return_tensors="pt"
         )
@@ -115,6 +136,15 @@ class GroundingDinoDetector:
             inputs["pixel_mask"] = pixels["pixel_mask"].to(device).expand(batch, -1, -1)
         outputs = self.model(**inputs)
         return outputs.logits.cpu(), outputs.pred_boxes.float().cpu()
+
+
+def mmdet_fix_scale_size(image_size: tuple[int, int], scale: tuple[int, int] = (800, 1333)) -> tuple[int, int]:
+    """``(w, h)`` mmdetection's ``FixScaleResize(scale, keep_ratio=True)`` gives an image of ``image_size``:
+    the largest factor keeping the short side within ``min(scale)`` and the long one within
+    ``max(scale)``, each side rounded as ``int(side * factor + 0.5)`` (mmcv's ``rescale_size``)."""
+    width, height = image_size
+    factor = min(max(scale) / max(width, height), min(scale) / min(width, height))
+    return int(width * factor + 0.5), int(height * factor + 0.5)
 
 
 def _share_backbone_across_repeated_image(model) -> None:

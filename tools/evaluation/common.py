@@ -13,6 +13,10 @@ from .predictions import Prediction
 
 # How many missing ids an error message lists.
 SHOWN_IDS = 5
+# Prediction fields: a sample whose target extraction the reference profile dropped, and one
+# whose image was read as stored (its EXIF rotation ignored: the annotation describes that frame).
+EXTRACTION_FAILED = "extraction_failed"
+READ_AS_STORED = "image_read_as_stored"
 
 
 def pair_predictions(
@@ -71,3 +75,16 @@ def mdetr_order(scores: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 def percent(hits: float, total: float) -> float | None:
     """``100 * hits / total``; ``None`` when there is nothing to count."""
     return 100.0 * hits / total if total else None
+
+
+def without_extraction_failures(samples: Iterable[Sample], predictions: Iterable[Prediction]
+                                ) -> tuple[list[Sample], list[Prediction], int]:
+    """The samples the authors' scripts score, and their predictions: not those whose target
+    extraction failed (the scripts drop them), nor the FineCops-Ref negatives of such a positive;
+    and how many samples were left out."""
+    samples, predictions = list(samples), list(predictions)
+    failed = {str(prediction.id) for prediction in predictions if prediction.fields.get(EXTRACTION_FAILED)}
+    kept = [sample for sample in samples if str(sample.id) not in failed
+            and not (sample.is_negative and str(sample.negative["positive_id"]) in failed)]
+    left_out = {str(sample.id) for sample in samples} - {str(sample.id) for sample in kept}
+    return kept, [prediction for prediction in predictions if str(prediction.id) not in left_out], len(left_out)

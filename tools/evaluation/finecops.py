@@ -21,6 +21,12 @@ the SFA/CRS code). Definitions, all in percent:
 
 An answer without boxes (unparseable or "None") counts, as in the reference, as one
 zero-area box with score 0 -- or with the prediction's ``confidence`` field where given.
+
+Options that reproduce the authors' evaluators' own quirks (``REFERENCE_EVALUATORS`` says which
+script uses which): ``iou_strict`` (a hit at IoU > 0.5, ``SFA/evaluation_SFA.py``);
+``fold_level_3`` (level 3 counted as level 2, both CRS evaluators); ``crs_letters="raw"``
+(``CRS/evaluation_CRS_pos.py``: a CRS answer's letter A-D is the detector's raw box 0-3, before
+top-k and NMS, from the prediction's ``proposals``; any other letter a zero box).
 """
 
 from __future__ import annotations
@@ -28,13 +34,14 @@ from __future__ import annotations
 import math
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 import numpy as np
 
 from .. import boxes as box_ops
 from ..datasets import Sample
+from ..detections import Detections
 from ..errors import UserInputError
 from .common import finecops_order, pair_predictions, percent
 from .predictions import Prediction
@@ -59,6 +66,16 @@ class _Answer:
 # log-probability, and 1 minus it for a negative answered "None". Predictions without an
 # ``answer_logprob`` field (not CRS) are read the "rex" way, which is then the reference's too.
 CONFIDENCE_RULES = ("rex", "reference")
+# Which box a positive's CRS letter stands for: "options", the candidate offered under it (what
+# the agent answered); "raw", the detector's box of that rank before top-k and NMS (letters A-D only).
+CRS_LETTERS = ("options", "raw")
+RAW_LETTERS = "ABCD"
+# The authors' evaluator for each way of answering, and the scoring options that reproduce it.
+REFERENCE_EVALUATORS = {
+    "sfa": ("SFA/evaluation_SFA.py", {"iou_strict": True}),
+    "crs": ("CRS/evaluation_CRS_pos.py", {"fold_level_3": True, "crs_letters": "raw"}),
+    "crs+none": ("CRS/evaluation_CRS_neg.py", {"fold_level_3": True}),
+}
 
 
 def score_finecops_ref(
@@ -68,6 +85,9 @@ def score_finecops_ref(
     allow_missing: bool = False,
     iou_threshold: float = 0.5,
     confidence: str = "rex",
+    iou_strict: bool = False,
+    fold_level_3: bool = False,
+    crs_letters: str = "options",
 ) -> dict[str, Any]:
     """Every FineCops-Ref number for ``predictions`` on ``samples``, as a plain dict of percentages.
 
@@ -76,22 +96,31 @@ def score_finecops_ref(
     the predictions record in their ``level`` field, when they do); ``recall_at_{1,5,10}``,
     ``auroc_by_key``, ``fpr95_by_key``, ``aupr_by_key`` (by negative key); ``auroc``,
     ``fpr95``, ``aupr`` (overall); ``crs_accuracy`` (``positive``, ``negative``); ``counts``.
-    A number with nothing to count is ``None``. ``confidence`` is one of ``CONFIDENCE_RULES``.
+    A number with nothing to count is ``None``. ``confidence`` is one of ``CONFIDENCE_RULES``,
+    ``crs_letters`` one of ``CRS_LETTERS``; ``iou_strict`` and ``fold_level_3`` as the module says.
     """
     if confidence not in CONFIDENCE_RULES:
         raise UserInputError(f"unknown confidence rule {confidence!r}; choose one of {', '.join(CONFIDENCE_RULES)}")
+    if crs_letters not in CRS_LETTERS:
+        raise UserInputError(f"unknown --crs-letters {crs_letters!r}; choose one of {', '.join(CRS_LETTERS)}")
+    if fold_level_3:
+        samples = [replace(sample, level=2) if sample.level == 3 else sample for sample in samples]
     pairs, counts = pair_predictions(samples, predictions, allow_missing=allow_missing)
+    if crs_letters == "raw":
+        pairs = [(sample, prediction if sample.is_negative else raw_letter_answer(prediction))
+                 for sample, prediction in pairs]
     answers = {str(sample.id): _answer(sample, prediction, confidence) for sample, prediction in pairs}
     positives = [(sample, prediction) for sample, prediction in pairs if not sample.is_negative]
     negatives = [sample for sample, _ in pairs if sample.is_negative]
+    hit = (lambda iou: iou > iou_threshold) if iou_strict else (lambda iou: iou >= iou_threshold)
     result: dict[str, Any] = {}
     for k in TOP_KS:
-        result[f"precision_at_{k}"] = _precision_by_level(positives, answers, k, iou_threshold)
-    result["precision_at_1_by_route"] = _precision_by_route(positives, answers, iou_threshold)
+        result[f"precision_at_{k}"] = _precision_by_level(positives, answers, k, hit)
+    result["precision_at_1_by_route"] = _precision_by_route(positives, answers, hit)
     groups = _negative_groups(negatives, answers, {str(sample.id) for sample, _ in positives})
     for k in TOP_KS:
         result[f"recall_at_{k}"] = {
-            key: percent(sum(_recall_hit(answers[positive_id], pool, k, iou_threshold)
+            key: percent(sum(_recall_hit(answers[positive_id], pool, k, hit)
                              for positive_id, pool in by_positive.items()), len(by_positive))
             for key, by_positive in groups.items()
         }
@@ -134,6 +163,25 @@ def reference_confidence(sample: Sample, prediction: Prediction) -> float | None
     return 1.0 - probability if rejected and sample.is_negative else probability
 
 
+def raw_letter_answer(prediction: Prediction) -> Prediction:
+    """A CRS prediction's box as ``evaluation_CRS_pos.py`` reads its letter: A-D the detector's raw
+    boxes 0-3 (the recorded ``proposals``), anything else (no letter, "E" at top-5) a zero box; score 0.
+    Predictions of other paths are returned as they are."""
+    fields = prediction.fields
+    selection = fields.get("selection")
+    if fields.get("path") != "crs" or not isinstance(selection, dict):
+        return prediction
+    proposals = fields.get("proposals")
+    if not isinstance(proposals, dict) or not isinstance(proposals.get("boxes"), list):
+        raise UserInputError(f"prediction {prediction.id!r} records no detector proposals: --crs-letters raw needs "
+                             "predictions written by agent-cli eval of this version")
+    letter = selection.get("read_letter") if selection.get("text") is not None else selection.get("letter")
+    boxes = proposals["boxes"]
+    index = RAW_LETTERS.find(letter) if isinstance(letter, str) and len(letter) == 1 else -1
+    box = boxes[index] if 0 <= index < len(boxes) else [0.0, 0.0, 0.0, 0.0]
+    return Prediction(prediction.id, Detections(np.asarray([box], dtype=np.float64), [0.0]), fields)
+
+
 def _answer(sample: Sample, prediction: Prediction, rule: str = "rex") -> _Answer:
     boxes, scores = prediction.boxes, prediction.scores
     empty = len(scores) == 0
@@ -170,21 +218,21 @@ def _separation(positives, negatives: list[Sample], answers: dict[str, _Answer])
     return result
 
 
-def _precision_by_level(positives, answers, k: int, iou_threshold: float) -> dict[str, float | None]:
+def _precision_by_level(positives, answers, k: int, hit) -> dict[str, float | None]:
     hits: dict[Any, int] = defaultdict(int)
     for sample, _ in positives:
-        hits[sample.level] += bool(answers[str(sample.id)].ious[:k].max() >= iou_threshold)
+        hits[sample.level] += bool(hit(answers[str(sample.id)].ious[:k].max()))
     levels = _level_counts(positives)
     by_level = {str(level): percent(hits[level], total) for level, total in levels.items()}
     return {**by_level, "all": percent(sum(hits.values()), len(positives))}
 
 
-def _precision_by_route(positives, answers, iou_threshold: float) -> dict[str, float | None]:
+def _precision_by_route(positives, answers, hit) -> dict[str, float | None]:
     hits: dict[str, list[bool]] = defaultdict(list)
     for sample, prediction in positives:
         route = prediction.fields.get("level")
         if route is not None:
-            hits[str(route)].append(bool(answers[str(sample.id)].ious[0] >= iou_threshold))
+            hits[str(route)].append(bool(hit(answers[str(sample.id)].ious[0])))
     return {route: percent(sum(values), len(values)) for route, values in sorted(hits.items())}
 
 
@@ -217,7 +265,7 @@ def _negative_groups(
     }
 
 
-def _recall_hit(positive: _Answer, negative_pool: np.ndarray, k: int, iou_threshold: float) -> bool:
+def _recall_hit(positive: _Answer, negative_pool: np.ndarray, k: int, hit) -> bool:
     positive_pool = positive.scores[positive.scores >= POOL_SCORE_FLOOR]
     pooled = np.sort(np.concatenate([negative_pool, positive_pool]))[::-1]
     if len(pooled) == 0:
@@ -226,7 +274,7 @@ def _recall_hit(positive: _Answer, negative_pool: np.ndarray, k: int, iou_thresh
     # scores, so a tie with a negative's score goes to the positive.
     among_top_k = int((positive_pool >= pooled[min(k, len(pooled)) - 1]).sum())
     taken = min(among_top_k, k)
-    return taken > 0 and bool(positive.ious[:taken].max() >= iou_threshold)
+    return taken > 0 and bool(hit(positive.ious[:taken].max()))
 
 
 def _roc_measures(positive: list[float], negative: list[float]) -> tuple[float | None, float | None, float | None]:

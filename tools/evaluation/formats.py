@@ -42,7 +42,8 @@ class Metric:
 
 
 FINECOPS = Metric(
-    "finecops", score_finecops_ref, ("confidence",), "Precision@1 by level (%)",
+    "finecops", score_finecops_ref, ("confidence", "crs_letters", "iou_strict", "fold_level_3"),
+    "Precision@1 by level (%)",
     lambda m: dict(m["precision_at_1"]), finecops_tables, paired_negatives=True,
 )
 REFCOCO = Metric("refcoco", score_refcoco, (), "Acc@0.5 (%)", lambda m: {"all": m["accuracy"]}, refcoco_tables)

@@ -25,10 +25,11 @@ from ..files import JsonLinesAppender, read_json_lines
 from ..errors import UserInputError
 
 RESERVED_FIELDS = ("id", "boxes", "scores")
-# Fields of an agent result that are worth keeping next to the boxes: the last five are what
-# `agent-cli calibrate` re-chooses the boxes from at other thresholds.
+# Fields of an agent result that are worth keeping next to the boxes: expected_count to
+# verification are what `agent-cli calibrate` re-chooses the boxes from at other thresholds;
+# proposals what `agent-cli score --crs-letters raw` maps letters onto.
 RESULT_FIELDS = ("level", "path", "target", "timings", "expected_count", "path_answer", "candidates", "selection",
-                 "verification")
+                 "verification", "proposals")
 
 
 @dataclass(frozen=True, eq=False)

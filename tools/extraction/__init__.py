@@ -2,9 +2,10 @@
 
 ``OpenAIChatExtractor`` asks any OpenAI-compatible chat model, ``LocalChatExtractor``
 any local text generator (e.g. the loaded Qwen MLLM), ``HeuristicExtractor`` no model
-at all. Every extractor's ``extract(expressions)`` returns one phrase per expression;
-the model-backed ones also offer ``extract_spans`` with the character span and whether
-the model's answer or the heuristic fallback was used.
+at all; ``ReferenceExtractor`` sends the authors' messages and reads replies as their script
+does (``profile="reference"``). Every extractor's ``extract(expressions)`` returns one phrase
+per expression; the model-backed ones also offer ``extract_spans`` with the character span
+and whether the model's answer or the heuristic fallback was used.
 """
 
 from ..lazy import lazy_exports
@@ -29,6 +30,9 @@ _EXPORTS = {
     "extraction_prompt": ".parsing",
     "parse_answers": ".parsing",
     "parse_targets": ".parsing",
+    "ReferenceExtractor": ".reference",
+    "find_positive": ".reference",
+    "reference_messages": ".reference",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

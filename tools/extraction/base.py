@@ -7,7 +7,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from .count import ExpectedCount
 
-Source = Literal["model", "heuristic"]
+# "failed": the reference extraction dropped it (``tools.extraction.reference``; phrase and span None).
+Source = Literal["model", "heuristic", "failed"]
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,8 @@ class ExtractedTarget:
     (``expression[span[0]:span[1]]``), ``span`` its character span, ``source`` says
     whether the model's answer was used ("model") or the model-free parser
     ("heuristic"), and ``answer`` keeps the model's own words (``None`` when it gave
-    none). ``phrase`` and ``span`` are ``None`` only for a blank expression. ``count`` is
+    none). ``phrase`` and ``span`` are ``None`` only for a blank expression, and when
+    ``source`` is "failed" (the reference extraction dropped it). ``count`` is
     how many objects the model said the expression names (1, a number or "many"; asked
     with the count prompt only), ``None`` when it was not asked or gave no usable count.
     """

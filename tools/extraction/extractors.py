@@ -132,7 +132,7 @@ class OpenAIChatExtractor(ChatExtractor):
 
     ``base_url``/``api_key`` default to ``OPENAI_BASE_URL``/``OPENAI_API_KEY``;
     ``retry`` is the ``RetryPolicy`` of each request; ``concurrency`` prompts are in flight at
-    once. Requests use temperature 0.
+    once. Requests use ``temperature`` (0; ``None`` sends none: the server's default).
     """
 
     def __init__(
@@ -142,6 +142,7 @@ class OpenAIChatExtractor(ChatExtractor):
         base_url: str | None = None,
         api_key: str | None = None,
         max_tokens: int = 512,
+        temperature: float | None = 0,
         retry: RetryPolicy | None = None,
         batch_size: int = 8,
         concurrency: int = BATCH_SIZE,
@@ -153,6 +154,7 @@ class OpenAIChatExtractor(ChatExtractor):
                          with_count=with_count)
         self.model = model
         self.max_tokens = max_tokens
+        self.temperature = temperature
         self.client = ChatCompletionsClient(base_url, api_key, retry=retry)
 
     def _complete(self, prompt: str) -> str:
@@ -160,7 +162,7 @@ class OpenAIChatExtractor(ChatExtractor):
             model=self.model,
             messages=[{"role": "user", "content": prompt}],
             max_tokens=self.max_tokens,
-            temperature=0,
+            **({} if self.temperature is None else {"temperature": self.temperature}),
         )
         return response.choices[0].message.content or ""
 

@@ -21,6 +21,9 @@ class MLLM(Protocol):
     (``batch_size``) then share it (``tools.batching``; README, "Batched execution").
     ``verify(image, expression, candidates)`` (and ``verify_batch``), returning ``p(yes)`` per
     candidate for "is this box what the expression describes?", enables ``crs_mode="verify"``.
+    A ``select`` (and ``select_batch``) that takes the keyword ``reading`` is asked with
+    ``reading="generated"`` under the reference profile: answer greedily and return a ``Selection``
+    with the ``text`` written (``tools.mllm.reading``); without it, its letter probabilities stand.
     """
 
     def ground(self, image: Image.Image, expression: str, focus: str | None = None) -> Detections:

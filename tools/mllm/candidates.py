@@ -6,7 +6,8 @@ multiple-choice question (one forward pass), ``verify`` the yes/no question of e
 orders of one CRS question) take two passes: their shared prefix with the image, then a row
 each continuing from its KV cache (``shared_prefix.py``). Neither calls ``generate``: the
 answer is the next-token distribution over the option letters, or over "yes" and "no", under
-the raw logits."""
+the raw logits; except ``select(..., reading="generated")``, which answers as the authors'
+scripts do (greedy ``generate``, the text parsed as their evaluators parse it: ``reading.py``)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..images import ImageInput, load_image
 from .batches import check_lengths, checked_text, chunks
 from .crs import bare_letter_logprobs, crs_prompt, letter_distribution, letter_mass, letter_token_ids
 from .decoding import first_step_scores, forget_rope_deltas
+from .reading import GENERATED_ANSWER_TOKENS, check_reading
 from .selection import Selection
 from .shared_prefix import (continuation_inputs, drop_last_tokens, ends_with, left_padded_cat, plan_shared_prefix,
                             positions_from_mask)
@@ -34,10 +36,12 @@ class CandidateQuestions:
     # ---------------------------------------------------------------- CRS selection
 
     def select(
-        self, image: ImageInput, expression: str, candidates: Detections, allow_none: bool = False
+        self, image: ImageInput, expression: str, candidates: Detections, allow_none: bool = False, *,
+        reading: str = "letter",
     ) -> Selection:
-        """Probabilities over the lettered ``candidates`` (and "None", last, when ``allow_none``)."""
-        return self.select_batch([image], [expression], [candidates], allow_none)[0]
+        """Probabilities over the lettered ``candidates`` (and "None", last, when ``allow_none``);
+        ``reading="generated"`` also writes the answer greedily and chooses what it names (``reading.py``)."""
+        return self.select_batch([image], [expression], [candidates], allow_none, reading=reading)[0]
 
     @one_call_at_a_time
     def select_batch(
@@ -46,11 +50,15 @@ class CandidateQuestions:
         expressions: Sequence[str],
         candidates: Sequence[Detections],
         allow_none: bool = False,
+        *,
+        reading: str = "letter",
     ) -> list[Selection]:
         """``select`` for several queries: one forward pass per batch, never ``generate``. Queries
         that ask about the same image with the same expression (the option orders of
-        ``crs_permutations``) share their prefix as verification's candidates do."""
+        ``crs_permutations``) share their prefix as verification's candidates do. ``reading="generated"``:
+        one greedy ``generate`` per batch instead (the letter probabilities from its first step)."""
         check_lengths(images=images, expressions=expressions, candidates=candidates)
+        check_reading(reading)
         pictures = [load_image(image) for image in images]
         questions = [
             crs_prompt(checked_text(text, "expression"), boxes, picture.size, allow_none, family=self.family,
@@ -60,7 +68,8 @@ class CandidateQuestions:
         selections: list[Selection | None] = [None] * len(questions)
         asked = []
         for i, (_, letters) in enumerate(questions):
-            if len(letters) > 1:
+            # One option is still asked when the answer is read from text: the scripts ask it too.
+            if len(letters) > (0 if reading == "generated" else 1):
                 asked.append(i)
             else:  # zero options, or "None" alone: nothing to ask the model
                 selections[i] = Selection(candidates[i], letters, np.ones(len(letters)), allow_none)
@@ -77,6 +86,13 @@ class CandidateQuestions:
                     letter_logprobs=bare_letter_logprobs(processed[row], ids),
                 )
 
+        if reading == "generated":
+            for chunk in chunks(self._by_length(pictures, prompts, asked), self.batch_size):
+                for i, selection in zip(chunk, self._generated_selections(
+                        [self._conversation(pictures[i], prompts[i]) for i in chunk],
+                        [(candidates[i], questions[i][1]) for i in chunk], allow_none)):
+                    selections[i] = selection
+            return selections
         groups = same_question_groups(images, expressions, asked)
         if all(len(group) == 1 for group in groups):  # one row per query: one pass, nothing shared
             for chunk in chunks(self._by_length(pictures, prompts, asked), self.batch_size):
@@ -88,6 +104,28 @@ class CandidateQuestions:
             chunk_groups = [by_first[first] for first in chunk]
             read([i for group in chunk_groups for i in group], *self._shared_prefix_logits(
                 [[self._conversation(pictures[i], prompts[i]) for i in group] for group in chunk_groups]))
+        return selections
+
+    def _generated_selections(self, conversations, options: list[tuple[Detections, list[str]]],
+                              allow_none: bool) -> list[Selection]:
+        """The CRS questions answered as the authors' scripts answer them: greedy ``generate`` (the
+        checkpoint's logits processors apply), the text decoded without special tokens; the option
+        letters' probabilities and log-probabilities from its first step, as ``select`` reads them."""
+        inputs, _ = self._encode(conversations)
+        output, new_tokens = self._generate_greedily(inputs, GENERATED_ANSWER_TOKENS)
+        raw, processed = output.logits[0].float(), output.scores[0].float()
+        first_logprobs = torch.log_softmax(processed, dim=-1)
+        selections = []
+        for row, (boxes, letters) in enumerate(options):
+            ids = self._letter_token_ids(letters)
+            token_ids = new_tokens[row].tolist()
+            text = self.tokenizer.decode(token_ids[: self._answer_length(token_ids)], skip_special_tokens=True,
+                                         clean_up_tokenization_spaces=False)
+            selections.append(Selection(
+                boxes, letters, letter_distribution(raw[row], ids), allow_none,
+                option_mass=letter_mass(raw[row], ids), letter_logprobs=bare_letter_logprobs(processed[row], ids),
+                text=text, first_token_logprob=float(first_logprobs[row, token_ids[0]]),
+            ))
         return selections
 
     # ---------------------------------------------------------------- verification

@@ -29,7 +29,8 @@ Parsing policy, the same for every family:
 - A coordinate outside the coordinate range by more than ``RANGE_TOLERANCE`` of its
   extent rejects the *whole answer*: it means the model used another convention (e.g.
   original-image pixels), so its other boxes are suspect too. Smaller overshoots are
-  clipped.
+  clipped. InternVL is read as its own RefCOCO evaluation reads it instead: any overshoot
+  is clipped, and a box whose coordinates sum to less than 4 is in fractions of the image.
 - A box of zero width or height is rejected.
 
 Nothing here touches a torch model, so the OpenAI-compatible backend reuses the parsers
@@ -244,6 +245,11 @@ class ModelFamily:
     coordinates: str  # RELATIVE_1000 or INPUT_PIXELS
     find_boxes: Callable[[str], list[WrittenBox]] = field(repr=False)
     write_box: Callable[[Sequence[int]], str] = field(repr=False)
+    # A box whose four coordinates sum to less than this is written in fractions of the image
+    # (0..1), as InternVL's own RefCOCO evaluation reads it; ``None``: never.
+    fractions_below_sum: float | None = None
+    # A coordinate beyond the range by more than RANGE_TOLERANCE rejects the answer; else it is clipped.
+    rejects_overshoot: bool = True
 
     def grounding_prompt(self, expression: str, focus: str | None = None, prompts_dir: str | None = None) -> str:
         """The grounding question; with ``focus`` the target-focus sentence is appended."""
@@ -319,7 +325,11 @@ class ModelFamily:
             extent = input_size
         else:
             extent = (box_ops.QWEN_SCALE, box_ops.QWEN_SCALE)
-        native = _checked_boxes(np.array([box.coords for box in written]), extent, text)
+        coords = np.array([box.coords for box in written], dtype=np.float64)
+        if self.fractions_below_sum is not None:
+            fractions = coords.sum(axis=1) < self.fractions_below_sum
+            coords[fractions] *= np.array(extent * 2)
+        native = _checked_boxes(coords, extent, text, self.rejects_overshoot)
         if self.coordinates == INPUT_PIXELS:
             pixels = box_ops.resize_boxes(native, input_size, image_size)
         else:
@@ -343,9 +353,11 @@ QWEN3_VL = ModelFamily(
     write_json_list,
 )
 # The -hf checkpoints load as "internvl"; the original remote-code ones (served by vLLM) say "internvl_chat".
+# InternVL's answers are read as its own RefCOCO evaluation (internvl_chat/eval/refcoco) reads them:
+# fractions when the coordinates sum to less than 4, never rejected for overshooting 0..1000.
 INTERNVL = ModelFamily(
     "internvl", "InternVL", ("internvl", "internvl_chat"), "internvl_ground", None, RELATIVE_1000, find_ref_box_boxes,
-    write_nested_list,
+    write_nested_list, fractions_below_sum=4.0, rejects_overshoot=False,
 )
 FAMILIES: dict[str, ModelFamily] = {
     family.name: family for family in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL, INTERNVL)
@@ -379,13 +391,16 @@ def family_for_model(model_type_or_name: str) -> ModelFamily:
     )
 
 
-def _checked_boxes(native: np.ndarray, extent: tuple[float, float], text: str) -> np.ndarray:
-    """Reorder inverted corners, reject out-of-range or empty boxes, clip small overshoots."""
+def _checked_boxes(native: np.ndarray, extent: tuple[float, float], text: str, reject_overshoot: bool = True
+                   ) -> np.ndarray:
+    """Reorder inverted corners, reject out-of-range (or, without ``reject_overshoot``, non-finite)
+    or empty boxes, clip overshoots."""
     width, height = extent
     boxes = np.concatenate([np.minimum(native[:, :2], native[:, 2:]), np.maximum(native[:, :2], native[:, 2:])], axis=1)
     limits = np.array([width, height, width, height], dtype=np.float64)
     overshoot = np.maximum(-boxes, boxes - limits)
-    outside = ~(overshoot <= RANGE_TOLERANCE * limits)  # also catches inf from absurdly long digit runs
+    tolerance = RANGE_TOLERANCE * limits if reject_overshoot else np.inf
+    outside = ~(overshoot <= tolerance) | ~np.isfinite(boxes)  # inf from absurdly long digit runs
     if outside.any():
         index = int(np.flatnonzero(outside.any(axis=1))[0])
         raise ModelOutputError(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from ..defaults import DEFAULT_INTERNVL
+from ..defaults import DEFAULT_INTERNVL, INTERNVL_TILES
 from ..errors import UserInputError
 from .families import INTERNVL, ModelFamily, family_for_model
 from .local import LocalVLM
@@ -22,15 +22,16 @@ from .local import LocalVLM
 class InternVL(LocalVLM):
     """An InternVL ``-hf`` checkpoint loaded with transformers (``InternVL.from_pretrained(...)``).
 
-    ``max_patches`` caps the tiles an image is cut into (default: the processor's, 12 on the
-    released checkpoints); fewer tiles cost less memory and see less detail.
+    ``max_patches`` caps the tiles an image is cut into (default ``INTERNVL_TILES``, 6: what
+    InternVL's own RefCOCO evaluation uses, where the released processors say 12); fewer tiles
+    cost less memory and see less detail.
     """
 
     kind = "InternVL"
 
     def __init__(self, model, processor, *, max_patches: int | None = None, **options) -> None:
         image_processor = processor.image_processor
-        self.max_patches = int(max_patches or getattr(image_processor, "max_patches", None) or 1)
+        self.max_patches = int(max_patches or INTERNVL_TILES)
         if self.max_patches < 1:
             raise UserInputError(f"max_patches must be at least 1, got {self.max_patches}")
         self.min_patches = min(int(getattr(image_processor, "min_patches", None) or 1), self.max_patches)

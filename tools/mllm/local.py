@@ -19,7 +19,9 @@ question (``_conversation``, ``_encode``) and what size the model sees an image 
 - ``select`` answers the CRS question with ONE forward pass (no KV cache) and no
   ``generate``: the option probabilities are the next-token probabilities of the option
   letters under the raw logits; the selection also records the letters' total probability
-  and the reference's log-probabilities (``Selection``). ``verify`` asks "is this box what
+  and the reference's log-probabilities (``Selection``). With ``reading="generated"`` (the
+  reference profile) it generates greedily instead and chooses what the text names
+  (``reading.py``), the same probabilities read from the first step. ``verify`` asks "is this box what
   the expression describes?" of every candidate, ``p(yes)`` from the first answer token: the
   image and the question's shared lines run once per query, then one row per candidate
   continues from their KV cache (``shared_prefix.py``). Both live in ``candidates.py``.
@@ -348,6 +350,20 @@ class LocalVLM(CandidateQuestions):
     def _generate(self, inputs, max_new_tokens: int, cache=None) -> list[_Generated]:
         """Greedy generation, continuing ``cache`` (a KV cache of the inputs' first tokens) if given;
         per row the new tokens up to the first stop token and their scores."""
+        output, new_tokens = self._generate_greedily(inputs, max_new_tokens, cache)
+        # Scores: after the logits processors (what greedy decoding ranked, and what the
+        # reference's compute_transition_scores reads); logits: the model's own.
+        logits, logprobs = chosen_scores(output.scores, new_tokens)
+        raw_logits, raw_logprobs = chosen_scores(output.logits, new_tokens)
+        results = []
+        for row, token_ids in enumerate(new_tokens.tolist()):
+            n = self._answer_length(token_ids)
+            results.append(_Generated(token_ids[:n], logprobs[row, :n], logits[row, :n], raw_logprobs[row, :n],
+                                      raw_logits[row, :n]))
+        return results
+
+    def _generate_greedily(self, inputs, max_new_tokens: int, cache=None):
+        """``generate``'s output (scores and logits of every step) and each row's new tokens."""
         continued = {}
         if cache is not None:  # a text-only chat: ids and mask are all the model reads
             inputs = {name: inputs[name] for name in ("input_ids", "attention_mask")}
@@ -366,17 +382,11 @@ class LocalVLM(CandidateQuestions):
                 output_logits=True,
                 output_scores=True,
             )
-            new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :]
-            # Scores: after the logits processors (what greedy decoding ranked, and what the
-            # reference's compute_transition_scores reads); logits: the model's own.
-            logits, logprobs = chosen_scores(output.scores, new_tokens)
-            raw_logits, raw_logprobs = chosen_scores(output.logits, new_tokens)
-        results = []
-        for row, token_ids in enumerate(new_tokens.tolist()):
-            n = next((i for i, token in enumerate(token_ids) if token in self._stop_ids), len(token_ids))
-            results.append(_Generated(token_ids[:n], logprobs[row, :n], logits[row, :n], raw_logprobs[row, :n],
-                                      raw_logits[row, :n]))
-        return results
+        return output, output.sequences[:, inputs["input_ids"].shape[1] :]
+
+    def _answer_length(self, token_ids: Sequence[int]) -> int:
+        """How many of the new ``token_ids`` come before the first stop token."""
+        return next((i for i, token in enumerate(token_ids) if token in self._stop_ids), len(token_ids))
 
     @contextmanager
     def _inference(self) -> Iterator[None]:

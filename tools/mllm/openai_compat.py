@@ -38,6 +38,7 @@ from ..errors import ModelOutputError, RemoteServiceError, UserInputError
 from ..images import load_image
 from .crs import NONE_OPTION, crs_marks_prompt, crs_prompt, option_letters
 from .families import box_token_confidence, get_family
+from .reading import check_reading, script_letter
 from .verify import parse_yes_no, verify_prompt, yes_probability_from_top
 from .selection import Selection
 
@@ -231,10 +232,12 @@ class OpenAICompatibleMLLM:
         return self._concurrently(self.ground, list(zip(images, expressions, focuses)))
 
     def select_batch(self, images: Sequence[Image.Image], expressions: Sequence[str],
-                     candidates: Sequence[Detections], allow_none: bool = False) -> list[Selection]:
+                     candidates: Sequence[Detections], allow_none: bool = False, *,
+                     reading: str = "letter") -> list[Selection]:
         """``select`` for several queries, ``concurrency`` requests in flight."""
-        return self._concurrently(lambda image, expression, boxes: self.select(image, expression, boxes, allow_none),
-                                  list(zip(images, expressions, candidates)))
+        return self._concurrently(
+            lambda image, expression, boxes: self.select(image, expression, boxes, allow_none, reading=reading),
+            list(zip(images, expressions, candidates)))
 
     def _concurrently(self, call, argument_lists: list[tuple]) -> list:
         with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(argument_lists)))) as pool:
@@ -248,7 +251,8 @@ class OpenAICompatibleMLLM:
         return answers
 
     def select(
-        self, image: Image.Image, expression: str, candidates: Detections, allow_none: bool = False
+        self, image: Image.Image, expression: str, candidates: Detections, allow_none: bool = False, *,
+        reading: str = "letter",
     ) -> Selection:
         """CRS: probabilities over the lettered candidates (and "None" when allowed).
 
@@ -258,10 +262,15 @@ class OpenAICompatibleMLLM:
         With logprobs the selection also records ``option_mass`` (the option letters' share
         of the listed probability) and ``letter_logprobs`` (each bare letter's log-probability
         as the server reports it; ``nan`` when not among the top tokens).
+
+        ``reading="generated"`` (the reference profile) asks for up to ``max_new_tokens`` tokens at
+        temperature 0 and chooses what the reply names as the authors' evaluators read it
+        (``reading.py``); a question with one option is asked too.
         """
+        check_reading(reading)
         image = load_image(image)
         letters = option_letters(len(candidates), allow_none)
-        if len(letters) < 2:
+        if len(letters) < (1 if reading == "generated" else 2):
             return Selection(candidates, letters, np.ones(len(letters)), allow_none)
         if self.marks:
             prompt, letters = crs_marks_prompt(expression, len(candidates), allow_none, prompts_dir=self.prompts_dir)
@@ -269,8 +278,10 @@ class OpenAICompatibleMLLM:
         else:
             prompt, letters = crs_prompt(expression, candidates, image.size, allow_none, family=self.family,
                                          input_size=self._input_size(image), prompts_dir=self.prompts_dir)
+        generated = reading == "generated"
         response = self.client.create(
-            **self._request(self._data_url(image), prompt), max_tokens=1, logprobs=True, top_logprobs=TOP_LOGPROBS
+            **self._request(self._data_url(image), prompt), max_tokens=self.max_new_tokens if generated else 1,
+            logprobs=True, top_logprobs=TOP_LOGPROBS
         )
         choice = response.choices[0]
         steps = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
@@ -279,8 +290,15 @@ class OpenAICompatibleMLLM:
             top = [(t.token, t.logprob) for t in steps[0].top_logprobs]
             probabilities = option_probabilities(top, letters)
             statistics = letter_statistics(top, letters)
+        text = choice.message.content or ""
+        if generated:
+            statistics.update(text=text, first_token_logprob=steps[0].logprob if steps else None)
+            if probabilities is None:  # no log-probabilities: what the text names, else undecided
+                letter = script_letter(text, allow_none)
+                probabilities = (np.eye(len(letters))[letters.index(letter)] if letter in letters
+                                 else np.full(len(letters), 1 / len(letters)))
         if probabilities is None:
-            chosen = parse_option_letter(choice.message.content or "", letters, allow_none)
+            chosen = parse_option_letter(text, letters, allow_none)
             probabilities = np.eye(len(letters))[letters.index(chosen)]
         return Selection(candidates, letters, probabilities, allow_none, **statistics)
 

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..detections import Detections
+from .reading import script_letter
 
 # Below this total next-token probability of the option letters, the model wanted to write
 # something other than a letter; the agent notes it in ``Result.fallbacks``.
@@ -33,6 +34,12 @@ class Selection:
 
     A selection averaged over ``orders`` cyclic orders of the options (``average_orders``)
     records ``disagreement``: the share of orders whose own pick is not the averaged pick.
+
+    A selection read from generated text (``reading.py``, the reference profile) records the
+    ``text`` the model wrote and its first token's log-probability under the processed scores
+    (the scripts' ``answer_prob_norm``); the chosen option is then the one the text names
+    (``read_letter``), not the most probable one, and a text naming no offered option is
+    ``unread``: the evaluators' zero box.
     """
 
     candidates: Detections
@@ -43,6 +50,8 @@ class Selection:
     letter_logprobs: Sequence[float] | None = None
     orders: int = 1
     disagreement: float | None = None
+    text: str | None = None
+    first_token_logprob: float | None = None
 
     def __post_init__(self) -> None:
         probabilities = np.array(self.probabilities, dtype=np.float64).reshape(-1)
@@ -66,9 +75,24 @@ class Selection:
         object.__setattr__(self, "probabilities", probabilities)
 
     @property
+    def read_letter(self) -> str | None:
+        """The letter the generated ``text`` names, as the matching evaluator reads it (``None``
+        without a text, or when it names none); it need not be an offered option."""
+        return None if self.text is None else script_letter(self.text, self.allow_none)
+
+    @property
     def option_index(self) -> int | None:
-        """Index of the most probable option, or ``None`` when there are no options."""
+        """Index of the chosen option: the most probable one, or the one the generated text names;
+        ``None`` when there are no options or the text names none of them."""
+        if self.text is not None:
+            letter = self.read_letter
+            return self.letters.index(letter) if letter in self.letters else None
         return int(np.argmax(self.probabilities)) if len(self.probabilities) else None
+
+    @property
+    def unread(self) -> bool:
+        """The generated text names no offered option."""
+        return self.text is not None and self.option_index is None and len(self.letters) > 0
 
     @property
     def index(self) -> int | None:
@@ -94,6 +118,8 @@ class Selection:
     @property
     def answer_logprob(self) -> float | None:
         """The chosen letter's log-probability as the authors' scripts record it (see the class docstring)."""
+        if self.text is not None:
+            return self.first_token_logprob
         option = self.option_index
         if option is None or self.letter_logprobs is None:
             return None
@@ -113,8 +139,11 @@ class Selection:
         return None if index is None else self.candidates.boxes[index]
 
     def to_detections(self) -> Detections:
-        """The chosen box scored by its option probability (empty when "None" won)."""
+        """The chosen box scored by its option probability (empty when "None" won; the evaluators'
+        zero box, scored 0, when the generated text named no option)."""
         index = self.index
+        if self.unread:
+            return Detections(np.zeros((1, 4)), [0.0])
         if index is None:
             return Detections.empty()
         return Detections(self.candidates.boxes[[index]], [self.probabilities[index]])
@@ -130,6 +159,9 @@ class Selection:
             "letter_logprobs": None if self.letter_logprobs is None else [_finite(v) for v in self.letter_logprobs],
             "orders": self.orders,
             "disagreement": self.disagreement,
+            "text": self.text,
+            "read_letter": self.read_letter,
+            "first_token_logprob": None if self.first_token_logprob is None else _finite(self.first_token_logprob),
         }
 
 
@@ -139,7 +171,8 @@ def selection_from_dict(data: dict[str, Any], candidates: Detections) -> Selecti
     return Selection(candidates, tuple(data["letters"]), np.asarray(data["probabilities"], dtype=np.float64),
                      bool(data["allow_none"]), option_mass=data.get("option_mass"),
                      letter_logprobs=None if logprobs is None else [math.nan if v is None else v for v in logprobs],
-                     orders=int(data.get("orders", 1)), disagreement=data.get("disagreement"))
+                     orders=int(data.get("orders", 1)), disagreement=data.get("disagreement"), text=data.get("text"),
+                     first_token_logprob=data.get("first_token_logprob"))
 
 
 def cyclic_orders(count: int, orders: int) -> list[np.ndarray]:
