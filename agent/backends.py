@@ -28,6 +28,7 @@ from PIL import Image
 
 from tools.batching import Coalescer, PartialBatchError
 from tools.detections import Detections
+from tools.detectors.base import resize_option
 from tools.text import Span
 from tools.errors import ExtractionFailedError, ModelOutputError, UserInputError
 from tools.extraction import ChatExtractor, ExtractedTarget, HeuristicExtractor, LocalChatExtractor
@@ -222,8 +223,7 @@ class Backends:
 
     def _resize(self) -> dict[str, str]:
         """``resize=`` for a detector that offers the profile's (``GroundingDinoDetector.resizes``)."""
-        resize = self.config.behaviour.detector_resize
-        return {"resize": resize} if resize != "transformers" and resize in getattr(self.detector, "resizes", ()) else {}
+        return resize_option(self.detector, self.config.behaviour.detector_resize)
 
     def _detect_many_images(self, _, items) -> list:
         flat = [(image, text, focus) for image, queries in items for text, focus in queries]

@@ -26,7 +26,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple
 
 from tools.batching import run_together
 from tools.datasets import Sample
@@ -37,8 +37,8 @@ from tools.evaluation.common import EXTRACTION_FAILED, READ_AS_STORED
 from tools.evaluation.formats import get_format, read_dataset
 from tools.extraction.base import ExtractedTarget
 from tools.extraction.reference import ReferenceExtractor, ReplyLog
-from tools.files import replaced_atomically, write_atomically
-from tools.images import exif_orientation, frame_sizes, load_image
+from tools.files import exclusive_lock, replaced_atomically, write_atomically
+from tools.images import ImageInput, exif_orientation, frame_sizes, load_image
 
 from .configuration import Configuration
 
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 PREDICTIONS_FILE = "predictions.jsonl"
 RUN_FILE = "run.json"
+REPLIES_FILE = "extraction-replies.json"  # the reference extraction's reply to each batch
 RUN_FORMAT_VERSION = 1
 # Settings that change where a run executes or what it may reuse, never its answers:
 # a run may resume with other values.
@@ -202,19 +203,26 @@ def reads_as_stored(sample: Sample) -> bool:
     return stored != oriented and tuple(sample.image_size) == stored
 
 
-def sample_image(agent: Agent, sample: Sample):
-    """What ``agent.locate`` is given for ``sample``'s image: decoded in the frame its annotation
-    describes. An image whose EXIF tag turns it but whose annotation has the stored size is read as
-    stored by every model; otherwise oriented, and when the profile shows the MLLM the stored pixels
+def sample_image(agent: Agent, sample: Sample) -> tuple[ImageInput, bool]:
+    """What ``agent.locate`` is given for ``sample``'s image, decoded in the frame its annotation
+    describes, and whether that is the stored one (``reads_as_stored``: every model then reads it
+    as stored). Otherwise it is oriented, and when the profile shows the MLLM the stored pixels
     (the reference's) the file itself goes to ``locate``, which decodes both."""
     limit = agent.config.max_image_pixels
     if reads_as_stored(sample):
-        return load_image(sample.image_path, max_pixels=limit, orientation=False)
+        return load_image(sample.image_path, max_pixels=limit, orientation=False), True
     picture = load_image(sample.image_path, max_pixels=limit)
     check_image_size(sample, picture.size)
     if not agent.config.behaviour.mllm_exif_orientation and exif_orientation(sample.image_path) != 1:
-        return sample.image_path
-    return picture
+        return sample.image_path, False
+    return picture, False
+
+
+class Answered(NamedTuple):
+    """The agent's ``Result`` for a sample, and whether its image was read as stored."""
+
+    result: Any
+    read_as_stored: bool = False
 
 
 def lock_file(path: Path) -> Path:
@@ -241,8 +249,8 @@ def completed_ids(path: Path) -> set[str]:
     return {str(prediction.id) for prediction in read_predictions(path)} if path.exists() else set()
 
 
-def answer(agent: Agent, sample: Sample, targets: Mapping[str, ExtractedTarget] | None = None):
-    """The agent's ``Result`` for ``sample`` (its image in the annotation's frame). ``targets``: the
+def answer(agent: Agent, sample: Sample, targets: Mapping[str, ExtractedTarget] | None = None) -> Answered:
+    """The agent's ``Answered`` for ``sample`` (its image in the annotation's frame). ``targets``: the
     targets the reference extraction found for the dataset (``reference_targets``); a sample it
     dropped raises ``ExtractionFailedError`` and reaches no model."""
     given = None
@@ -253,7 +261,8 @@ def answer(agent: Agent, sample: Sample, targets: Mapping[str, ExtractedTarget] 
             raise ExtractionFailedError(f"the reference target extraction dropped this sample's batch (reply "
                                         f"{reply!r:.120})" if reply is not None else
                                         "the reference target extraction gave no target for this sample")
-    return agent.locate(sample_image(agent, sample), sample.expression, target=given)
+    image, read_as_stored = sample_image(agent, sample)
+    return Answered(agent.locate(image, sample.expression, target=given), read_as_stored)
 
 
 def predict(agent: Agent, sample: Sample, targets: Mapping[str, ExtractedTarget] | None = None) -> Prediction:
@@ -265,13 +274,16 @@ def predict(agent: Agent, sample: Sample, targets: Mapping[str, ExtractedTarget]
     return prediction(sample, outcome)
 
 
-def reference_targets(agent: Agent, samples: list[Sample], todo: list[Sample], replies: Path
+def reference_targets(agent: Agent, samples: list[Sample], todo: list[Sample], output: Path
                       ) -> dict[str, ExtractedTarget] | None:
     """The targets of ``todo`` as the authors' ``SFA/target_extraction.py`` finds them for the whole
     dataset: its batches of 8 consecutive samples (in dataset order, keyed by sample id), so that
     each batch is the script's whatever a shard or a resumed run still has to do. ``None`` when
-    the run extracts no targets that way (another profile, strategy or extractor). Replies are
-    kept in ``replies`` (JSON), so a resumed run asks no batch again."""
+    the run extracts no targets that way (another profile, strategy or extractor).
+
+    Replies are kept in ``output/extraction-replies.json``, which the shards of a run share: one
+    at a time (a file lock) asks the batches no shard has asked yet, so each batch is asked once
+    and every shard reads the same reply."""
     config = agent.config
     if not config.uses_extractor or config.behaviour.extraction != "reference":
         return None
@@ -279,17 +291,14 @@ def reference_targets(agent: Agent, samples: list[Sample], todo: list[Sample], r
     if not isinstance(extractor, ReferenceExtractor):
         return None
     items = [(str(sample.id), sample.expression) for sample in samples]
-    return extractor.extract_by_id(items, {str(sample.id) for sample in todo}, ReplyLog(replies))
-
-
-def replies_file(predictions: Path) -> Path:
-    """Where the reference extraction's replies of predictions file ``predictions`` are kept."""
-    return predictions.with_name(predictions.name.replace("predictions", "extraction-replies", 1)
-                                 .removesuffix(".jsonl") + ".json")
+    replies = output / REPLIES_FILE
+    with exclusive_lock(lock_file(replies), str(replies), wait=True):
+        return extractor.extract_by_id(items, {str(sample.id) for sample in todo}, ReplyLog(replies, extractor.asker))
 
 
 def prediction(sample: Sample, outcome) -> Prediction:
-    """The prediction for ``sample`` from its ``Result``, or from the exception its query raised.
+    """The prediction for ``sample`` from its ``Answered`` (or bare ``Result``), or from the exception
+    its query raised.
 
     A failure of this sample gives an empty answer with an ``error`` field, so the run goes on:
     the documented sample errors (``SAMPLE_ERRORS``) and any unexpected one (logged too).
@@ -306,7 +315,8 @@ def prediction(sample: Sample, outcome) -> Prediction:
             raise outcome
         logger.warning("sample %s failed: %s: %s", sample.id, type(outcome).__name__, outcome)
         return Prediction(sample.id, Detections.empty(), {"error": f"{type(outcome).__name__}: {outcome}"})
-    result = outcome
+    answered = outcome if isinstance(outcome, Answered) else Answered(outcome)
+    result = answered.result
     extra = {}
     selection = result.selection
     if not result.found and selection is not None and selection.none_probability is not None:
@@ -317,7 +327,7 @@ def prediction(sample: Sample, outcome) -> Prediction:
         extra["answer_logprob"] = selection.answer_logprob
         if selection.none_logprob is not None and math.isfinite(selection.none_logprob):
             extra["none_logprob"] = selection.none_logprob
-    if reads_as_stored(sample):
+    if answered.read_as_stored:
         extra[READ_AS_STORED] = True
     return Prediction.from_result(sample.id, result, **extra)
 
@@ -406,16 +416,21 @@ def merge_shards(output: Path, samples: list[Sample], count: int) -> Path | None
     return target
 
 
-def score_run(dataset: DatasetSpec, samples: list[Sample], predictions: list[Prediction]) -> tuple[dict[str, Any], int]:
-    """The benchmark's numbers for ``predictions`` on ``samples`` and how many samples were left out.
+def scored_samples(dataset: DatasetSpec, samples: list[Sample]) -> tuple[list[Sample], int]:
+    """The samples a run is scored on, and how many were left out.
 
     Only a ``limit`` leaves samples out: FineCops-Ref negatives whose positive lies beyond
     the limit cannot be paired with it and are not scored.
     """
-    metric = get_format(dataset.format).metric
-    left_out = 0
-    if metric.paired_negatives and dataset.limit is not None:
-        positives = {str(sample.id) for sample in samples if not sample.is_negative}
-        kept = [s for s in samples if not s.is_negative or str(s.negative["positive_id"]) in positives]
-        samples, left_out = kept, len(samples) - len(kept)
-    return metric.score(samples, predictions), left_out
+    if not get_format(dataset.format).metric.paired_negatives or dataset.limit is None:
+        return samples, 0
+    positives = {str(sample.id) for sample in samples if not sample.is_negative}
+    kept = [s for s in samples if not s.is_negative or str(s.negative["positive_id"]) in positives]
+    return kept, len(samples) - len(kept)
+
+
+def score_run(dataset: DatasetSpec, samples: list[Sample], predictions: list[Prediction]) -> tuple[dict[str, Any], int]:
+    """The benchmark's numbers for ``predictions`` on ``samples`` (``scored_samples`` of them) and how
+    many samples were left out."""
+    kept, left_out = scored_samples(dataset, samples)
+    return get_format(dataset.format).metric.score(kept, predictions), left_out

@@ -76,7 +76,7 @@ def evaluate(
     """Run the agent over a benchmark (resumable), score it and write the report into OUTPUT."""
     from agent.benchmark_run import PREDICTIONS_FILE, DatasetSpec, GracefulInterrupt, Shard, completed_ids
     from agent.benchmark_run import drop_errors, local_device, lock_file, merge_shards, record_run, run_samples
-    from agent.benchmark_run import reference_targets, replies_file, run_settings
+    from agent.benchmark_run import reference_targets, run_settings
     from agent.report import read_compared
     from tools.devices import resolve_device
     from tools.evaluation import PredictionWriter
@@ -117,7 +117,7 @@ def evaluate(
             agent = Agent(config=settings)
             agent.load_models()
             # The reference profile's extraction runs over the dataset's own batches first.
-            targets = reference_targets(agent, samples, todo, replies_file(path))
+            targets = reference_targets(agent, samples, todo, output)
             label = f"{settings.strategy}" + (f" shard {part}" if part else "")
             with GracefulInterrupt() as stop, PredictionWriter(path) as writer, tqdm(
                 total=len(mine), initial=len(mine) - len(todo), unit="sample", desc=label, dynamic_ncols=True,
@@ -145,7 +145,7 @@ def evaluate(
 
 def _score_and_report(dataset, samples, output: Path, run: dict, compared: list) -> None:
     """Score ``output/predictions.jsonl``, write metrics and chart, print tables and where files went."""
-    from agent.benchmark_run import PREDICTIONS_FILE, RUN_FILE, score_run
+    from agent.benchmark_run import PREDICTIONS_FILE, RUN_FILE, score_run, scored_samples
     from agent.report import REPORT_PNG, build_metrics, finecops_confidences, print_report, reference_evaluation
     from agent.report import reference_evaluation_line, run_label, write_metrics, write_plot
     from tools.evaluation.common import EXTRACTION_FAILED, READ_AS_STORED
@@ -157,7 +157,7 @@ def _score_and_report(dataset, samples, output: Path, run: dict, compared: list)
     predictions = [p for p in read_predictions(output / PREDICTIONS_FILE) if str(p.id) in wanted]
     result, left_out = score_run(dataset, samples, predictions)
     metrics = build_metrics(dataset.format, result, predictions, run)
-    evaluation = reference_evaluation(dataset.format, samples, predictions, run["agent"])
+    evaluation = reference_evaluation(dataset.format, scored_samples(dataset, samples)[0], predictions, run["agent"])
     if evaluation is not None:
         metrics["reference_evaluator"] = evaluation
     json_path, csv_path = write_metrics(output, metrics)

@@ -8,8 +8,10 @@ time in ``timings``.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
+from tools import boxes as box_ops
 from tools.detections import Detections
 from tools.errors import ModelOutputError
 from tools.extraction.count import read_count
@@ -72,6 +74,16 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
         """What the MLLM sees: the pixels as stored when the profile says so and they differ."""
         return state["mllm_image"] if state.get("mllm_image") is not None else state["image"]
 
+    def between_frames(state: AgentState, detections: Detections, to_mllm: bool) -> Detections:
+        """``detections`` rescaled from the detector's image to the MLLM's (or back): the MLLM's
+        coordinates are read relative to the detector's frame, as the scripts read them with the
+        annotation's width and height (it differs only on a photo its EXIF tag turns by 90 degrees)."""
+        sizes = (state["image"].size, mllm_image(state).size)
+        if sizes[0] == sizes[1] or not len(detections):
+            return detections
+        source, target = sizes if to_mllm else sizes[::-1]
+        return replace(detections, boxes=box_ops.resize_boxes(detections.boxes, source, target))
+
     def extract_target(state: AgentState) -> dict[str, Any]:
         target, fallback = backends.extract(state["expression"], state.get("given_target"))
         update: dict[str, Any] = {"target": target.phrase, "target_span": target.span, "target_source": target.source}
@@ -107,7 +119,7 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
         update: dict[str, Any] = {"path": "mllm"}
         try:
             # In the order the model wrote them: its first box is its answer.
-            answer = backends.ground(mllm_image(state), state["expression"], focus)
+            answer = between_frames(state, backends.ground(mllm_image(state), state["expression"], focus), False)
         except ModelOutputError as error:
             answer = Detections.empty()
             update["fallbacks"] = [f"the MLLM's answer was unusable: {error}"]
@@ -130,8 +142,10 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
         if config.crs_mode == "verify":
             return {**update, **verify(state, candidates)}
         try:
-            selection = backends.select_in_orders(mllm_image(state), state["expression"], candidates,
-                                                  config.allow_none, config.crs_permutations)
+            selection = backends.select_in_orders(mllm_image(state), state["expression"],
+                                                  between_frames(state, candidates, True), config.allow_none,
+                                                  config.crs_permutations)
+            selection = replace(selection, candidates=candidates)
             update["selection"] = selection
             if selection.unread:
                 text = selection.text if len(selection.text) <= 80 else selection.text[:80] + "..."
@@ -152,7 +166,8 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
 
     def verify(state: AgentState, candidates: Detections) -> dict[str, Any]:
         try:
-            return {"verification": backends.verify(mllm_image(state), state["expression"], candidates)}
+            return {"verification": backends.verify(mllm_image(state), state["expression"],
+                                                    between_frames(state, candidates, True))}
         except ModelOutputError as error:
             return {"answer": candidates[:1],
                     "fallbacks": [f"the MLLM's verification was unusable ({error}): used the top candidate"]}

@@ -56,6 +56,7 @@ from tools.evaluation import Prediction, PredictionWriter, read_predictions
 from tools.images import load_image
 from tools.mllm.crs import option_letters
 from prompts import check_prompts_dir
+from tools.detectors.base import resize_option
 from tools.profiles import get_profile
 from tools.routing import CRS_CANDIDATES, RoutingThresholds, crs_candidates
 
@@ -286,7 +287,10 @@ class _CandidateSource:
         if key not in self.known:
             if self.cache_writer is None:
                 raise SampleDropped(MISSING_CANDIDATES)
-            found = self._detector().detect(image, sample.expression).top_k(DETECTOR_TOP_K)
+            detector = self._detector()
+            # Under the reference profile the detector resizes as the authors' mmdetection did.
+            resize = resize_option(detector, get_profile(self.config.profile).detector_resize)
+            found = detector.detect(image, sample.expression, **resize).top_k(DETECTOR_TOP_K)
             self.cache_writer.write(Prediction(sample.id, found))
             self.known[key] = found
         return self.known[key], image.size

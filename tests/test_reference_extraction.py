@@ -17,7 +17,8 @@ from tests import reference_scripts as scripts
 from tests.fake_openai_server import FakeChatServer, completion
 from tools.detections import Detections
 from tools.errors import ExtractionFailedError, UserInputError
-from tools.extraction.reference import ReferenceExtractor, ReplyLog, find_positive, read_reply, reference_messages
+from tools.extraction.reference import (ReferenceExtractor, ReplyLog, as_saved, find_positive, read_reply,
+                                        reference_messages)
 
 WORDS = ("the", "red", "cup", "Man", "woman", "next", "to", "dog", "Straße", "İstanbul", "café", "tree.", "a", "B")
 EXPRESSIONS = ("the woman standing next to the man", "a red cup on the table", "the dog left of the café",
@@ -110,7 +111,7 @@ def test_the_batch_dropping_rule_is_the_scripts_on_hostile_replies():
 
 def test_read_reply_keeps_what_update_inserted_before_failing():
     assert read_reply("[('1', 'a'), ('2', 'b'), 5]") == {"1": "a", "2": "b"}
-    assert read_reply("Answer: {1: 'the cup', 2.5: 'x', False: 'y', None: 'z'}") == {
+    assert as_saved(read_reply("Answer: {1: 'the cup', 2.5: 'x', False: 'y', None: 'z', (1, 2): 'w'}")) == {
         "1": "the cup", "2.5": "x", "false": "y", "null": "z"}
     assert read_reply('{"1": "a"} trailing words') is None
     assert read_reply("") is None
@@ -230,3 +231,55 @@ def test_a_local_mllm_is_asked_the_same_messages_through_its_chat_template(tiny_
     with scripted_answer(qwen, [*encode(qwen, '{"1": "the cup"}'), special(qwen, "<|im_end|>")]):
         target = ReferenceExtractor.local(qwen).extract_spans(["the cup on the left"])[0]
     assert (target.source, target.answer, target.span) == ("model", "the cup", (0, 7))
+
+
+@pytest.mark.parametrize("replies", [
+    ["{1: 'thing'}", "{True: 'the thing'}"],
+    ["{True: 'thing'}", "{1: 'the thing'}"],
+    ["{1: 'a'}", "{'1': 'zzz'}", "{1: 'thing'}"],
+    ["{1.0: 'a', '1': 'b'}", "[(1, 'c')]"],
+])
+def test_answers_of_several_replies_merge_as_the_scripts_results_dict(replies):
+    data = {str(i): EXPRESSIONS[0] for i in range(1, 8 * len(replies) + 1)}
+    answer = iter(replies)
+
+    def gpt(messages):
+        return next(answer)
+
+    expected = scripts.batch_extract(data, gpt)
+    answer = iter(replies)
+    targets = ReferenceExtractor(gpt).extract_by_id(list(data.items()))
+    assert {key: t.answer for key, t in targets.items() if t.source == "model"} == {
+        key: value for key, value in expected.items() if key in data and isinstance(value, str)}
+
+
+def test_a_failed_extraction_is_asked_again_later_and_a_reply_log_of_another_model_is_not_reused(tmp_path):
+    replies = iter(["no dict", '{"1": "the cup"}'])
+    extractor = ReferenceExtractor(lambda messages: next(replies))
+    assert extractor.extract_spans(["the cup"])[0].source == "failed"
+    assert extractor.extract_spans(["the cup"])[0].answer == "the cup"  # not cached as a failure
+    calls = []
+
+    def gpt(messages):
+        calls.append(1)
+        return '{"1": "the cup"}'
+
+    log = tmp_path / "replies.json"
+    ReferenceExtractor(gpt, asker="model-a").extract_by_id([("1", "the cup")], log=ReplyLog(log, "model-a"))
+    ReferenceExtractor(gpt, asker="model-a").extract_by_id([("1", "the cup")], log=ReplyLog(log, "model-a"))
+    assert len(calls) == 1
+    ReferenceExtractor(gpt, asker="model-b").extract_by_id([("1", "the cup")], log=ReplyLog(log, "model-b"))
+    assert len(calls) == 2 and json.loads(log.read_text())["asker"] == "model-b"
+
+
+def test_a_dropped_extraction_is_a_422_from_the_server():
+    from fastapi.testclient import TestClient
+
+    from agent.serve import create_app
+    from tests.test_serve_api import post
+
+    agent = Agent(strategy="specialist", profile="reference", detector=Recorder(),
+                  extractor=ReferenceExtractor(lambda messages: "I cannot help with that."))
+    with TestClient(create_app(agent)) as client:
+        answer = post(client)
+    assert answer.status_code == 422 and "drops its batch" in answer.json()["detail"]

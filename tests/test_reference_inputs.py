@@ -137,3 +137,51 @@ def test_internvl_answers_are_read_as_its_own_refcoco_evaluation_reads_them():
         INTERNVL.parse_answer("[[1, 1, 1, 1]]", (200, 100))
     with pytest.raises(ModelOutputError, match="outside"):
         QWEN2_VL.parse_answer("<|box_start|>(100,200),(1100,900)<|box_end|>", (200, 100))
+
+
+class FrameSeer(Seer):
+    """Records the candidates the MLLM is asked about and answers grounding at a fixed corner."""
+
+    def __init__(self):
+        super().__init__()
+        self.candidates = []
+
+    def ground(self, image, expression, focus=None):
+        return Detections([[0, 0, image.width / 2, image.height / 4]], [0.9])
+
+    def select(self, image, expression, candidates, allow_none=False):
+        self.candidates.append(candidates.boxes.tolist())
+        return super().select(image, expression, candidates, allow_none)
+
+
+def test_the_mllm_reads_coordinates_in_the_detectors_frame_when_it_sees_the_stored_pixels(rotated):
+    seer = FrameSeer()
+    agent = Agent(strategy="crs", profile="reference", detector=seer, mllm=seer, extractor="heuristic")
+    result = agent.locate(rotated, "the red cup")
+    # The detector saw 120x160; the MLLM sees 160x120, so its options are the same boxes relative to
+    # the image (what the scripts write, dividing by the annotation's size) ...
+    assert seer.candidates[0][0] == pytest.approx([0.0, 0.0, 50 * 160 / 120, 50 * 120 / 160])
+    # ... and the answer is the detector's own box again.
+    assert result.boxes[0] == pytest.approx([0.0, 0.0, 50.0, 50.0])
+    grounded = Agent(strategy="mllm", profile="reference", mllm=seer, extractor="heuristic").locate(
+        rotated, "the red cup")
+    assert grounded.boxes[0] == pytest.approx([0.0, 0.0, 60.0, 40.0])  # half the width, a quarter of the height of 120x160
+
+
+def test_a_reference_build_of_training_data_resizes_as_mmdetection(tmp_path):
+    from finetune.build import BuildConfig, _CandidateSource
+
+    class Resizing(Seer):
+        resizes = ("transformers", "mmdet")
+
+        def detect(self, image, text, focus=None, resize="transformers"):
+            self.sizes.append(resize)
+            return Detections([[0, 0, 10, 10]], [0.9])
+
+    Image.new("RGB", (32, 24)).save(tmp_path / "a.png")
+    sample = Sample(1, tmp_path / "a.png", "the cup", [[0, 0, 10, 10]], level=1)
+    for profile, expected in (("default", "transformers"), ("reference", "mmdet")):
+        detector = Resizing()
+        config = BuildConfig(dataset_format="finecops-ref", annotations="u", output_dir=str(tmp_path), profile=profile)
+        _CandidateSource(config, tmp_path / profile, detector).for_sample(sample)
+        assert detector.sizes == [expected]

@@ -160,3 +160,44 @@ def test_a_reference_eval_extracts_over_the_datasets_batches_and_records_what_wa
         lines = (output / "predictions.jsonl").read_text().splitlines()
         (output / "predictions.jsonl").write_text("\n".join(lines[:5]) + "\n")
         assert main(arguments) == 0 and len(server.requests) == 2
+
+
+def test_the_shards_of_a_reference_run_ask_each_extraction_batch_once(
+        small_finecops, tiny_mm_grounding_dino, tiny_qwen2_vl, monkeypatch, tmp_path):
+    annotations, root = small_finecops
+    with FakeChatServer(lambda body, attempt: completion(json.dumps(
+            {key: "the red cup" for key in json.loads(body["messages"][-1]["content"])}))) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-local")
+        output = tmp_path / "run"
+        for shard in ("0/2", "1/2"):
+            assert main(["eval", "--format", "finecops-ref", "--annotations", str(annotations), "--image-root",
+                         str(root), "--output", str(output), "--profile", "reference", "--strategy", "sfa", "--llm",
+                         "openai:gpt-3.5-turbo", "--detector", str(tiny_mm_grounding_dino), "--mllm",
+                         str(tiny_qwen2_vl), "--device", "cpu", "--shard", shard]) == 0
+        assert len(server.requests) == 2  # the two batches, asked by the first shard, read by the second
+    assert len(read_predictions(output / "predictions.jsonl")) == 11
+
+
+def test_a_limited_reference_crs_run_reports_the_positive_evaluator_without_cut_off_negatives(
+        tiny_mm_grounding_dino, tiny_qwen2_vl, tmp_path, capsys):
+    image = Image.new("RGB", (160, 120), (90, 120, 160))
+    image.save(tmp_path / "image.png")
+    images = [image_entry(i, "the red cup", "image.png", 160, 120) for i in range(1, 5)]
+    # --limit 3 keeps the negative 2 but not its positive 4: it cannot be scored.
+    annotations = [annotation(1, 1, [10, 40, 30, 60], level=3),
+                   annotation(2, 2, [0, 0, 0, 0], level=1, **negative_fields(4)),
+                   annotation(3, 3, [10, 40, 30, 60], level=1), annotation(4, 4, [10, 40, 30, 60], level=1)]
+    annotations_file = write_json(tmp_path, "finecops.json", {"images": images, "annotations": annotations})
+    output = tmp_path / "run"
+    assert main(["eval", "--format", "finecops-ref", "--annotations", str(annotations_file), "--image-root",
+                 str(tmp_path), "--output", str(output), "--profile", "reference", "--strategy", "crs", "--detector",
+                 str(tiny_mm_grounding_dino), "--mllm", str(tiny_qwen2_vl), "--device", "cpu", "--limit", "3"]) == 0
+    metrics = json.loads((output / "metrics.json").read_text())
+    evaluation = metrics["reference_evaluator"]
+    assert evaluation["script"] == "CRS/evaluation_CRS_pos.py"
+    assert evaluation["options"] == {"fold_level_3": True, "crs_letters": "raw"}
+    assert set(evaluation["precision_at_1"]) == {"1", "2", "3", "all"} and metrics["counts"]["positives"]["3"] == 1
+    prediction = read_predictions(output / "predictions.jsonl")[0]
+    assert prediction.fields["selection"]["text"] is not None and len(prediction.fields["proposals"]["boxes"]) == 10
+    assert "the authors' CRS/evaluation_CRS_pos.py would report" in capsys.readouterr().out

@@ -42,13 +42,13 @@ def check_output_folder(path: str | os.PathLike) -> None:
 
 
 @contextmanager
-def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
+def exclusive_lock(path: str | os.PathLike, what: str, *, wait: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on file ``path`` (created if needed) while the block runs.
 
     The lock is advisory (``flock``): another REX process asking for it gets a
-    ``UserInputError`` naming ``what`` and the holder's process id; the operating system
-    releases it when the holder exits, even after ``kill -9``. Where ``fcntl`` is missing
-    (Windows) nothing is locked.
+    ``UserInputError`` naming ``what`` and the holder's process id, or with ``wait`` waits
+    until the holder is done; the operating system releases it when the holder exits, even
+    after ``kill -9``. Where ``fcntl`` is missing (Windows) nothing is locked.
     """
     try:
         import fcntl
@@ -58,7 +58,7 @@ def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
     path = Path(path)
     with open(path, "a+", encoding="utf-8") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"

@@ -67,9 +67,9 @@ def exif_orientation(source: ImageInput) -> int:
     if not isinstance(source, (str, Path, bytes, bytearray, memoryview)):
         return 1
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source) as opened:
+        with _header(source) as opened:
             return _orientation_of(opened)
-    except (OSError, SyntaxError, ValueError):  # unreadable: load_image reports it
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):  # load_image reports it
         return 1
 
 
@@ -77,12 +77,20 @@ def frame_sizes(path: str | Path) -> tuple[tuple[int, int], tuple[int, int]]:
     """``(w, h)`` of the image file ``path`` as stored and with its EXIF orientation applied (they
     differ when the orientation turns it by 90 degrees), read from its header."""
     try:
-        with Image.open(path) as opened:
+        with _header(path) as opened:
             size, orientation = opened.size, _orientation_of(opened)
-    except (OSError, SyntaxError, ValueError):
-        load_image(path, max_pixels=None)  # says why in one line (ImageLoadError)
-        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        load_image(path)  # says why in one line (ImageLoadError)
+        raise ImageLoadError(f"{path}: its header cannot be read") from None
     return size, (size[::-1] if orientation in _QUARTER_TURNS else size)
+
+
+def _header(source) -> Image.Image:
+    """``source`` opened without decoding its pixels, PIL's decompression-bomb warning silenced
+    (the pixel limit is ``load_image``'s to apply)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source)
 
 
 # EXIF orientations that swap width and height (transposed, rotated by 90 or 270 degrees).

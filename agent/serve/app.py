@@ -6,7 +6,8 @@ are ``{"detail": "one line"}`` with the status that says whose problem it is: 40
 image or URL (or a Host the server does not answer to), 401 a missing or wrong API key,
 403 a form posted from a foreign web page, 408 a body slower than the body timeout, 413 an
 upload or fetched image over the size limit (or one that would decode past the memory bound),
-422 a missing or malformed field (echoed input cut short), 502 a remote model server that
+422 a missing or malformed field (echoed input cut short) or, under the reference profile, an
+expression whose target extraction the authors' rule dropped, 502 a remote model server that
 failed, 503 every device queue full or the decoded-image memory in use (with ``Retry-After``),
 504 no answer within the request timeout. Anything else is a 500
 ``{"detail": "internal error", "request_id": ...}``: the details go to the server's log
@@ -31,7 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from tools.errors import RemoteServiceError, UserInputError
+from tools.errors import ExtractionFailedError, RemoteServiceError, UserInputError
 from tools.images import load_image
 from tools.text import clean_expression
 
@@ -165,6 +166,8 @@ def create_app(agents: Agent | Sequence[Agent], options: ServerOptions = ServerO
             raise HTTPException(504, f"timed out: {error}") from None
         except UserInputError as error:
             raise HTTPException(400, str(error)) from None
+        except ExtractionFailedError as error:  # the reference profile's documented outcome
+            raise HTTPException(422, str(error)) from None
         except QueueFull as error:
             raise HTTPException(503, f"busy: {error}; retry later", headers={"Retry-After": "1"}) from None
         except RemoteServiceError as error:

@@ -28,6 +28,12 @@ class Detector(Protocol):
     def detect(self, image: Image.Image, text: str, focus: Span | None = None) -> Detections: ...
 
 
+def resize_option(detector, resize: str) -> dict[str, str]:
+    """``resize=`` for ``detector`` when it offers ``resize`` (its ``resizes``; transformers' resize
+    is every detector's own and never passed), else nothing."""
+    return {"resize": resize} if resize != "transformers" and resize in getattr(detector, "resizes", ()) else {}
+
+
 def focus_spans(texts: Sequence[str], focuses: Sequence[Span | None] | None) -> list[Span | None]:
     """One focus span (or ``None``) per text: ``focuses`` as given, or none at all."""
     spans = list(focuses) if focuses is not None else [None] * len(texts)

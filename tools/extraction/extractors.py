@@ -64,11 +64,12 @@ class ChatExtractor(ABC):
 
     Subclasses implement ``_complete(prompt) -> reply``. ``cache`` is an
     ``ExtractionCache`` (or a JSON file path for one); by default a fresh in-memory one.
-    Heuristic fallbacks are cached too: at temperature 0 the model would answer the same.
+    Heuristic fallbacks are cached too: at REX's temperature 0 the model would answer the same.
     ``batch_size`` expressions share one prompt; ``concurrency`` prompts are asked at once (a
     remote server answers them in parallel; a local model one after the other). ``with_count``
     asks with the count prompt, whose answers also say how many objects each expression names
-    (``ExtractedTarget.count``); the default is the reference prompt.
+    (``ExtractedTarget.count``); the default is REX's prompt with the authors' in-context examples
+    (``ReferenceExtractor`` sends the authors' messages themselves).
     """
 
     def __init__(

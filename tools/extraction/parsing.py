@@ -2,7 +2,7 @@
 
 The question carries up to ``batch_size`` expressions as a JSON dict keyed "1".."n"
 (the reference batches 8); the answer is expected as a dict with the same keys, whose values
-are the phrases (the reference prompt) or ``{"target": ..., "count": ...}`` objects (the count
+are the phrases (REX's prompt) or ``{"target": ..., "count": ...}`` objects (the count
 prompt, ``target_extraction_count``).
 LLMs wrap, quote and trim such dicts in many ways, so ``parse_targets`` accepts code
 fences, prose around the dict, python-literal dicts (single quotes, ``None``),

@@ -7,9 +7,9 @@
   The ids are the samples' (``agent-cli eval``), or "1".."n" when a call has none.
 - **Reading**: the reply from its first ``{`` through ``ast.literal_eval``; a reply that does not
   evaluate drops the **whole batch**. What it evaluates to goes into one dict of answers with
-  ``dict.update`` (so a list of pairs counts, and a later reply may answer, or spoil, ids of an
-  earlier batch), and an id counts as answered when that dict, once every reply is in, holds a
-  string for it under the key ``json.dump`` would write. Every id left without one is ``source="failed"``: its sample never reaches
+  ``dict.update`` (so a list of pairs counts, ``1`` and ``True`` are one key, and a later reply
+  may answer, or spoil, ids of an earlier batch); an id counts as answered when that dict, once
+  every reply is in and saved and loaded as JSON as the script does, holds a string for it. Every id left without one is ``source="failed"``: its sample never reaches
   routing (``ExtractionFailedError``).
 - **Focus span**: ``find_positive``, the first case-insensitive substring of the answer,
   ``end = start + len(answer)``; "the woman next to the man" with target "man" focuses inside
@@ -49,8 +49,8 @@ def reference_messages(batch: Mapping[str, str]) -> Messages:
     return [*load_messages(MESSAGES), {"role": "user", "content": json.dumps(dict(batch))}]
 
 
-def read_reply(reply: str) -> dict[str, Any] | None:
-    """What the script adds to its answers for ``reply``, keyed as its ``json.dump`` writes keys;
+def read_reply(reply: str) -> dict[Any, Any] | None:
+    """What the script's ``results.update`` adds for ``reply``, its keys as Python evaluated them;
     ``None`` when the reply does not evaluate (the batch is dropped)."""
     text = reply or ""
     start = text.find("{")
@@ -65,7 +65,20 @@ def read_reply(reply: str) -> dict[str, Any] | None:
         added.update(parsed)
     except (TypeError, ValueError):  # the script logs it; what update inserted before failing stays
         pass
-    return {written: value for key, value in added.items() if (written := _json_key(key)) is not None}
+    return added
+
+
+def as_saved(answers: dict[Any, Any]) -> dict[str, Any]:
+    """``answers`` as the script's ``json.dump`` and the next script's ``json.load`` leave them: keys
+    written as JSON writes them, the last of two keys written alike winning (a key JSON cannot
+    write, on which the script would crash, is left out)."""
+    saved: dict[str, Any] = {}
+    for key, value in answers.items():
+        written = _json_key(key)
+        if written is not None:
+            saved.pop(written, None)  # json.load keeps the last occurrence
+            saved[written] = value
+    return saved
 
 
 def find_positive(expression: str, subject: str) -> Span | None:
@@ -83,10 +96,13 @@ def substring_target(expression: str, words: str, source: str = "model") -> tupl
     if span is not None:
         # lower() can lengthen a text ("İ"): the script's span is kept, only cut to the expression.
         span = (min(span[0], len(expression)), min(span[1], len(expression)))
-    if span is None or not expression[span[0]:span[1]].strip():
-        span = (0, len(expression))
+    if span is None:
         note = (f"the extracted target {words!r} is not a substring of the expression: focused on the whole "
                 "caption (the authors' script fails here)")
+    elif not expression[span[0]:span[1]].strip():
+        note = f"the extracted target {words!r} covers only spaces of the expression: focused on the whole caption"
+    if note is not None:
+        span = (0, len(expression))
     return ExtractedTarget(expression[span[0]:span[1]], span, source, words), note
 
 
@@ -96,17 +112,23 @@ def failed_target(reply: str | None) -> ExtractedTarget:
 
 class ReplyLog:
     """The raw reply to each batch of a run, kept in a JSON file so a resumed run asks no batch
-    twice (and anyone can read what the model said). Rewritten atomically after every batch."""
+    twice (and anyone can read what the model said). Rewritten atomically after every batch.
+    ``asker`` names the model and temperature asked (``ReferenceExtractor.asker``): replies another
+    one gave are not reused."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, asker: str = "") -> None:
         self.path = None if path is None else Path(path)
+        self.asker = asker
         self._lock = threading.Lock()  # batches asked concurrently log their replies from threads
         self._entries: dict[str, dict[str, Any]] = {}
         if self.path is not None and self.path.exists():
             try:
-                self._entries = json.loads(self.path.read_text(encoding="utf-8"))["batches"]
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                entries = data["batches"]
             except (ValueError, KeyError, TypeError):
                 raise UserInputError(f"{self.path}: not a reference-extraction reply log; remove it") from None
+            if data.get("asker", "") == asker:
+                self._entries = entries
 
     def get(self, index: int, ids: Sequence[str]) -> str | None:
         entry = self._entries.get(str(index))
@@ -116,7 +138,7 @@ class ReplyLog:
         with self._lock:
             self._entries[str(index)] = {"ids": list(ids), "reply": reply}
             if self.path is not None:
-                write_atomically(self.path, json.dumps({"version": 1, "batches": self._entries},
+                write_atomically(self.path, json.dumps({"version": 1, "asker": self.asker, "batches": self._entries},
                                                        ensure_ascii=False, indent=1) + "\n")
 
 
@@ -138,6 +160,7 @@ class ReferenceExtractor:
         concurrency: int = 1,
         cache: ExtractionCache | str | Path | None = None,
         name: str = "",
+        asker: str | None = None,
     ) -> None:
         if batch_size < 1 or concurrency < 1:
             raise UserInputError(f"batch_size and concurrency must be at least 1, got {batch_size}, {concurrency}")
@@ -146,6 +169,8 @@ class ReferenceExtractor:
         self.concurrency = concurrency
         self.cache = cache if isinstance(cache, ExtractionCache) else ExtractionCache(cache)
         self.name = name
+        # What answers the messages (the model and its temperature; not where it is served from).
+        self.asker = name if asker is None else asker
 
     @classmethod
     def served(cls, model: str, *, base_url: str | None = None, api_key: str | None = None,
@@ -161,7 +186,9 @@ class ReferenceExtractor:
             response = client.create(model=model, messages=messages, **sampling)
             return response.choices[0].message.content or ""
 
-        return cls(complete, name=f"openai:{model} at {client.base_url}", **options)
+        shown = "default" if temperature is None else temperature
+        return cls(complete, name=f"openai:{model} at {client.base_url}",
+                   asker=f"openai:{model} temperature={shown}", **options)
 
     @classmethod
     def local(cls, chat_model, *, max_new_tokens: int = 512, **options) -> "ReferenceExtractor":
@@ -171,7 +198,7 @@ class ReferenceExtractor:
         def complete(messages: Messages) -> str:
             return chat_model.chat(messages, max_new_tokens=max_new_tokens, use_adapter=False)
 
-        return cls(complete, name=type(chat_model).__name__, **options)
+        return cls(complete, name=getattr(chat_model, "name", type(chat_model).__name__), **options)
 
     def extract(self, expressions: Sequence[str]) -> list[str | None]:
         return [target.answer if target.source == "model" else None for target in self.extract_spans(expressions)]
@@ -181,10 +208,14 @@ class ReferenceExtractor:
         pending = [e for e in dict.fromkeys(expressions) if e not in self.cache and e and e.strip()]
         batches = [pending[start:start + self.batch_size] for start in range(0, len(pending), self.batch_size)]
         keyed = [[(str(i), expression) for i, expression in enumerate(batch, start=1)] for batch in batches]
-        # Every batch is keyed "1".."n": each reply answers its own batch only.
+        # Every batch is keyed "1".."n": each reply answers its own batch only. A failure is not
+        # kept: a later call asks that expression again.
+        failed: dict[str, ExtractedTarget] = {}
         for batch, targets in zip(keyed, self._answer(keyed, [None] * len(keyed), shared=False)):
-            self.cache.update({expression: targets[key] for key, expression in batch})
-        return [self.cache.get(e) or failed_target(None) for e in expressions]
+            self.cache.update({expression: targets[key] for key, expression in batch
+                               if targets[key].source != "failed"})
+            failed.update({expression: targets[key] for key, expression in batch if targets[key].source == "failed"})
+        return [self.cache.get(e) or failed.get(e) or failed_target(None) for e in expressions]
 
     def extract_by_id(self, items: Sequence[tuple[str, str]], needed: set[str] | None = None,
                       log: ReplyLog | None = None) -> dict[str, ExtractedTarget]:
@@ -234,10 +265,13 @@ class ReferenceExtractor:
             if added is None:
                 logger.warning("target extraction reply dropped with its batch of %d: %r", len(batch), reply[:200])
             read.append(added or {})
-        everything: dict[str, Any] = {}
+        # As the script: one dict of every reply's Python keys (1, True and 1.0 are one key), in
+        # batch order, then saved and loaded as JSON.
+        everything: dict[Any, Any] = {}
         for added in read:
             everything.update(added)
-        return [{key: self._target(expression, (everything if shared else added).get(key), reply)
+        saved = as_saved(everything)
+        return [{key: self._target(expression, (saved if shared else as_saved(added)).get(key), reply)
                  for key, expression in batch} for batch, reply, added in zip(batches, replies, read)]
 
     @staticmethod

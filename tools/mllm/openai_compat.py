@@ -38,7 +38,7 @@ from ..errors import ModelOutputError, RemoteServiceError, UserInputError
 from ..images import load_image
 from .crs import NONE_OPTION, crs_marks_prompt, crs_prompt, option_letters
 from .families import box_token_confidence, get_family
-from .reading import check_reading, script_letter
+from .reading import GENERATED_ANSWER_TOKENS, check_reading, script_letter
 from .verify import parse_yes_no, verify_prompt, yes_probability_from_top
 from .selection import Selection
 
@@ -263,9 +263,11 @@ class OpenAICompatibleMLLM:
         of the listed probability) and ``letter_logprobs`` (each bare letter's log-probability
         as the server reports it; ``nan`` when not among the top tokens).
 
-        ``reading="generated"`` (the reference profile) asks for up to ``max_new_tokens`` tokens at
-        temperature 0 and chooses what the reply names as the authors' evaluators read it
-        (``reading.py``); a question with one option is asked too.
+        ``reading="generated"`` (the reference profile) asks for up to ``GENERATED_ANSWER_TOKENS`` (128)
+        tokens at temperature 0 and chooses what the reply names as the authors' evaluators read it
+        (``reading.py``); a question with one option is asked too. ``first_token_logprob`` is then
+        the first token's log-probability as the server reports it (vLLM: of the raw logits unless
+        its ``logprobs-mode`` says otherwise), where a local model gives it after the logits processors.
         """
         check_reading(reading)
         image = load_image(image)
@@ -280,7 +282,7 @@ class OpenAICompatibleMLLM:
                                          input_size=self._input_size(image), prompts_dir=self.prompts_dir)
         generated = reading == "generated"
         response = self.client.create(
-            **self._request(self._data_url(image), prompt), max_tokens=self.max_new_tokens if generated else 1,
+            **self._request(self._data_url(image), prompt), max_tokens=GENERATED_ANSWER_TOKENS if generated else 1,
             logprobs=True, top_logprobs=TOP_LOGPROBS
         )
         choice = response.choices[0]

@@ -36,8 +36,8 @@ class Selection:
     records ``disagreement``: the share of orders whose own pick is not the averaged pick.
 
     A selection read from generated text (``reading.py``, the reference profile) records the
-    ``text`` the model wrote and its first token's log-probability under the processed scores
-    (the scripts' ``answer_prob_norm``); the chosen option is then the one the text names
+    ``text`` the model wrote and its first token's log-probability (the scripts' ``answer_prob_norm``:
+    under the processed scores for a local model; as a server reports it); the chosen option is then the one the text names
     (``read_letter``), not the most probable one, and a text naming no offered option is
     ``unread``: the evaluators' zero box.
     """
@@ -71,6 +71,8 @@ class Selection:
             object.__setattr__(self, "letter_logprobs", logprobs)
         if self.option_mass is not None:
             object.__setattr__(self, "option_mass", float(self.option_mass))
+        if self.first_token_logprob is not None:
+            object.__setattr__(self, "first_token_logprob", float(self.first_token_logprob))
         object.__setattr__(self, "letters", tuple(self.letters))
         object.__setattr__(self, "probabilities", probabilities)
 
