@@ -124,6 +124,8 @@ class Agent:
             selection=state.get("selection"),
             expected_count=state.get("expected_count"),
             count_source=state.get("count_source"),
+            count_probabilities=state.get("count_probabilities"),
+            decision_threshold=state.get("decision_threshold", 0.0),
             candidates=state.get("candidates"),
             proposals=state.get("proposals"),
             verification=None if state.get("verification") is None else [float(p) for p in state["verification"]],

@@ -7,9 +7,11 @@ last when allowed); ``extract`` -> one phrase (or ``None``) per expression.
 
 Queries run together (``tools.batching``) have their calls coalesced into the optional batch
 methods ``ground_batch(images, expressions, focuses)``, ``select_batch(images, expressions,
-candidates, allow_none)``, ``verify_batch(images, expressions, candidates)`` and
-``detect_batch(images, texts, focuses)``; a backend without them is called once per query.
-``verify`` (per-candidate yes/no, ``crs_mode="verify"``) is optional: ``p(yes)`` per candidate.
+candidates, allow_none)``, ``verify_batch(images, expressions, candidates)``, ``count_batch(images,
+expressions, candidates)`` and ``detect_batch(images, texts, focuses)``; a backend without them is
+called once per query.
+``verify`` (per-candidate yes/no, ``crs_mode="verify"``) is optional: ``p(yes)`` per candidate;
+so is ``count`` (``count_mode="image"``): the probability of each count 0..5 and "more", or a count.
 Calls into a plug-in take turns unless it says ``thread_safe = True`` (the bundled models
 serialise themselves).
 """
@@ -35,6 +37,7 @@ from tools.extraction import ChatExtractor, ExtractedTarget, HeuristicExtractor,
 from tools.extraction import OpenAIChatExtractor
 from tools.extraction import align_target, heuristic_extraction
 from tools.extraction.reference import ReferenceExtractor, substring_target
+from tools.mllm.counting import as_count_probabilities
 from tools.mllm.crs import option_letters
 from tools.mllm.openai_compat import OpenAICompatibleMLLM
 from tools.mllm.selection import Selection, average_orders, cyclic_orders
@@ -63,6 +66,7 @@ class Backends:
         self._ground = Coalescer(self._ground_one, self._ground_many, config.batch_size)
         self._select = Coalescer(self._select_one, self._select_many, config.batch_size)
         self._verify = Coalescer(self._verify_one, self._verify_many, config.batch_size)
+        self._count = Coalescer(self._count_one, self._count_many, config.batch_size)
         self._detect = Coalescer(self._detect_one, self._detect_many_images, config.batch_size)
 
     def with_config(self, config: Configuration) -> "Backends":
@@ -324,6 +328,24 @@ class Backends:
             except ModelOutputError as error:
                 converted.append(error)
         return converted
+
+    def count(self, image: Image.Image, expression: str, candidates: Detections) -> np.ndarray:
+        """The MLLM's probability of each count of ``COUNT_ANSWERS`` (``count_mode`` image or both),
+        batched across queries when it has ``count_batch``."""
+        if not (hasattr(self.mllm, "count") or hasattr(self.mllm, "count_batch")):
+            raise UserInputError(f"count_mode image needs an MLLM with count(image, expression, candidates); "
+                                 f"{type(self.mllm).__name__} has none (use count_mode=text)")
+        if hasattr(self.mllm, "count_batch"):
+            return self._count((image, expression, candidates))
+        return self._count_one((image, expression, candidates))
+
+    def _count_one(self, item) -> np.ndarray:
+        return as_count_probabilities(self._call(self.mllm, "count", *item), "mllm.count")
+
+    def _count_many(self, _, items) -> list:
+        images, expressions, candidates = (list(column) for column in zip(*items))
+        return _answers(lambda: self._call(self.mllm, "count_batch", images, expressions, candidates),
+                        "mllm.count_batch", as_count_probabilities)
 
     def _call(self, model, method: str, *args, **kwargs):
         """``model.method(...)``, taking turns with the other threads unless the model serialises

@@ -38,6 +38,9 @@ def calibrate(
         None, "--config", help="The run's settings, when its run.json is not beside the predictions."),
     score_threshold: Optional[float] = typer.Option(
         None, "--score-threshold", help="GREC: the evaluator's box-score floor, as agent-cli score takes it."),
+    folds: int = typer.Option(
+        5, "--folds", min=0,
+        help="Cross-validation folds estimating the held-out gain (fit on the others, score one; 0 or 1: none)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Fit the finishing thresholds that maximise the format's metric on PREDICTIONS' split, without a model run."""
@@ -58,7 +61,7 @@ def calibrate(
     config_used = run_configuration(predictions, config)
     samples = list(read_dataset(dataset_format, annotations, split=split))
     records = recorded(read_predictions(predictions))
-    result = fit(records, samples, metric, FinishPolicy.of(config_used), score_options)
+    result = fit(records, samples, metric, FinishPolicy.of(config_used), score_options, folds=folds)
     if not result.fitted:
         raise UserInputError("no threshold changes these answers (e.g. plain REC without --allow-none or --multi); "
                              "nothing to calibrate")
@@ -68,17 +71,31 @@ def calibrate(
     plot = plot or output.with_suffix(".png")
     _plot(result, plot, dataset_format)
     before = {name: getattr(FinishPolicy.of(config_used), name) for name in result.fitted}
+    validation = result.cross_validation
+    held_out = None if validation is None else {
+        "folds": validation.folds, "gain": validation.gain, "gains": list(validation.gains),
+        "before": validation.held_out_before, "after": validation.held_out_after}
     if as_json:
         stdout.print_json(json.dumps({"before": result.before, "after": result.after, "thresholds": result.fitted,
-                                      "previous": before, "settings": str(output), "plot": str(plot)}))
+                                      "previous": before, "cross_validation": held_out, "settings": str(output),
+                                      "plot": str(plot)}))
         return
     table = Table("threshold", "before", "after", title=f"calibrated on {annotations} ({len(samples)} samples)")
     for name, value in result.fitted.items():
-        table.add_row(name, f"{before[name]:.4g}", f"{value:.4g}")
+        table.add_row(name, _shown(before[name]), _shown(value))
     table.add_row("objective", f"{result.before:.2f}", f"{result.after:.2f}")
     stdout.print(table)
     stdout.print(f"wrote {output} (load it with --config) and {plot}; the numbers above are on the dev split itself",
                  markup=False, soft_wrap=True)
+    if validation is not None:
+        stdout.print(f"{validation.folds}-fold cross-validation: fitted on the other folds, a held-out fold gains "
+                     f"{validation.gain:+.2f} on average ({validation.held_out_before:.2f} -> "
+                     f"{validation.held_out_after:.2f}); the dev split's own gain is {result.after - result.before:+.2f}",
+                     markup=False, soft_wrap=True)
+
+
+def _shown(value: float | None) -> str:
+    return "unset" if value is None else f"{value:.4g}"
 
 
 def _plot(result, path: Path, dataset_format: str) -> None:
@@ -89,8 +106,9 @@ def _plot(result, path: Path, dataset_format: str) -> None:
 
     figure, axes = plt.subplots(1, len(result.curves), figsize=(4 * len(result.curves), 3.2), squeeze=False)
     for axis, (name, (values, scores)) in zip(axes[0], result.curves.items()):
-        axis.plot(values, scores, marker=".")
-        axis.axvline(result.fitted[name], color="tab:red", linestyle="--")
+        axis.step(values, scores, where="mid", marker=".")
+        if result.fitted[name] is not None:
+            axis.axvline(result.fitted[name], color="tab:red", linestyle="--")
         axis.set_xlabel(name)
         axis.set_ylabel(f"{dataset_format} objective")
     figure.tight_layout()

@@ -23,6 +23,7 @@ from tools.profiles import PROFILES, Profile, get_profile
 
 STRATEGIES = ("specialist", "mllm", "sfa", "crs", "sfa+crs")
 CRS_MODES = ("choice", "verify")
+COUNT_MODES = ("text", "image", "both")
 AUTO = "auto"  # multi: as many targets as the expression names
 ENV_PREFIX = "REX_"
 # The settings that choose, place or feed a model when it loads. Agents sharing models
@@ -140,6 +141,15 @@ class Configuration:
     verify_threshold: float = setting(
         0.5, "Generalized REC", "crs_mode verify: candidates with p(yes) below it are not the target"
     )
+    count_mode: str = setting(
+        "text", "Generalized REC",
+        "multi auto: how many targets, read from the text (the extraction LLM or the words), the image (the "
+        "MLLM counts 0-5 or more over the candidates) or both (the image's, a number the text states winning)",
+    )
+    count_zero_threshold: float | None = setting(
+        None, "Generalized REC",
+        "count_mode image/both: no target when the MLLM's p(0) reaches it (unset: when 0 is its likeliest count)",
+    )
 
     def __post_init__(self) -> None:
         get_profile(self.profile)
@@ -166,9 +176,13 @@ class Configuration:
                                  "the generated answer (use crs_permutations=1)")
         object.__setattr__(self, "llm_temperature", _temperature_setting(self.llm_temperature))
         for name in ("router_score_threshold", "router_iou_threshold", "crs_iou_threshold",
-                     "specialist_threshold", "mllm_threshold", "multi_ratio", "verify_threshold"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise UserInputError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+                     "specialist_threshold", "mllm_threshold", "multi_ratio", "verify_threshold",
+                     "count_zero_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise UserInputError(f"{name} must lie in [0, 1], got {value}")
+        if self.count_mode not in COUNT_MODES:
+            raise UserInputError(f"unknown count_mode {self.count_mode!r}; choose one of {', '.join(COUNT_MODES)}")
 
     @property
     def behaviour(self) -> Profile:
@@ -203,7 +217,12 @@ class Configuration:
 
     @property
     def uses_mllm(self) -> bool:
-        return self.strategy != "specialist"
+        return self.strategy != "specialist" or self.counts_from_image
+
+    @property
+    def counts_from_image(self) -> bool:
+        """Whether the MLLM counts the targets over the candidates (``multi="auto"``, ``count_mode`` image or both)."""
+        return self.multi == AUTO and self.count_mode != "text"
 
     @property
     def needs_count(self) -> bool:
@@ -340,6 +359,8 @@ def _parse_env(name: str, raw: str) -> Any:
 
 def _coerce(name: str, value: Any) -> Any:
     kind = _FIELD_TYPES[name]
+    if value is None and "None" in kind:
+        return None
     try:
         if kind.startswith("bool") and isinstance(value, str):
             return _parse_env(name, value)

@@ -4,7 +4,7 @@
     START -> extract_target -> route -> specialist   (Level 1)
                                      -> mllm         (Level 2, "sfa")
                                      -> crs          (Level 2, "sfa+crs")
-    specialist | mllm | crs -> finish -> END
+    specialist | mllm | crs -> [count_targets] -> finish -> END
 
 Each strategy's graph holds only the nodes it can visit.
 """
@@ -30,6 +30,11 @@ def build_graph(nodes: dict[str, Node], config: Configuration):
     for name in (["extract_target"] if config.uses_extractor else []) + (["route"] if routed else []) + paths:
         graph.add_node(name, nodes[name])
     graph.add_node("finish", nodes["finish"])
+    last = "finish"
+    if config.counts_from_image:  # the MLLM counts the targets over the path's boxes first
+        graph.add_node("count_targets", nodes["count_targets"])
+        graph.add_edge("count_targets", "finish")
+        last = "count_targets"
     if config.uses_extractor:
         graph.add_edge(START, "extract_target")
         graph.add_edge("extract_target", first)
@@ -38,7 +43,7 @@ def build_graph(nodes: dict[str, Node], config: Configuration):
     if routed:
         graph.add_conditional_edges("route", _by_level(paths), {path: path for path in paths})
     for path in paths:
-        graph.add_edge(path, "finish")
+        graph.add_edge(path, last)
     graph.add_edge("finish", END)
     return graph.compile()
 

@@ -20,7 +20,7 @@ from tools.routing import count_instances, crs_candidates, difficulty_level
 
 from .backends import Backends
 from .configuration import Configuration
-from .finishing import FinishPolicy
+from .finishing import FinishPolicy, count_candidates
 from .finishing import finish as finish_answer
 from .state import AgentState
 
@@ -161,8 +161,20 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
             update["fallbacks"] = [f"the MLLM's CRS answer was unusable ({error}): used the top candidate"]
         return update
 
+    def count_targets(state: AgentState) -> dict[str, Any]:
+        candidates = count_candidates(state.get("path"), state, policy, config.crs_top_k)
+        try:
+            counts = backends.count(mllm_image(state), state["expression"], between_frames(state, candidates, True))
+        except ModelOutputError as error:
+            return {"fallbacks": [f"the MLLM's count was unusable ({error}): counted from the text"]}
+        return {"count_probabilities": [float(p) for p in counts]}
+
     def finish(state: AgentState) -> dict[str, Any]:
-        return {"detections": finish_answer(state, policy)}
+        finished = finish_answer(state, policy)
+        update = {"detections": finished.detections, "decision_threshold": finished.threshold}
+        if finished.count_source == "image":
+            update["count_source"] = "image"
+        return update
 
     def verify(state: AgentState, candidates: Detections) -> dict[str, Any]:
         try:
@@ -172,7 +184,6 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
             return {"answer": candidates[:1],
                     "fallbacks": [f"the MLLM's verification was unusable ({error}): used the top candidate"]}
 
-    steps = dict(
-        extract_target=extract_target, route=route, specialist=specialist, mllm=mllm_ground, crs=crs, finish=finish
-    )
+    steps = dict(extract_target=extract_target, route=route, specialist=specialist, mllm=mllm_ground, crs=crs,
+                 count_targets=count_targets, finish=finish)
     return {name: timed(name, step) for name, step in steps.items()}

@@ -20,12 +20,16 @@ class Result:
     their wall time in seconds, ``fallbacks`` every documented fallback taken.
 
     What the final boxes were chosen from is kept too, so that ``agent-cli calibrate`` can
-    choose them again at other thresholds: ``expected_count`` (1, n or "many") and where it
-    came from, the CRS ``candidates`` with their ``selection`` or ``verification`` (``p(yes)``
+    choose them again at other thresholds: ``expected_count`` (the text's: 1, n or "many"),
+    ``count_probabilities`` (the MLLM's count over the candidates, with ``count_mode`` image or
+    both), ``count_source`` (the text's "model" or "heuristic", or "image" when the image's count
+    decided), the CRS ``candidates`` with their ``selection`` or ``verification`` (``p(yes)``
     per candidate), the detector's ``proposals`` the candidates were taken from (its first ten
     boxes, before top-k and NMS: what the authors' positive CRS evaluator maps letters onto), and
-    ``path_answer``, the answering path's scored boxes before the
-    finishing policy (``finishing.recorded_answer``).
+    ``path_answer``, the answering path's scored boxes before the finishing policy
+    (``finishing.recorded_answer``). ``scores`` are the path's own; ``decision_threshold`` is the
+    score the boxes had to reach (0 when returned without one), to which predictions files align
+    the scores they write (``tools.evaluation.predictions.decision_scores``).
     """
 
     expression: str
@@ -40,6 +44,8 @@ class Result:
     selection: Selection | None = None
     expected_count: int | str | None = None
     count_source: str | None = None
+    count_probabilities: list[float] | None = None
+    decision_threshold: float = 0.0
     candidates: Detections | None = None
     proposals: Detections | None = None
     verification: list[float] | None = None
@@ -76,6 +82,8 @@ class Result:
             "selection": None if self.selection is None else self.selection.to_dict(),
             "expected_count": self.expected_count,
             "count_source": self.count_source,
+            "count_probabilities": self.count_probabilities,
+            "decision_threshold": self.decision_threshold,
             "candidates": None if self.candidates is None else _boxes(self.candidates),
             "proposals": None if self.proposals is None else _boxes(self.proposals),
             "verification": self.verification,

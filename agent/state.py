@@ -30,7 +30,8 @@ class AgentState(TypedDict, total=False):
     target_source: str | None  # "model" (an extractor's answer, plug-ins included) or "heuristic"
     target_answer: str | None  # the extractor's own words for the target (``target`` when it has none)
     expected_count: ExpectedCount | None  # how many objects the expression names: 1, n or "many"
-    count_source: str | None  # "model" (the extraction call said) or "heuristic" (read from the words)
+    count_source: str | None  # the text's "model" (the extraction call) or "heuristic" (the words), or "image"
+    count_probabilities: list[float] | None  # the MLLM's count, one per COUNT_ANSWERS (count_mode image/both)
     # Routing (SFA)
     instance_count: int | None
     level: int | None
@@ -42,8 +43,9 @@ class AgentState(TypedDict, total=False):
     # The answer of the path taken, before the finishing policy (allow_none / multi)
     path: str | None
     answer: Detections
-    # The final answer
+    # The final answer, and the score its boxes had to reach (0: returned without one)
     detections: Detections
+    decision_threshold: float
     # Bookkeeping: detector outputs by (text, focus span) so no text is detected twice
     detector_memo: Annotated[dict[tuple[str, Any], Detections], merge]
     trace: Annotated[list[str], operator.add]

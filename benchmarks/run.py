@@ -11,7 +11,8 @@
 - ``batching``: queries/s at several batch sizes (local 218 M Qwen2-VL, a slow remote server, the server);
 - ``crs_modes``: queries/s of CRS letter selection, over 3 option orders, and per-candidate verification;
 - ``extraction``: the model-free target extractor's agreement with a reader's targets;
-- ``cli_latency``: how fast ``agent-cli`` answers help, ``graph`` and bad input (no model runs).
+- ``cli_latency``: how fast ``agent-cli`` answers help, ``graph`` and bad input (no model runs);
+- ``calibration``: ``agent-cli calibrate``'s exact search on 10,000 samples, and what a quantile grid misses.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import batching, cli_latency, crs_modes, extraction, flops, orchestration, serving, walltime
+from . import batching, calibration, cli_latency, crs_modes, extraction, flops, orchestration, serving, walltime
 
 BENCHMARKS = {"flops": flops, "walltime": walltime, "orchestration": orchestration, "serving": serving,
-              "batching": batching, "crs_modes": crs_modes, "extraction": extraction, "cli_latency": cli_latency}
+              "batching": batching, "crs_modes": crs_modes, "extraction": extraction, "cli_latency": cli_latency,
+              "calibration": calibration}
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:

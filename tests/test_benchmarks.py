@@ -24,7 +24,7 @@ from tools.mllm.families import QWEN2_5_VL, QWEN2_VL
 
 TINY_ROPE = dict(rope_type="default", mrope_section=[2, 3, 3], rope_theta=1e6)  # head_dim 16
 TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=512, rope_parameters=TINY_ROPE, bos_token_id=None, eos_token_id=None)
+                 num_key_value_heads=2, vocab_size=576, rope_parameters=TINY_ROPE, bos_token_id=None, eos_token_id=None)
 TINY_PIXELS = dict(min_pixels=4 * 28 * 28, max_pixels=64 * 28 * 28)
 TINY_QWEN2_VL = MllmSpec(
     "tiny Qwen2-VL", "-", QWEN2_VL, text=TINY_TEXT,
@@ -257,3 +257,13 @@ def test_every_benchmark_option_lives_beside_the_others_in_one_command(capsys):
         run.main(["--help"])
     assert exit_.value.code == 0
     assert "--crs-queries" in capsys.readouterr().out
+
+
+def test_the_calibration_benchmark_times_the_exact_search(tmp_path):
+    import argparse
+
+    from benchmarks import calibration
+
+    payload = calibration.run(argparse.Namespace(calibration_samples=300, out=tmp_path))
+    assert payload["exact"] >= payload["quantile_grid"] and payload["exact"] >= payload["before"]
+    assert payload["exact_seconds"] > 0 and payload["folds"] == 5 and (tmp_path / "calibration.json").exists()

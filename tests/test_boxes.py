@@ -119,3 +119,21 @@ def test_location_bins_to_pixels_by_hand():
     # Bin i covers [i, i+1) thousandths of the side; its centre, truncated: (100 + 0.5) * 640 / 1000 = 64.32 -> 64.
     np.testing.assert_array_equal(box_ops.location_bins_to_pixels([[100, 200, 500, 999]], 640, 480),
                                   [[64.0, 96.0, 320.0, 479.0]])
+
+
+def test_iou_and_giou_are_torchvisions_bit_for_bit():
+    """The metrics compute overlaps in numpy with torchvision's arithmetic (the evaluators' numbers):
+    random, degenerate and inverted boxes give exactly what torchvision.ops gives."""
+    rng = np.random.default_rng(0)
+    for trial in range(500):
+        a, b = rng.uniform(0, 100, (rng.integers(1, 6), 4)), rng.uniform(0, 100, (rng.integers(1, 6), 4))
+        if trial % 2:  # proper boxes, some overlapping
+            a[:, 2:], b[:, 2:] = a[:, :2] + rng.uniform(0, 30, (len(a), 2)), b[:, :2] + rng.uniform(0, 30, (len(b), 2))
+        if trial % 5 == 0:
+            a[0] = [5, 5, 5, 5]  # no area
+            b[0] = a[0]
+        for ours, theirs in ((box_ops.box_iou, torchvision.ops.box_iou),
+                             (box_ops.generalized_box_iou, torchvision.ops.generalized_box_iou)):
+            expected = theirs(torch.tensor(a), torch.tensor(b)).numpy()
+            assert np.array_equal(ours(a, b), expected, equal_nan=True)
+    assert box_ops.box_iou(np.zeros((0, 4)), [[0, 0, 1, 1]]).shape == (0, 1)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from agent import Agent, Configuration
-from agent.finishing import FinishPolicy, finish, finish_verification
+from agent.finishing import Count, FinishPolicy, finish, finish_verification
 from tools import Detections
 from tools.errors import UserInputError
 from tools.extraction import ExtractedTarget
@@ -196,8 +196,9 @@ def test_finish_is_a_function_of_the_recorded_scores():
     policy = FinishPolicy(allow_none=True, multi="auto", verify_threshold=0.5)
     candidates = Detections(BOXES, [0.9, 0.8, 0.7, 0.6])
     state = {"path": "crs", "candidates": candidates, "verification": [0.9, 0.2, 0.8, 0.6], "expected_count": 2}
-    assert finish(state, policy).boxes.tolist() == [BOXES[0], BOXES[2]]
-    assert len(finish_verification(candidates, np.array([0.9, 0.2, 0.8, 0.6]), policy, None)) == 3
+    assert finish(state, policy).detections.boxes.tolist() == [BOXES[0], BOXES[2]]
+    passing = finish_verification(candidates, np.array([0.9, 0.2, 0.8, 0.6]), policy, Count(limit=None))
+    assert len(passing.detections) == 3 and passing.threshold == 0.5
 
 
 def test_permutations_on_a_tiny_qwen_equal_k_separate_select_calls(tiny_qwen2_vl, street_image):

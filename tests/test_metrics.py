@@ -279,9 +279,10 @@ def test_prediction_from_an_agent_result():
     result = Result("the cup", (100, 100), "sfa", Detections([[0, 0, 5, 5]], [0.7]), level=2, path="mllm",
                     target="the cup", timings={"router": 0.1})
     prediction = Prediction.from_result(4, result, confidence=0.7)
-    assert prediction.to_record() == {"id": 4, "boxes": [[0.0, 0.0, 5.0, 5.0]], "scores": [0.7], "level": 2,
-                                      "path": "mllm", "target": "the cup", "timings": {"router": 0.1},
-                                      "confidence": 0.7}
+    # Returned without a threshold (decision_threshold 0): written 0.7 + 0.3 x 0.7, the raw 0.7 kept.
+    assert prediction.to_record() == {"id": 4, "boxes": [[0.0, 0.0, 5.0, 5.0]], "scores": [pytest.approx(0.91)],
+                                      "level": 2, "path": "mllm", "target": "the cup", "timings": {"router": 0.1},
+                                      "decision_threshold": 0.0, "raw_scores": [0.7], "confidence": 0.7}
 
 
 def test_a_complete_last_record_without_newline_is_kept(tmp_path):

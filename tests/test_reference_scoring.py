@@ -62,7 +62,8 @@ def test_raw_letters_score_as_evaluation_crs_pos(capsys, tmp_path):
         images.append(image_entry(i))
         annotations.append(annotation(i, i, target, level=level))
         near = [target[0], target[1], target[0] + target[2], target[1] + target[3]]
-        proposals = [[v + rng.choice([0, 0, 30]) for v in near] for _ in range(rng.randint(1, 10))]
+        shifts = [rng.choice([0, 0, 30]) for _ in range(rng.randint(1, 10))]
+        proposals = [[v + shift for v in near] for shift in shifts]
         options = proposals[::2][:5]  # what NMS kept, in order
         text = rng.choice(["A", "B", "C", "D", "E", "The answer is B.", "b, a dog", "none"])
         records.append(crs_record(i, text, proposals, options))

@@ -54,7 +54,8 @@ def without_timings(result: dict) -> dict:
 @pytest.mark.parametrize(
     "settings", [{}, {"strategy": "specialist"}, {"strategy": "sfa+crs"}, {"strategy": "crs", "allow_none": True},
                  {"strategy": "mllm", "focus": False}, {"strategy": "crs", "multi": True},
-                 {"strategy": "specialist", "multi": "auto"}],
+                 {"strategy": "specialist", "multi": "auto"},
+                 {"strategy": "crs", "multi": "auto", "allow_none": True, "count_mode": "image"}],
 )
 def test_locate_answers_what_the_agent_answers(client, agent, settings):
     response = post(client, **settings)
@@ -71,7 +72,8 @@ def test_locate_answers_what_the_agent_answers(client, agent, settings):
 def test_healthz_tells_a_client_what_it_may_ask(client):
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["strategies"] == ["specialist", "mllm", "sfa", "crs", "sfa+crs"]
-    assert health["defaults"] == {"strategy": "sfa", "focus": True, "allow_none": False, "multi": False}
+    assert health["defaults"] == {"strategy": "sfa", "focus": True, "allow_none": False, "multi": False,
+                                  "count_mode": "text"}
     assert (health["image_urls"], health["api_key_required"], health["max_upload_bytes"]) == (False, False, 200_000)
     post(client)
     assert client.get("/healthz").json()["devices"] == [{"device": "cpu", "running": 0, "waiting": 0, "served": 1,
@@ -82,7 +84,8 @@ def test_openapi_and_the_page_are_served(client):
     spec = client.get("/openapi.json").json()
     form = spec["components"]["schemas"]["Body_locate_locate_post"]
     assert form["required"] == ["expression"]
-    assert set(form["properties"]) == {"expression", "image", "image_url", "strategy", "focus", "allow_none", "multi"}
+    assert set(form["properties"]) == {"expression", "image", "image_url", "strategy", "focus", "allow_none", "multi",
+                                       "count_mode"}
     assert {"200", "400", "413", "422", "503"} <= set(spec["paths"]["/locate"]["post"]["responses"])
     assert client.get("/docs").status_code == 200
     page = client.get("/")

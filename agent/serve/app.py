@@ -85,6 +85,7 @@ def create_app(agents: Agent | Sequence[Agent], options: ServerOptions = ServerO
     guard = [Depends(_api_key_check(options.api_key))] if options.api_key else []
     StrategyName = Literal[tuple(options.strategies)]  # type: ignore[valid-type]
     MultiMode = Literal["false", "true", "auto"]  # Configuration reads these spellings
+    CountMode = Literal["text", "image", "both"]
 
     app.add_middleware(BodySizeLimit, max_bytes=options.max_upload_bytes, body_timeout=options.body_timeout)
     if options.cors_origins:
@@ -115,7 +116,8 @@ def create_app(agents: Agent | Sequence[Agent], options: ServerOptions = ServerO
             "status": "stuck" if stuck else "ok",
             "version": __version__,
             "strategies": list(options.strategies),
-            "defaults": {name: getattr(defaults, name) for name in ("strategy", "focus", "allow_none", "multi")},
+            "defaults": {name: getattr(defaults, name)
+                         for name in ("strategy", "focus", "allow_none", "multi", "count_mode")},
             "image_urls": options.image_urls,
             "api_key_required": options.api_key is not None,
             "max_upload_bytes": options.max_upload_bytes,
@@ -145,11 +147,14 @@ def create_app(agents: Agent | Sequence[Agent], options: ServerOptions = ServerO
         allow_none: Annotated[bool, Form(description="The target may be absent.")] = None,
         multi: Annotated[MultiMode, Form(description="How many targets may be returned: false (one), true "
                                                      "(several), auto (as many as the expression says).")] = None,
+        count_mode: Annotated[CountMode, Form(description="multi auto: how many targets, from the text, the image "
+                                                          "(the MLLM counts) or both.")] = None,
         request: Request = None,
     ) -> dict[str, Any]:
         _refuse_foreign_origin(request, options.cors_origins)
         settings = {name: value for name, value in
-                    dict(strategy=strategy, focus=focus, allow_none=allow_none, multi=multi).items()
+                    dict(strategy=strategy, focus=focus, allow_none=allow_none, multi=multi,
+                         count_mode=count_mode).items()
                     if value is not None}
         loop = asyncio.get_running_loop()
         try:

@@ -52,7 +52,11 @@ class LocateResult(BaseModel):
     target_source: Optional[str]
     selection: Optional[SelectionModel]
     expected_count: Optional[int | str] = Field(None, description='How many objects the expression names: 1, n or "many".')
-    count_source: Optional[str] = Field(None, description="model (the extraction call) or heuristic (the words).")
+    count_source: Optional[str] = Field(
+        None, description="The text's model (the extraction call) or heuristic (the words), or image (the MLLM's count).")
+    count_probabilities: Optional[list[float]] = Field(
+        None, description="count_mode image/both: the MLLM's probability of 0, 1, 2, 3, 4, 5 and more targets.")
+    decision_threshold: float = Field(0.0, description="The score the boxes had to reach (0: returned without one).")
     candidates: Optional[ScoredBoxes] = Field(None, description="The CRS candidates, in option order.")
     proposals: Optional[ScoredBoxes] = Field(
         None, description="The detector's first ten boxes for the expression, before CRS's top-k and NMS.")
@@ -77,7 +81,8 @@ class Health(BaseModel):
     status: str = Field(description='"ok", or "stuck" (with status 503) when a device is stuck on a query.')
     version: str
     strategies: list[str] = Field(description="The strategies a request may ask for.")
-    defaults: dict[str, str | bool] = Field(description="strategy, focus, allow_none and multi when a request omits them.")
+    defaults: dict[str, str | bool] = Field(
+        description="strategy, focus, allow_none, multi and count_mode when a request omits them.")
     image_urls: bool = Field(description="Whether image_url is fetched.")
     api_key_required: bool
     max_upload_bytes: int

@@ -7,7 +7,7 @@ small byte-level BPE in memory with the *same* pre-tokenizer regex, normaliser a
 * every byte is a token, so any text (digits, JSON punctuation, unicode) encodes and
   ``decode(encode(text)) == text``;
 * ``"A"`` .. ``"Z"`` and ``" A"`` .. ``" Z"`` are single tokens, as in real Qwen2 vocabularies, and so
-  are "yes" and "no" in the spellings a reply starts with;
+  are "yes" and "no" in the spellings a reply starts with, the digits and "more" (count answers);
 * the Qwen special tokens exist as added special tokens, in the real relative order;
 * pad = ``<|endoftext|>``, eos = ``<|im_end|>``, and a Qwen2-VL chat template.
 """
@@ -68,6 +68,7 @@ _CORPUS = [
     "Describe the image. What is shown in the picture?",
     "Answer with a single letter. The answer is A. The answer is B.",
     "Answer with yes or no. Yes. No. yes no Yes No",
+    "How many? 0, 1, 2, 3, 4, 5 or more. More than five.",
     'Click the button. {"action": "click", "x": 120, "y": 45}',
     '{"action": "type", "text": "hello world"} {"action": "scroll", "direction": "down"}',
     '[{"bbox_2d": [10, 20, 300, 400], "label": "the red button"}]',

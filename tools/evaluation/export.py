@@ -11,6 +11,7 @@
   name as its ``--score_type``). Approximate: the 0..1000 integers move a box edge by up
   to about a thousandth of the image, which can flip an IoU that lies right at 0.5.
 
+Scores are the predictions' raw ones (``Prediction.raw_scores``), as those scripts read them.
 An answer without boxes is written as the reference scores it: ``[0, 0, 0, 0]`` with score
 0 in the ``.npy`` file (that script cannot read an empty answer) and an empty ``text``
 in the JSON Lines file. Samples without a prediction are left out.
@@ -37,7 +38,7 @@ def export_finecops_npy(samples: Iterable[Sample], predictions: Iterable[Predict
     """Write the ``eval_metric_mmdet.py`` input; returns how many samples were written."""
     results = []
     for sample, prediction in _matched(samples, predictions):
-        boxes, scores = prediction.boxes, prediction.scores
+        boxes, scores = prediction.boxes, prediction.raw_scores
         if len(scores) == 0:
             boxes, scores = np.zeros((1, 4)), np.zeros(1)
         order = finecops_order(scores)
@@ -65,7 +66,7 @@ def export_finecops_jsonl(
                 raise UserInputError(f"sample {sample.id!r} has no width/height; they are needed to normalise boxes")
             normalised = box_ops.pixels_to_qwen(prediction.boxes, *sample.image_size)
             text = ", ".join("[{},{},{},{}]".format(*box) for box in normalised.tolist())
-            record = {"image_id": sample.id, "text": text, score_field: prediction.scores.tolist()}
+            record = {"image_id": sample.id, "text": text, score_field: prediction.raw_scores.tolist()}
             handle.write(json.dumps(record) + "\n")
             written += 1
     return written

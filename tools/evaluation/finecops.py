@@ -21,6 +21,8 @@ the SFA/CRS code). Definitions, all in percent:
 
 An answer without boxes (unparseable or "None") counts, as in the reference, as one
 zero-area box with score 0 -- or with the prediction's ``confidence`` field where given.
+Boxes are ranked by their raw scores (``Prediction.raw_scores``: the path's own, as the authors'
+evaluators read them), not by the decision-aligned ``scores`` REX writes for the GREC evaluator.
 
 Options that reproduce the authors' evaluators' own quirks (``REFERENCE_EVALUATORS`` says which
 script uses which): ``iou_strict`` (a hit at IoU > 0.5, ``SFA/evaluation_SFA.py``);
@@ -44,7 +46,7 @@ from ..datasets import Sample
 from ..detections import Detections
 from ..errors import UserInputError
 from .common import finecops_order, pair_predictions, percent
-from .predictions import Prediction
+from .predictions import RAW_SCORES, Prediction
 
 TOP_KS = (1, 5, 10)
 LEVELS = (1, 2, 3)
@@ -148,7 +150,7 @@ def answer_confidence(prediction: Prediction) -> float:
     """A sample's confidence (what AUROC ranks): its best box score or, for an answer without
     boxes, its ``confidence`` field (0 without one: the reference's zero-area box of score 0)."""
     if len(prediction.scores):
-        return float(prediction.scores.max())
+        return float(prediction.raw_scores.max())
     confidence = prediction.fields.get("confidence")
     return 0.0 if confidence is None else float(confidence)
 
@@ -161,6 +163,18 @@ def reference_confidence(sample: Sample, prediction: Prediction) -> float | None
     probability = math.exp(float(logprob))
     rejected = len(prediction.scores) == 0
     return 1.0 - probability if rejected and sample.is_negative else probability
+
+
+def finecops_outcome(sample: Sample, prediction: Prediction, *, iou_threshold: float = 0.5, iou_strict: bool = False,
+                     crs_letters: str = "options", **_: Any) -> tuple[str, bool]:
+    """One sample's share of ``crs_accuracy`` (``Metric.outcome``): a positive's Precision@1 hit
+    (``"positive"``), a negative answered with no box (``"negative"``)."""
+    if sample.is_negative:
+        return "negative", len(prediction.scores) == 0
+    if crs_letters == "raw":
+        prediction = raw_letter_answer(prediction)
+    best = _answer(sample, prediction).ious[0]
+    return "positive", bool(best > iou_threshold if iou_strict else best >= iou_threshold)
 
 
 def raw_letter_answer(prediction: Prediction) -> Prediction:
@@ -179,11 +193,12 @@ def raw_letter_answer(prediction: Prediction) -> Prediction:
     boxes = proposals["boxes"]
     index = RAW_LETTERS.find(letter) if isinstance(letter, str) and len(letter) == 1 else -1
     box = boxes[index] if 0 <= index < len(boxes) else [0.0, 0.0, 0.0, 0.0]
-    return Prediction(prediction.id, Detections(np.asarray([box], dtype=np.float64), [0.0]), fields)
+    return Prediction(prediction.id, Detections(np.asarray([box], dtype=np.float64), [0.0]),
+                      {**fields, RAW_SCORES: [0.0]})
 
 
 def _answer(sample: Sample, prediction: Prediction, rule: str = "rex") -> _Answer:
-    boxes, scores = prediction.boxes, prediction.scores
+    boxes, scores = prediction.boxes, prediction.raw_scores
     empty = len(scores) == 0
     reference = reference_confidence(sample, prediction) if rule == "reference" else None
     if empty:

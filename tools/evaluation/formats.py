@@ -17,9 +17,9 @@ from ..datasets.coco import read_finecops_ref, read_grec, read_ref_adv, read_ref
 from ..datasets.grefcoco import read_grefcoco
 from ..datasets.sample import Sample
 from ..errors import UserInputError
-from .finecops import score_finecops_ref
-from .grec import score_grec
-from .refcoco import score_refcoco
+from .finecops import finecops_outcome, score_finecops_ref
+from .grec import grec_outcome, score_grec
+from .refcoco import refcoco_outcome, score_refcoco
 from .tables import finecops_tables, grec_tables, refcoco_tables
 
 
@@ -36,6 +36,10 @@ class Metric:
     headline_title: str
     headline: Callable[[dict[str, Any]], dict[str, float | None]]
     tables: Callable[[dict[str, Any]], list]
+    # outcome(sample, prediction, **options) -> (part, hit): one sample's share of the number
+    # ``agent-cli calibrate`` maximises, the mean over parts of each part's hit rate (GREC: Pr@(F1=1);
+    # RefCOCO: Acc@0.5; FineCops-Ref: Precision@1 of the positives and rejection of the negatives).
+    outcome: Callable[..., tuple[str, bool]]
     # Negatives are scored against their positive: a --limit must keep pairs whole, and the
     # report draws the confidences of positives and negatives.
     paired_negatives: bool = False
@@ -44,12 +48,14 @@ class Metric:
 FINECOPS = Metric(
     "finecops", score_finecops_ref, ("confidence", "crs_letters", "iou_strict", "fold_level_3"),
     "Precision@1 by level (%)",
-    lambda m: dict(m["precision_at_1"]), finecops_tables, paired_negatives=True,
+    lambda m: dict(m["precision_at_1"]), finecops_tables, finecops_outcome, paired_negatives=True,
 )
-REFCOCO = Metric("refcoco", score_refcoco, (), "Acc@0.5 (%)", lambda m: {"all": m["accuracy"]}, refcoco_tables)
+REFCOCO = Metric("refcoco", score_refcoco, (), "Acc@0.5 (%)", lambda m: {"all": m["accuracy"]}, refcoco_tables,
+                 refcoco_outcome)
 GREC = Metric(
     "grec", score_grec, ("score_threshold", "matching"), "GREC (%)",
     lambda m: {"Pr@(F1=1)": m["f1_precision"], "N-acc": m["n_acc"], "T-acc": m["t_acc"]}, grec_tables,
+    grec_outcome,
 )
 
 

@@ -25,9 +25,9 @@ from .. import boxes as box_ops
 from ..datasets import Sample
 from ..errors import UserInputError
 from .common import mdetr_order, pair_predictions, percent
-from .predictions import Prediction
+from .predictions import EVALUATOR_FLOOR, Prediction
 
-SCORE_THRESHOLD = 0.7
+SCORE_THRESHOLD = EVALUATOR_FLOOR  # the released evaluator's thresh_score: REX's written scores align to it
 IOU_THRESHOLD = 0.5
 OVERLAPS = {"giou": box_ops.generalized_box_iou, "iou": box_ops.box_iou}
 
@@ -65,6 +65,14 @@ def score_grec(
                    "correct": int(correct), **counts},
         "settings": {"score_threshold": score_threshold, "iou_threshold": iou_threshold, "matching": matching},
     }
+
+
+def grec_outcome(sample: Sample, prediction: Prediction, *, score_threshold: float = SCORE_THRESHOLD,
+                 iou_threshold: float = IOU_THRESHOLD, matching: str = "giou") -> tuple[str, bool]:
+    """One sample's share of Precision@(F1=1): ``("all", F1 == 1)`` (``Metric.outcome``)."""
+    f1, _ = grec_sample_f1(prediction.boxes, prediction.scores, sample.boxes, score_threshold=score_threshold,
+                           iou_threshold=iou_threshold, matching=matching)
+    return "all", f1 >= 1.0
 
 
 def grec_sample_f1(

@@ -6,6 +6,13 @@ with pixel ``xyxy`` boxes and one score per box; any other field (``level``, ``p
 ``confidence`` has a meaning to the FineCops-Ref metrics: the sample-level confidence
 of an answer *without* boxes (e.g. ``1 - P(None)`` of a CRS rejection).
 
+The ``scores`` REX writes are **decision-aligned** (``decision_scores``): every box it returned
+scores at least ``EVALUATOR_FLOOR`` (0.7, the score the released gRefCOCO evaluator keeps a box
+at), exactly that at the threshold the box had to pass, and 1 at certainty, so that evaluator,
+run at its defaults, keeps exactly the boxes REX returned. The path's own scores (detector
+probability, option probability, ``p(yes)``, token probability) are the ``raw_scores`` field,
+which the FineCops-Ref metrics, their exports and calibration read (:attr:`Prediction.raw_scores`).
+
 :class:`PredictionWriter` flushes and fsyncs every line, so a crash loses at most the
 line being written; :func:`read_predictions` ignores such a torn last line with a
 warning, and the writer cuts it off before appending, so a run can resume.
@@ -25,11 +32,15 @@ from ..files import JsonLinesAppender, read_json_lines
 from ..errors import UserInputError
 
 RESERVED_FIELDS = ("id", "boxes", "scores")
+RAW_SCORES = "raw_scores"
+# The box score the released gRefCOCO evaluator keeps a box at (MDETR's ``thresh_score``).
+EVALUATOR_FLOOR = 0.7
 # Fields of an agent result that are worth keeping next to the boxes: expected_count to
 # verification are what `agent-cli calibrate` re-chooses the boxes from at other thresholds;
-# proposals what `agent-cli score --crs-letters raw` maps letters onto.
-RESULT_FIELDS = ("level", "path", "target", "timings", "expected_count", "path_answer", "candidates", "selection",
-                 "verification", "proposals")
+# proposals what `agent-cli score --crs-letters raw` maps letters onto; decision_threshold
+# what the written scores are aligned to.
+RESULT_FIELDS = ("level", "path", "target", "timings", "expected_count", "count_source", "count_probabilities",
+                 "path_answer", "candidates", "selection", "verification", "proposals", "decision_threshold")
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,12 +59,33 @@ class Prediction:
     def scores(self) -> np.ndarray:
         return self.detections.scores
 
+    @property
+    def raw_scores(self) -> np.ndarray:
+        """The path's own score of each box (the ``raw_scores`` field), or ``scores`` for a line without it."""
+        raw = self.fields.get(RAW_SCORES)
+        return self.scores if raw is None else np.asarray(raw, dtype=np.float64)
+
+    @property
+    def raw_detections(self) -> Detections:
+        """The boxes scored by ``raw_scores``."""
+        return Detections(self.boxes, self.raw_scores)
+
+    @classmethod
+    def decided(cls, sample_id: int | str, detections: Detections, threshold: float, fields: dict[str, Any]
+                ) -> "Prediction":
+        """The prediction of boxes a decision returned with their raw scores, past ``threshold``: scores
+        written decision-aligned (``decision_scores``), the raw ones in ``raw_scores``."""
+        fields = {**fields, RAW_SCORES: detections.scores.tolist(), "decision_threshold": float(threshold)}
+        return cls(sample_id, Detections(detections.boxes, decision_scores(detections.scores, threshold)), fields)
+
     @classmethod
     def from_result(cls, sample_id: int | str, result: Any, **extra: Any) -> "Prediction":
-        """From an agent ``Result`` (anything with ``to_dict()``): its boxes, scores, level, path, target, timings."""
+        """From an agent ``Result`` (anything with ``to_dict()``): its boxes, scores (decision-aligned), level,
+        path, target, timings and what calibration re-chooses them from."""
         data = result.to_dict()
         fields = {name: data[name] for name in RESULT_FIELDS if data.get(name) not in (None, {}, [])}
-        return cls(sample_id, Detections(data["boxes"], data["scores"]), {**fields, **extra})
+        threshold = data.get("decision_threshold") or 0.0
+        return cls.decided(sample_id, Detections(data["boxes"], data["scores"]), threshold, {**fields, **extra})
 
     @classmethod
     def from_record(cls, record: Any, where: str = "prediction") -> "Prediction":
@@ -68,6 +100,13 @@ class Prediction:
             raise UserInputError(f"{where}: field 'boxes' must be a list of [x1, y1, x2, y2] finite numbers")
         if not _is_numbers(scores, len(boxes)):
             raise UserInputError(f"{where}: field 'scores' must be {len(boxes)} finite numbers, one per box")
+        inverted = next((i for i, box in enumerate(boxes) if box[2] < box[0] or box[3] < box[1]), None)
+        if inverted is not None:  # GIoU would score [10, 10, 0, 0] a perfect match of [0, 0, 10, 10]
+            raise UserInputError(f"{where}: field 'boxes': box {inverted} {boxes[inverted]} has x2 < x1 or y2 < y1 "
+                                 "(boxes are [x1, y1, x2, y2])")
+        raw = record.get(RAW_SCORES)
+        if raw is not None and not _is_numbers(raw, len(boxes)):
+            raise UserInputError(f"{where}: field '{RAW_SCORES}' must be {len(boxes)} finite numbers, one per box")
         confidence = record.get("confidence")
         if confidence is not None and not _is_numbers([confidence], 1):
             raise UserInputError(f"{where}: field 'confidence' must be a finite number, got {confidence!r:.60}")
@@ -125,6 +164,17 @@ class PredictionWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def decision_scores(scores, threshold: float) -> np.ndarray:
+    """The written, decision-aligned scores of boxes a decision returned with raw ``scores``, each of
+    which reached ``threshold`` (0: returned without one): ``EVALUATOR_FLOOR`` at the threshold,
+    rising linearly to 1 at a raw score of 1 (1 for every box when the threshold is 1 itself)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if threshold >= 1.0:
+        return np.ones_like(scores)
+    margin = np.clip((scores - threshold) / (1.0 - threshold), 0.0, 1.0)
+    return EVALUATOR_FLOOR + (1.0 - EVALUATOR_FLOOR) * margin
 
 
 def _is_numbers(values: Any, count: int) -> bool:

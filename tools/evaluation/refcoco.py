@@ -42,3 +42,11 @@ def score_refcoco(
         "precision_at_10": percent(hits[10], len(pairs)),
         "counts": {"samples": len(pairs), "correct": hits[1], **counts},
     }
+
+
+def refcoco_outcome(sample: Sample, prediction: Prediction, *, iou_threshold: float = 0.5) -> tuple[str, bool]:
+    """One sample's share of Acc@0.5: ``("all", hit)`` (``Metric.outcome``)."""
+    if not len(prediction.scores):
+        return "all", False
+    top = mdetr_order(prediction.scores, prediction.boxes)[:1]
+    return "all", bool(box_ops.box_iou(prediction.boxes[top], sample.boxes).max() >= iou_threshold)

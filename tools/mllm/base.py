@@ -21,7 +21,9 @@ class MLLM(Protocol):
     (``batch_size``) then share it (``tools.batching``; README, "Batched execution").
     ``verify(image, expression, candidates)`` (and ``verify_batch``), returning ``p(yes)`` per
     candidate for "is this box what the expression describes?", enables ``crs_mode="verify"``.
-    A ``select`` (and ``select_batch``) that takes the keyword ``reading`` is asked with
+    ``count(image, expression, candidates)`` (and ``count_batch``), returning the probability of each
+    of ``tools.mllm.counting.COUNT_ANSWERS`` (0..5, "more") or a plain count, enables
+    ``count_mode="image"``. A ``select`` (and ``select_batch``) that takes the keyword ``reading`` is asked with
     ``reading="generated"`` under the reference profile: answer greedily and return a ``Selection``
     with the ``text`` written (``tools.mllm.reading``); without it, its letter probabilities stand.
     """

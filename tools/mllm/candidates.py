@@ -2,7 +2,8 @@
 
 ``CandidateQuestions`` is part of ``LocalVLM`` (``local.py``): ``select`` asks the CRS
 multiple-choice question (one forward pass), ``verify`` the yes/no question of each candidate
-(``verify.py``). Questions that differ only at the end (verification's candidates, the option
+(``verify.py``), ``count`` how many objects the expression refers to (``counting.py``, one
+forward pass). Questions that differ only at the end (verification's candidates, the option
 orders of one CRS question) take two passes: their shared prefix with the image, then a row
 each continuing from its KV cache (``shared_prefix.py``). Neither calls ``generate``: the
 answer is the next-token distribution over the option letters, or over "yes" and "no", under
@@ -23,6 +24,7 @@ from ..images import ImageInput, load_image
 from .batches import check_lengths, checked_text, chunks
 from .crs import bare_letter_logprobs, crs_prompt, letter_distribution, letter_mass, letter_token_ids
 from .decoding import first_step_scores, forget_rope_deltas
+from .counting import count_distribution, count_prompt, count_token_ids
 from .reading import GENERATED_ANSWER_TOKENS, check_reading
 from .selection import Selection
 from .shared_prefix import (continuation_inputs, drop_last_tokens, ends_with, left_padded_cat, plan_shared_prefix,
@@ -127,6 +129,32 @@ class CandidateQuestions:
                 text=text, first_token_logprob=float(first_logprobs[row, token_ids[0]]),
             ))
         return selections
+
+    # ---------------------------------------------------------------- counting
+
+    def count(self, image: ImageInput, expression: str, candidates: Detections) -> np.ndarray:
+        """The probability of each of ``COUNT_ANSWERS`` (0..5, "more") for how many objects the
+        expression refers to, asked with the ``candidates`` (``counting.py``): one forward pass."""
+        return self.count_batch([image], [expression], [candidates])[0]
+
+    @one_call_at_a_time
+    def count_batch(
+        self, images: Sequence[ImageInput], expressions: Sequence[str], candidates: Sequence[Detections]
+    ) -> list[np.ndarray]:
+        """``count`` for several queries: one forward pass per batch, never ``generate``."""
+        check_lengths(images=images, expressions=expressions, candidates=candidates)
+        pictures = [load_image(image) for image in images]
+        prompts = [count_prompt(checked_text(text, "expression"), boxes, picture.size, family=self.family,
+                                input_size=self.input_size(picture.size), prompts_dir=self.prompts_dir)
+                   for picture, text, boxes in zip(pictures, expressions, candidates)]
+        if self._count_ids is None:
+            self._count_ids = count_token_ids(self.tokenizer)
+        answers: list[np.ndarray | None] = [None] * len(prompts)
+        for chunk in chunks(self._by_length(pictures, prompts, range(len(prompts))), self.batch_size):
+            logits, _ = self._next_token_logits([self._conversation(pictures[i], prompts[i]) for i in chunk])
+            for row, i in enumerate(chunk):
+                answers[i] = count_distribution(logits[row], self._count_ids)
+        return answers
 
     # ---------------------------------------------------------------- verification
 

@@ -119,6 +119,7 @@ class LocalVLM(CandidateQuestions):
         self._stop_ids = stop_token_ids(model.generation_config, self.tokenizer)
         self._letter_ids: dict[tuple[str, ...], list[list[int]]] = {}
         self._yes_no_ids: list[list[int]] | None = None
+        self._count_ids: list[list[int]] | None = None
         self._prefix_caches: OrderedDict[tuple, object] = OrderedDict()
         # A call switches the adapter off and keeps position offsets and prefix caches on the
         # model: calls from several threads (a batch of queries) take turns.

@@ -37,6 +37,7 @@ from ..drawing import draw_detections
 from ..errors import ModelOutputError, RemoteServiceError, UserInputError
 from ..images import load_image
 from .crs import NONE_OPTION, crs_marks_prompt, crs_prompt, option_letters
+from .counting import count_from_text, count_prompt, counts_from_top_logprobs
 from .families import box_token_confidence, get_family
 from .reading import GENERATED_ANSWER_TOKENS, check_reading, script_letter
 from .verify import parse_yes_no, verify_prompt, yes_probability_from_top
@@ -303,6 +304,24 @@ class OpenAICompatibleMLLM:
             chosen = parse_option_letter(text, letters, allow_none)
             probabilities = np.eye(len(letters))[letters.index(chosen)]
         return Selection(candidates, letters, probabilities, allow_none, **statistics)
+
+    def count(self, image: Image.Image, expression: str, candidates: Detections) -> np.ndarray:
+        """The probability of each of ``COUNT_ANSWERS`` (``counting.py``): one one-token request with
+        ``top_logprobs``; without usable logprobs the count the reply names, one-hot."""
+        image = load_image(image)
+        prompt = count_prompt(expression, candidates, image.size, family=self.family,
+                              input_size=self._input_size(image), prompts_dir=self.prompts_dir)
+        response = self.client.create(**self._request(self._data_url(image), prompt), max_tokens=1, logprobs=True,
+                                      top_logprobs=TOP_LOGPROBS)
+        choice = response.choices[0]
+        steps = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
+        probabilities = counts_from_top_logprobs([(t.token, t.logprob) for t in steps[0].top_logprobs]) if steps else None
+        return count_from_text(choice.message.content or "") if probabilities is None else probabilities
+
+    def count_batch(self, images: Sequence[Image.Image], expressions: Sequence[str],
+                    candidates: Sequence[Detections]) -> list[np.ndarray]:
+        """``count`` for several queries, ``concurrency`` requests in flight."""
+        return self._concurrently(self.count, list(zip(images, expressions, candidates)))
 
     def verify(self, image: Image.Image, expression: str, candidates: Detections) -> np.ndarray:
         """``p(yes)`` of each candidate (``verify.py``): one request per candidate, one token with
