@@ -22,6 +22,7 @@ import hashlib
 import inspect
 import re
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -451,10 +452,11 @@ def served_family(model: str) -> str:
 
 
 def as_detections(value: Any, source: str) -> Detections:
-    """``Detections`` from a backend's answer (``Detections`` or ``(boxes, scores)``)."""
+    """``Detections`` from a backend's answer (``Detections`` or ``(boxes, scores)``); a box written
+    with its corners inverted (``x2 < x1``) is reordered, as the bundled MLLMs' answers are."""
     if isinstance(value, Detections):
-        return value
-    if isinstance(value, (tuple, list)) and len(value) == 2:
+        detections = value
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
         try:
             boxes = np.asarray(value[0], dtype=float).reshape(-1, 4)
             scores = np.asarray(value[1], dtype=float).reshape(-1)
@@ -463,8 +465,13 @@ def as_detections(value: Any, source: str) -> Detections:
             raise ModelOutputError(f"{source} returned malformed boxes or scores: {error}") from None
         if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
             raise ModelOutputError(f"{source} returned boxes or scores that are not finite numbers")
-        return detections
-    raise ModelOutputError(f"{source} must return Detections or (boxes, scores), got {type(value).__name__}")
+    else:
+        raise ModelOutputError(f"{source} must return Detections or (boxes, scores), got {type(value).__name__}")
+    boxes = detections.boxes
+    if ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
+        ordered = np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])], 1)
+        detections = replace(detections, boxes=ordered)
+    return detections
 
 
 def as_selection(value: Any, candidates: Detections, allow_none: bool) -> Selection:

@@ -13,14 +13,16 @@ objective (``Metric.outcome``: the mean over parts of each part's hit rate):
   other; with positives only, Precision@1;
 - RefCOCO: Acc@0.5.
 
-**Exact search.** A sample's answer changes only where a threshold crosses one of the scores it
-recorded, so the objective is a step function of each threshold with its steps at the recorded
-scores. Each sample's outcome is computed once per interval between its own scores (at the
-interval's middle, so no score sits on the boundary), and a sorted sweep adds up every sample's
-changes: the objective on every interval between all the recorded scores, without a metric call
-per value. Of the best intervals, adjacent ones form plateaus; the threshold is the middle of the
-widest (coordinate ascent over the thresholds, ``ROUNDS`` rounds). ``count_zero_threshold`` can
-also stay unset (0 when it is the likeliest count), which is kept unless a threshold does better.
+**Exact along each threshold.** A sample's answer changes only where a threshold crosses one of
+the scores it recorded (and, with an evaluator floor above REX's written one, where a returned
+box's written score crosses that floor), so the objective is a step function of each threshold
+with its steps there. Each sample's outcome is computed once per interval between its own steps
+(at the interval's middle, so no step sits on the boundary), and a sorted sweep adds up every
+sample's changes: the objective on every interval, without a metric call per value. Of the best
+intervals, adjacent ones form plateaus; the threshold is the middle of the widest. Several
+thresholds are fitted by coordinate ascent (``ROUNDS`` rounds), exact along each one in turn;
+a threshold on which the objective is flat keeps its value. ``count_zero_threshold`` can also
+stay unset (0 when it is the likeliest count), which is kept unless a threshold does better.
 
 **How optimistic.** ``cross_validate`` fits on k-1 folds and scores the held-out fold: the mean
 held-out gain over the starting thresholds is what the dev figure's gain is likely worth.
@@ -44,6 +46,7 @@ import numpy as np
 from tools.detections import Detections
 from tools.errors import UserInputError
 from tools.evaluation import Prediction
+from tools.evaluation.predictions import WRITTEN_FLOOR
 from tools.mllm.selection import selection_from_dict
 
 from .configuration import AUTO, Configuration
@@ -117,32 +120,41 @@ def _rescored(record: Recorded, policy: FinishPolicy) -> Prediction:
     return Prediction.decided(record.prediction.id, finished.detections, finished.threshold, record.prediction.fields)
 
 
-def breakpoints(state: dict[str, Any] | None, policy: FinishPolicy, name: str) -> np.ndarray:
-    """The recorded values threshold ``name`` is compared with in this sample's answer (sorted,
-    distinct, in [0, 1]); empty when it cannot change the answer."""
+def breakpoints(state: dict[str, Any] | None, policy: FinishPolicy, name: str, floor: float | None = None
+                ) -> np.ndarray:
+    """The values of threshold ``name`` at which this sample's answer can change (sorted, distinct,
+    in [0, 1]; empty when it cannot): the recorded scores it is compared with and, when the
+    evaluator keeps only written scores reaching ``floor`` above REX's own, where a returned box's
+    written score (``decision_scores``, aligned to that threshold) crosses it."""
     if state is None:
         return np.zeros(0)
-    path, values = state["path"], []
+    path, values, scale = state["path"], [], 1.0
     if name == "verify_threshold" and path == "crs" and state.get("verification") is not None:
         values = list(state["verification"])
     elif (name == "multi_ratio" and path == "crs" and state.get("verification") is None
           and state.get("selection") is not None and policy.multi is not False):
         selection = state["selection"]
-        best = max(selection.probability, 1e-12)
-        values = list(selection.probabilities[: len(selection.candidates)] / best)
+        scale = max(selection.probability, 1e-12)  # a ratio r is the threshold r x best
+        values = list(selection.probabilities[: len(selection.candidates)] / scale)
     elif name == f"{path}_threshold" and "answer" in state and (policy.allow_none or policy.multi is not False):
         values = list(state["answer"].scores)
     elif (name == "count_zero_threshold" and policy.multi == AUTO and policy.count_mode != "text"
           and state.get("count_probabilities") is not None):
         values = [state["count_probabilities"][0]]
-    return np.unique(np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0))
+    values = np.asarray(values, dtype=np.float64)
+    if floor is not None and floor > WRITTEN_FLOOR and name != "count_zero_threshold" and len(values):
+        # written(s, t) >= floor  <=>  (s - t) / (1 - t) >= m  <=>  t <= (s - m) / (1 - m)
+        margin = (floor - WRITTEN_FLOOR) / (1.0 - WRITTEN_FLOOR)
+        values = np.concatenate([values, (values * scale - margin) / ((1.0 - margin) * scale)])
+    return np.unique(np.clip(values, 0.0, 1.0))
 
 
-def relevant_thresholds(records: Sequence[Recorded], policy: FinishPolicy) -> dict[str, np.ndarray]:
-    """Per threshold that can change an answer of these records, every value it is compared with."""
+def relevant_thresholds(records: Sequence[Recorded], policy: FinishPolicy, floor: float | None = None
+                        ) -> dict[str, np.ndarray]:
+    """Per threshold that can change an answer of these records, every value where it can."""
     found = {}
     for name in THRESHOLDS:
-        values = [breakpoints(record.state, policy, name) for record in records]
+        values = [breakpoints(record.state, policy, name, floor) for record in records]
         if any(len(v) for v in values):
             found[name] = np.unique(np.concatenate(values))
     return found
@@ -178,6 +190,8 @@ class Problem:
         self.samples = list(samples)
         self.records = [by_id.get(str(sample.id)) for sample in self.samples]
         self.metric, self.options = metric, dict(options or {})
+        # The evaluator's floor over the written scores, when it lies above REX's own (GREC).
+        self.floor = self.options.get("score_threshold")
         self._curves: dict[tuple, list[tuple[str, np.ndarray, list[bool]]]] = {}
 
     def hit(self, index: int, policy: FinishPolicy) -> tuple[str, bool]:
@@ -202,7 +216,7 @@ class Problem:
         if key not in self._curves:
             found = []
             for index, record in enumerate(self.records):
-                edges = breakpoints(None if record is None else record.state, policy, name)
+                edges = breakpoints(None if record is None else record.state, policy, name, self.floor)
                 outcomes = [self.hit(index, replace(policy, **{name: t})) for t in _middles(edges)]
                 found.append((outcomes[0][0], edges, [hit for _, hit in outcomes]))
             self._curves[key] = found
@@ -234,15 +248,18 @@ class Problem:
 
     def ascend(self, start: FinishPolicy, indices: Sequence[int] | None = None,
                curves: dict | None = None) -> FinishPolicy:
-        """Coordinate ascent from ``start`` over the thresholds these samples' answers depend on."""
+        """Coordinate ascent from ``start`` over the thresholds the answers of ``indices`` depend on;
+        a threshold on which their objective is flat keeps its value."""
         policy = start
-        names = [name for name in THRESHOLDS
-                 if any(len(breakpoints(None if r is None else r.state, start, name)) for r in self.records)]
+        chosen_records = [r for r in (self.records if indices is None else [self.records[i] for i in indices]) if r]
+        names = list(relevant_thresholds(chosen_records, start, self.floor))
         for _ in range(ROUNDS):
             for name in names:
                 lower, upper, values = self.sweep(policy, name, indices)
                 if curves is not None:
                     curves[name] = ((lower + upper) / 2, values)
+                if values.min() == values.max():
+                    continue  # nothing to gain: no gratuitous change
                 chosen = _plateau_middle(lower, upper, values, getattr(policy, name))
                 if name == "count_zero_threshold" and self.objective(replace(policy, **{name: None}), indices) >= \
                         values.max():

@@ -16,7 +16,8 @@ model) give the same boxes. How many boxes may come back (``decide_count``):
 options' probabilities or ``p(yes)``; an MLLM's boxes in the order it wrote them), no threshold.
 
 Each answer also says the threshold its boxes passed (``Finished.threshold``; 0 when they were
-returned without one): the written scores are aligned to it (``tools.evaluation.decision_scores``).
+returned without one): the written scores are aligned to it
+(``tools.evaluation.predictions.decision_scores``).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def decide_count(state: dict[str, Any], policy: FinishPolicy) -> Count:
     if policy.multi != AUTO:
         return Count()
     text: ExpectedCount | None = state.get("expected_count")
-    stated = text if isinstance(text, int) and text > 1 else None
+    stated = stated_count(text)
     probabilities = state.get("count_probabilities")
     if policy.count_mode == "text" or probabilities is None or (policy.count_mode == "both" and stated):
         if stated:
@@ -96,6 +97,11 @@ def decide_count(state: dict[str, Any], policy: FinishPolicy) -> Count:
     if counted == MORE:
         return Count(limit=None, source="image")
     return Count(top=int(counted), source="image")
+
+
+def stated_count(text: ExpectedCount | None) -> int | None:
+    """The number the expression states ("the two dogs", "both": 2); ``None`` for a singular or plural."""
+    return text if isinstance(text, int) and text > 1 else None
 
 
 def finish_boxes(answer: Detections, policy: FinishPolicy, threshold: float, count: Count) -> Finished:

@@ -20,7 +20,7 @@ from tools.routing import count_instances, crs_candidates, difficulty_level
 
 from .backends import Backends
 from .configuration import Configuration
-from .finishing import FinishPolicy, count_candidates
+from .finishing import FinishPolicy, count_candidates, stated_count
 from .finishing import finish as finish_answer
 from .state import AgentState
 
@@ -163,6 +163,8 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
 
     def count_targets(state: AgentState) -> dict[str, Any]:
         candidates = count_candidates(state.get("path"), state, policy, config.crs_top_k)
+        if not len(candidates) or (config.count_mode == "both" and stated_count(state.get("expected_count"))):
+            return {}  # nothing to choose from, or the text's stated number decides: no pass spent
         try:
             counts = backends.count(mllm_image(state), state["expression"], between_frames(state, candidates, True))
         except ModelOutputError as error:

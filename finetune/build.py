@@ -276,7 +276,8 @@ class _CandidateSource:
             cache = output / DETECTOR_CANDIDATES_FILE
             self.cache_writer = PredictionWriter(cache)  # opened first: it repairs a torn last line
             known = read_predictions(cache)
-        self.known = {str(prediction.id): prediction.detections for prediction in known}
+        # The path's own scores: an eval predictions file writes decision-aligned ones beside them.
+        self.known = {str(prediction.id): prediction.raw_detections for prediction in known}
 
     def for_sample(self, sample: Sample) -> tuple[Detections, tuple[int, int]]:
         try:

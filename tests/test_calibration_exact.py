@@ -54,7 +54,7 @@ def test_the_sweep_equals_the_full_metric_on_every_interval(seed):
 
 @pytest.mark.parametrize("seed", range(3, 5))
 def test_calibrate_finds_the_brute_force_optimum_on_fresh_random_splits(seed):
-    samples, records = specialist_split(seed, 150)
+    samples, records = specialist_split(seed, 100)
     values = np.unique(np.concatenate([r.state["answer"].scores for r in records]))
     # Every value, and between every two: the optimum is on one of them.
     candidates = np.unique(np.concatenate([values, (values[1:] + values[:-1]) / 2, [0.0, 1.0]]))
@@ -127,3 +127,28 @@ def test_the_count_zero_threshold_is_fitted_and_kept_unset_when_no_value_beats_i
     perfect = [Prediction(i, Detections.empty(), {**p.fields, "count_probabilities": (
         [0.9, 0.1, 0, 0, 0, 0, 0] if i % 2 else [0.1, 0.9, 0, 0, 0, 0, 0])}) for i, p in enumerate(predictions)]
     assert calibrate(recorded(perfect), samples, GREC, policy, folds=0).fitted["count_zero_threshold"] is None
+
+
+def test_an_evaluator_floor_above_the_written_one_keeps_the_search_exact():
+    samples, records = specialist_split(3, 100)
+    options = {"score_threshold": 0.8}
+    values = np.unique(np.concatenate([r.state["answer"].scores for r in records]))
+    margin = (0.8 - 0.700001) / (1 - 0.700001)
+    steps = np.unique(np.clip(np.concatenate([values, (values - margin) / (1 - margin)]), 0, 1))
+    candidates = np.unique(np.concatenate([steps, (steps[1:] + steps[:-1]) / 2, [0.0, 1.0]]))
+
+    def objective_at(t):
+        policy = FinishPolicy(allow_none=True, multi="auto", specialist_threshold=float(t))
+        return objective("grec")(GREC.score(samples, rescore(records, policy), allow_missing=True, **options))
+
+    brute = max(objective_at(t) for t in candidates)
+    result = calibrate(records, samples, GREC, POLICY, options, folds=0)
+    assert result.after == pytest.approx(brute)
+
+
+def test_a_threshold_the_objective_does_not_depend_on_keeps_its_value():
+    samples = [Sample(0, "x.png", "a", [BOX[0]])]  # answered with a wrong box: a miss at any threshold
+    records = recorded([Prediction(0, Detections.empty(), {"path": "specialist", "expected_count": "many",
+                                                           "path_answer": {"boxes": [BOX[3]], "scores": [0.9]}})])
+    start = FinishPolicy(allow_none=True, multi="auto", specialist_threshold=0.42)
+    assert calibrate(records, samples, GREC, start, folds=0).policy.specialist_threshold == 0.42

@@ -97,8 +97,10 @@ DECISIONS = [
 def test_the_count_decides_how_many_boxes(image, count, expression, settings, expected):
     result, mllm = run(image, count, expression, **settings)
     assert result.boxes == expected
-    asked = settings.get("multi", "auto") == "auto" and settings.get("count_mode", "image") != "text"
-    assert bool(mllm.asked) == asked and ("count_targets" in result.trace) == asked
+    mode = settings.get("count_mode", "image")
+    asked = settings.get("multi", "auto") == "auto" and mode != "text" and not (mode == "both" and "two" in expression)
+    assert bool(mllm.asked) == asked
+    assert ("count_targets" in result.trace) == (settings.get("multi", "auto") == "auto" and mode != "text")
     if asked:
         assert len(result.count_probabilities) == len(COUNT_ANSWERS)
 
@@ -183,7 +185,7 @@ def test_a_tiny_qwen_counts_in_one_forward_pass_never_generating(tiny_qwen2_vl, 
 
 def test_a_served_model_counts_from_its_top_log_probabilities(image):
     replies = [completion("2", [token("2", -0.2, [("2", -0.2), (" 3", -2.0), ("more", -3.0), ("dogs", -4.0)])]),
-               completion("I see 3 of them."), completion("I see three of them.")]
+               completion("I see 3 of them."), completion("I cannot tell.")]
     with FakeChatServer(lambda body, attempt: replies.pop(0)) as server:
         mllm = OpenAICompatibleMLLM("qwen2-vl", base_url=server.base_url, api_key="sk")
         candidates = Detections(BOXES[:2], [0.9, 0.8])
@@ -205,3 +207,25 @@ def test_selection_top_n_skips_none_and_unread_answers():
     state = {"path": "crs", "candidates": candidates, "selection": selection, "expected_count": 2}
     policy = FinishPolicy(allow_none=True, multi="auto")
     assert finish(state, policy).detections.boxes.tolist() == [BOXES[1], BOXES[2]]  # "None" (0.4) is no candidate
+
+
+def test_no_count_pass_when_the_text_states_a_number_in_both_mode_or_nothing_was_found(image):
+    result, mllm = run(image, counted(0), "the two dogs", count_mode="both")
+    assert mllm.asked == [] and result.boxes == BOXES[:2] and result.count_probabilities is None
+
+    class Nothing(Boxes):
+        def detect(self, image, text, focus=None):
+            return Detections.empty()
+
+    counter = Counter(counted(3))
+    Agent("specialist", detector=Nothing(), mllm=counter, extractor="heuristic", multi="auto", count_mode="image",
+          allow_none=True).locate(image, "the dogs")
+    assert counter.asked == []
+
+
+@pytest.mark.parametrize(("reply", "index"), [("2", 2), ("There are two.", 2), ("none", 0), ("5+", 6), ("12", 6),
+                                             ("more than five", 6), ("zero", 0)])
+def test_a_count_named_in_a_reply_is_read(reply, index):
+    from tools.mllm.counting import count_from_text
+
+    assert int(np.argmax(count_from_text(reply))) == index

@@ -19,16 +19,24 @@ from tools.errors import UserInputError
 from tools.evaluation import Prediction, read_predictions
 from tools.evaluation.formats import read_dataset
 from tools.evaluation.grec import grec_sample_f1, score_grec
-from tools.evaluation.predictions import EVALUATOR_FLOOR, decision_scores
+from tools.evaluation.predictions import EVALUATOR_FLOOR, WRITTEN_FLOOR, decision_scores
 
 TARGETS = [[10, 10, 40, 90], [50, 10, 80, 90]]
 
 
 def test_the_mapping_puts_the_decision_threshold_on_the_evaluators_floor():
-    np.testing.assert_allclose(decision_scores([0.3, 0.65, 1.0], 0.3), [0.7, 0.85, 1.0])
-    np.testing.assert_allclose(decision_scores([0.0, 0.5], 0.0), [0.7, 0.85])  # returned without a threshold
-    assert decision_scores([0.2], 0.3).tolist() == [EVALUATOR_FLOOR]  # never below the floor
+    np.testing.assert_allclose(decision_scores([0.3, 0.65, 1.0], 0.3), [WRITTEN_FLOOR, 0.85, 1.0], atol=1e-6)
+    np.testing.assert_allclose(decision_scores([0.0, 0.5], 0.0), [WRITTEN_FLOOR, 0.85], atol=1e-6)  # no threshold
+    assert decision_scores([0.2], 0.3).tolist() == [WRITTEN_FLOOR]  # never below the floor
     assert decision_scores([1.0], 1.0).tolist() == [1.0]
+
+
+def test_written_scores_stay_above_the_floor_in_the_evaluators_float32_tensors():
+    import torch
+
+    written = np.concatenate([decision_scores([0.0, 1e-8, 1e-7, 0.3], 0.0), decision_scores([0.5, 0.5000001], 0.5)])
+    # The released evaluator: np.array(prediction["scores"].tolist()) >= 0.7 on a float32 tensor.
+    assert (np.array(torch.tensor(written.tolist()).tolist()) >= EVALUATOR_FLOOR).all()
 
 
 class TwoTargets:
@@ -107,7 +115,7 @@ def test_the_released_evaluator_keeps_every_box_of_an_eval_run(grec_split, setti
     metrics = json.loads((output / "metrics.json").read_text())
     everything = score_grec(list(samples.values()), predictions, score_threshold=0.0)
     assert metrics["f1_precision"] == everything["f1_precision"] and metrics["n_acc"] == everything["n_acc"]
-    if "--count-mode" in settings:
+    if "image" in settings:  # both: only where the expression states no number
         assert all(len(p.fields["count_probabilities"]) == 7 for p in predictions)
 
 
@@ -118,3 +126,20 @@ def test_an_inverted_predicted_box_is_refused_with_its_line_and_field(tmp_path):
     with pytest.raises(UserInputError, match=r"line 2: field 'boxes': box 0 \[10, 10, 0, 0\] has x2 < x1"):
         read_predictions(path)
     assert Prediction.from_record({"id": 3, "boxes": [[0, 0, 0, 0]], "scores": [0.0]}).boxes.tolist() == [[0, 0, 0, 0]]
+
+
+def test_a_plug_ins_inverted_box_is_reordered_so_its_predictions_file_stays_readable(tmp_path):
+    class Inverted:
+        def detect(self, image, text, focus=None):
+            return [[40, 40, 10, 10]], [0.9]
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    result = Agent("specialist", detector=Inverted(), extractor="heuristic", focus=False).locate(tmp_path / "a.png",
+                                                                                                 "the cup")
+    assert result.boxes == [[10.0, 10.0, 40.0, 40.0]]
+    path = tmp_path / "p.jsonl"
+    from tools.evaluation import PredictionWriter
+
+    with PredictionWriter(path) as writer:
+        writer.write(prediction(Sample(1, tmp_path / "a.png", "the cup", [[10, 10, 40, 40]]), result))
+    assert read_predictions(path)[0].boxes.tolist() == [[10.0, 10.0, 40.0, 40.0]]

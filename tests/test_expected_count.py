@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.extraction.count import MANY, box_limit, is_multiple, parse_count, read_count
+from tools.extraction.count import MANY, parse_count, read_count
 
 CASES = [
     # one object
@@ -85,8 +85,3 @@ def test_counting_words_before_the_extracted_target_count():
 ])
 def test_parse_count(value, expected):
     assert parse_count(value) == expected
-
-
-def test_limits():
-    assert [is_multiple(count) for count in (1, 2, MANY, None)] == [False, True, True, False]
-    assert [box_limit(count) for count in (1, 3, MANY, None)] == [1, 3, None, None]

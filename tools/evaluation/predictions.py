@@ -7,9 +7,9 @@ with pixel ``xyxy`` boxes and one score per box; any other field (``level``, ``p
 of an answer *without* boxes (e.g. ``1 - P(None)`` of a CRS rejection).
 
 The ``scores`` REX writes are **decision-aligned** (``decision_scores``): every box it returned
-scores at least ``EVALUATOR_FLOOR`` (0.7, the score the released gRefCOCO evaluator keeps a box
-at), exactly that at the threshold the box had to pass, and 1 at certainty, so that evaluator,
-run at its defaults, keeps exactly the boxes REX returned. The path's own scores (detector
+scores above ``EVALUATOR_FLOOR`` (0.7, the score the released gRefCOCO evaluator keeps a box
+at), 0.700001 at the threshold the box had to pass (float32-safe) and 1 at certainty, so that
+evaluator, run at its defaults, keeps exactly the boxes REX returned. The path's own scores (detector
 probability, option probability, ``p(yes)``, token probability) are the ``raw_scores`` field,
 which the FineCops-Ref metrics, their exports and calibration read (:attr:`Prediction.raw_scores`).
 
@@ -35,6 +35,9 @@ RESERVED_FIELDS = ("id", "boxes", "scores")
 RAW_SCORES = "raw_scores"
 # The box score the released gRefCOCO evaluator keeps a box at (MDETR's ``thresh_score``).
 EVALUATOR_FLOOR = 0.7
+# The lowest score REX writes: just above the floor, so that it stays above it in float32 too
+# (the evaluator compares torch tensors, float32 by default: 0.7 itself would round below).
+WRITTEN_FLOOR = EVALUATOR_FLOOR + 1e-6
 # Fields of an agent result that are worth keeping next to the boxes: expected_count to
 # verification are what `agent-cli calibrate` re-chooses the boxes from at other thresholds;
 # proposals what `agent-cli score --crs-letters raw` maps letters onto; decision_threshold
@@ -168,13 +171,17 @@ class PredictionWriter:
 
 def decision_scores(scores, threshold: float) -> np.ndarray:
     """The written, decision-aligned scores of boxes a decision returned with raw ``scores``, each of
-    which reached ``threshold`` (0: returned without one): ``EVALUATOR_FLOOR`` at the threshold,
-    rising linearly to 1 at a raw score of 1 (1 for every box when the threshold is 1 itself)."""
+    which reached ``threshold`` (0: returned without one): ``WRITTEN_FLOOR`` (0.700001) at the
+    threshold, rising linearly to 1 at a raw score of 1 (1 for every box when the threshold is 1)."""
+    return WRITTEN_FLOOR + (1.0 - WRITTEN_FLOOR) * decision_margins(scores, threshold)
+
+
+def decision_margins(scores, threshold: float) -> np.ndarray:
+    """How far each raw score lies from ``threshold`` towards 1, in [0, 1]."""
     scores = np.asarray(scores, dtype=np.float64)
     if threshold >= 1.0:
         return np.ones_like(scores)
-    margin = np.clip((scores - threshold) / (1.0 - threshold), 0.0, 1.0)
-    return EVALUATOR_FLOOR + (1.0 - EVALUATOR_FLOOR) * margin
+    return np.clip((scores - threshold) / (1.0 - threshold), 0.0, 1.0)
 
 
 def _is_numbers(values: Any, count: int) -> bool:

@@ -86,16 +86,6 @@ def parse_count(value: Any) -> ExpectedCount | None:
     return None
 
 
-def is_multiple(count: ExpectedCount | None) -> bool:
-    """Whether ``count`` says more than one object."""
-    return count == MANY or (isinstance(count, int) and count > 1)
-
-
-def box_limit(count: ExpectedCount | None) -> int | None:
-    """How many boxes ``count`` allows: its number, or ``None`` (no limit) for ``MANY``."""
-    return None if count is None or count == MANY else int(count)
-
-
 def _counting_word(words: list[str]) -> ExpectedCount | None:
     for index, word in enumerate(words):
         if word.isdigit() and 1 <= int(word) <= 1000:

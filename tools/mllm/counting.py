@@ -68,14 +68,22 @@ def counts_from_top_logprobs(top_logprobs: Sequence[tuple[str, float]]) -> np.nd
     return mass / mass.sum() if mass.any() else None
 
 
+_NUMBER_WORDS = {"zero": 0, "none": 0, "no": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
+_COUNT_IN_TEXT = re.compile(r"(\d+)\s*\+|\b(\d+|more|" + "|".join(_NUMBER_WORDS) + r")\b")
+
+
 def count_from_text(reply: str) -> np.ndarray:
-    """One-hot probabilities of the count a reply's text names (its first number, or "more");
-    ``ModelOutputError`` when it names none."""
-    match = re.search(r"\b(\d+|more)\b", reply.lower())
+    """One-hot probabilities of the count a reply's text names (its first number, number word up to
+    five, "none", "more"; "5+" and numbers over 5 are "more"); ``ModelOutputError`` when it names none."""
+    match = _COUNT_IN_TEXT.search(reply.lower())
     if match is None:
         raise ModelOutputError(f"the model answered {reply.strip()[:80]!r}, which names no count")
-    word = match.group(1)
-    index = COUNT_ANSWERS.index(MORE) if word == MORE or int(word) > 5 else int(word)
+    word = match.group(2) or match.group(1) + "+"
+    if word == MORE or word.endswith("+"):
+        index = COUNT_ANSWERS.index(MORE)
+    else:
+        number = _NUMBER_WORDS[word] if word in _NUMBER_WORDS else int(word)
+        index = COUNT_ANSWERS.index(MORE) if number > 5 else number
     return np.eye(len(COUNT_ANSWERS))[index]
 
 
