@@ -41,6 +41,8 @@ def calibrate(
     folds: int = typer.Option(
         5, "--folds", min=0,
         help="Cross-validation folds estimating the held-out gain (fit on the others, score one; 0 or 1: none)."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an existing --output or --plot that this command did not write."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Fit the finishing thresholds that maximise the format's metric on PREDICTIONS' split, without a model run."""
@@ -49,9 +51,11 @@ def calibrate(
     from agent.finishing import FinishPolicy
     from tools.evaluation import read_predictions
     from tools.evaluation.formats import read_dataset
-    from tools.files import check_output_folder, write_atomically
+    from tools.files import write_atomically
 
-    check_output_folder(str(output.parent) if str(output.parent) else ".")
+    plot = plot or output.with_suffix(".png")
+    _check_outputs(output, plot, [annotations, predictions, predictions.parent / "run.json", *(
+        [config] if config else [])], force)
     metric = get_format(dataset_format).metric
     score_options = {}
     if score_threshold is not None:
@@ -68,7 +72,6 @@ def calibrate(
     source = {"format": dataset_format, "annotations": str(annotations.resolve()), "split": split or "",
               "predictions": str(predictions.resolve())}
     write_atomically(output, settings_file_text(config_used, result, source))
-    plot = plot or output.with_suffix(".png")
     _plot(result, plot, dataset_format)
     before = {name: getattr(FinishPolicy.of(config_used), name) for name in result.fitted}
     validation = result.cross_validation
@@ -94,6 +97,48 @@ def calibrate(
                      markup=False, soft_wrap=True)
 
 
+# The plot's PNG text chunk that says this command wrote it (so a rerun may replace it).
+PLOT_SOFTWARE = "agent-cli calibrate"
+
+
+def _check_outputs(output: Path, plot: Path, inputs: list[Path], force: bool) -> None:
+    """Before any work: the settings file ends in .toml and the plot in .png, neither is one of the
+    inputs, neither replaces a file another command wrote (unless ``force``), and both folders take
+    a new file."""
+    from agent.calibration import SETTINGS_HEADER, same_file
+    from tools.files import check_writable
+
+    if output.suffix != ".toml":
+        raise UserInputError(f"--output {output}: the settings file must end in .toml")
+    if plot.suffix != ".png":
+        raise UserInputError(f"--plot {plot}: the plot must end in .png")
+    for target, flag in ((output, "--output"), (plot, "--plot")):
+        if any(same_file(target, source) for source in inputs if source.exists()):
+            raise UserInputError(f"{flag} {target} is one of the inputs; write elsewhere")
+        if target.is_dir():
+            raise UserInputError(f"{flag} {target} is a folder")
+        if target.exists() and not force and not _written_here(target, SETTINGS_HEADER):
+            raise UserInputError(f"{flag} {target} exists and was not written by agent-cli calibrate; choose another "
+                                 "name, or --force to replace it")
+        check_writable(target)
+
+
+def _written_here(path: Path, header: str) -> bool:
+    if path.suffix == ".png":
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as image:
+                return image.info.get("Software") == PLOT_SOFTWARE
+        except (OSError, UnidentifiedImageError):
+            return False
+    try:
+        with path.open(encoding="utf-8") as file:
+            return file.readline().rstrip("\n") == header
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _shown(value: float | None) -> str:
     return "unset" if value is None else f"{value:.4g}"
 
@@ -112,5 +157,5 @@ def _plot(result, path: Path, dataset_format: str) -> None:
         axis.set_xlabel(name)
         axis.set_ylabel(f"{dataset_format} objective")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, metadata={"Software": PLOT_SOFTWARE})
     plt.close(figure)

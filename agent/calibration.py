@@ -56,6 +56,8 @@ from .finishing import THRESHOLDS, FinishPolicy, finish
 METHOD_SETTINGS = ("strategy", "focus", "allow_none", "multi", "crs_mode", "crs_permutations", "profile",
                    "count_mode")
 ROUNDS = 2
+# The first line of a settings file calibrate writes (so that a rerun may replace it).
+SETTINGS_HEADER = "# Written by agent-cli calibrate; load with --config."
 FOLDS = 5  # cross-validation folds
 FOLD_SEED = 0  # samples are dealt into folds in a seeded random order
 
@@ -362,7 +364,7 @@ def settings_file_text(config: Configuration, calibration: Calibration, source: 
     settings = {name: getattr(config, name) for name in METHOD_SETTINGS}
     # Exact: a rounded threshold could fall on the other side of a score. Unset ones are left out.
     settings.update({name: value for name, value in calibration.fitted.items() if value is not None})
-    lines = ["# Written by agent-cli calibrate; load with --config.", "[agent]"]
+    lines = [SETTINGS_HEADER, "[agent]"]
     lines += [f"{name} = {_toml(value)}" for name, value in settings.items()]
     lines += ["", "[calibration]"]
     validation = calibration.cross_validation

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
 from typing import List, Optional
 
@@ -66,7 +67,8 @@ def serve(
         **({"strategies": allowed} if allowed else {}),
         max_upload_bytes=int(max_upload_mb * 2**20),
         max_queue=max_queue,
-        api_key=_checked_api_key(api_key),
+        # click reads an empty REX_API_KEY as unset: read it here, so that it is refused, not ignored.
+        api_key=_checked_api_key(api_key if api_key is not None else os.environ.get("REX_API_KEY")),
         image_urls=allow_image_urls,
         url_timeout=url_timeout,
         allowed_hosts=_allowed_hosts(host, allowed_hosts),

@@ -44,6 +44,8 @@ def finetune(
     save_total_limit: Optional[int] = typer.Option(2, "--save-total-limit", min=1, help="Checkpoints kept."),
     resume: Optional[str] = typer.Option(
         None, "--resume", help="A checkpoint folder (checkpoint-N), or 'latest' in --output."),
+    force: bool = typer.Option(
+        False, "--force", help="Start over in an --output that holds another run (its checkpoints are replaced)."),
     deepspeed: Optional[Path] = typer.Option(None, "--deepspeed", help="DeepSpeed config file (JSON), as Trainer takes."),
     fsdp: Optional[str] = typer.Option(None, "--fsdp", help="Trainer's FSDP options, e.g. 'full_shard auto_wrap'."),
     report_to: str = typer.Option(
@@ -65,7 +67,7 @@ def finetune(
         lora_dropout=lora_dropout, lora_target=lora_target, dtype=dtype,
         gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation,
         min_pixels=min_pixels, max_pixels=max_pixels, max_patches=max_patches, save_every=save_every, save_total_limit=save_total_limit,
-        resume=resume, seed=seed, num_workers=num_workers, merge=merge, prompts_dir=prompts_dir,
+        resume=resume, force=force, seed=seed, num_workers=num_workers, merge=merge, prompts_dir=prompts_dir,
         deepspeed=str(deepspeed) if deepspeed else None, fsdp=fsdp, report_to=report_to,
     )
     summary = train(config)

@@ -21,7 +21,7 @@ import json
 import math
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ class TrainConfig:
     lora_rank: int = 8
     lora_alpha: float | None = None  # default: 2 * rank
     lora_dropout: float = 0.05
+    force: bool = False  # start over in an output folder that holds another run
     lora_target: str = DEFAULT_LORA_TARGET  # module names (LLM only) or "re:<regex>"
     dtype: str = "auto"  # base weights: auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16
     gradient_checkpointing: bool = False
@@ -117,6 +118,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     resume_from = find_checkpoint(config.resume, checkpoints_dir) if config.resume else None
     if resume_from is not None:
         _check_resumable(resume_from, config)
+    elif not config.force and _holds_a_run(output):
+        raise UserInputError(f"{output} holds another fine-tuning run (its checkpoints or adapter would be replaced): "
+                             "continue it with --resume latest, or start over in it with --force")
     train_samples = read_training_samples(config.train_file)
     eval_samples = read_training_samples(config.eval_file) if config.eval_file else []
 
@@ -128,7 +132,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     from tools.mllm.families import family_for_model
 
     from .collate import CRSCollator
-    from .trainer import CRSTrainer, LogFileCallback
+    from .trainer import CRSTrainer, FiniteLossGuard, LogFileCallback
 
     # "auto" depends on the device; the first PartialState must see `accelerate launch --cpu`.
     device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
@@ -141,7 +145,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     trainer = CRSTrainer(
         model=model, args=training_arguments(config, weights_dtype, has_eval=bool(eval_samples)),
         train_dataset=train_samples, eval_dataset=eval_samples or None, data_collator=collator,
-        callbacks=[LogFileCallback(output / LOG_FILE, resume_step=resume_step)],
+        callbacks=[LogFileCallback(output / LOG_FILE, resume_step=resume_step), FiniteLossGuard()],
     )
     if trainer.is_world_process_zero():
         output.mkdir(parents=True, exist_ok=True)
@@ -230,7 +234,10 @@ def _finish(config, trainer, processor, output: Path, *, start_step, seconds, si
     """Save the adapter (and merged model), plot the log, write and return the summary."""
     from .history import plot_history, read_log
 
+    from .trainer import check_finite_weights
+
     step = trainer.state.global_step
+    check_finite_weights(trainer.model, step)
     trainer.save_model(str(output / "adapter"))  # every process: DeepSpeed and FSDP gather the weights
     summary: dict[str, Any] = {}
     if trainer.is_world_process_zero():
@@ -289,7 +296,20 @@ def _lora_model(config: TrainConfig, weights_dtype):
     return model, processor
 
 
+def _holds_a_run(output: Path) -> bool:
+    """Whether ``output`` already holds what a run writes (checkpoints, an adapter, a summary)."""
+    checkpoints = output / CHECKPOINTS_DIR
+    return ((checkpoints.is_dir() and any(checkpoints.iterdir())) or (output / "adapter").exists()
+            or (output / "summary.json").exists())
+
+
 def _check_config(config: TrainConfig) -> None:
+    for item in fields(config):  # nan passes every comparison below: refused first, by name
+        value = getattr(config, item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserInputError(f"{item.name} must be a finite number, got {value}")
+    if config.weight_decay < 0 or config.max_grad_norm < 0:
+        raise UserInputError("weight_decay and max_grad_norm must be at least 0")
     positive = {"batch_size": config.batch_size, "grad_accum": config.grad_accum, "lora_rank": config.lora_rank}
     for name, value in positive.items():
         if value < 1:

@@ -15,12 +15,14 @@ resumption, ``report_to``) and changes only what the CRS batches need:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
+from tools.errors import UserInputError
 from tools.files import write_atomically
 
 from .collate import ANSWER_OPTIONS, OPTION_IDS, answer_loss, chosen_options
@@ -67,6 +69,26 @@ class CRSTrainer(Trainer):
 def option_accuracy(prediction) -> dict[str, float]:
     """Share of evaluation rows whose chosen option is the answer."""
     return {"accuracy": float(np.mean(np.asarray(prediction.predictions) == np.asarray(prediction.label_ids)))}
+
+
+class FiniteLossGuard(TrainerCallback):
+    """Stops training at the first logged loss that is not a finite number: a one-line error naming
+    the step (exit 2), before any adapter of NaN weights is saved as a success."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise UserInputError(f"the training loss became {loss} at step {state.global_step}: lower --lr (or check "
+                                 "the data); no adapter was saved")
+
+
+def check_finite_weights(model, step: int) -> None:
+    """Refuse to save an adapter whose trained weights hold NaN or infinite values."""
+    bad = [name for name, weights in model.named_parameters() if weights.requires_grad and not torch.isfinite(
+        weights).all()]
+    if bad:
+        raise UserInputError(f"after step {step}, {len(bad)} trained tensors hold NaN or infinite values ({bad[0]}): "
+                             "lower --lr; no adapter was saved")
 
 
 class LogFileCallback(TrainerCallback):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +40,18 @@ def check_output_folder(path: str | os.PathLike) -> None:
     """Refuse an output folder that names an existing file."""
     if Path(path).exists() and not Path(path).is_dir():
         raise UserInputError(f"output {os.fspath(path)!r} is a file, not a folder")
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse an output file whose folder cannot be created or take a new file: a temporary file
+    is made beside it and removed, before any work that would be lost."""
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".rex-write-test-"):
+            pass
+    except OSError as error:
+        raise UserInputError(f"cannot write {os.fspath(path)!r}: {error.strerror or error}") from None
 
 
 @contextmanager

@@ -1,0 +1,98 @@
+"""No command destroys its own inputs or another command's files (issue 26, part 1 of its items):
+calibrate's settings file and plot, fine-tuning into a folder that holds a run, NaN training
+settings and losses, and an empty REX_API_KEY that would switch the server's authentication off."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from agent.cli import main
+from tests.test_calibration import grec_split, verification_run
+
+
+@pytest.fixture
+def calibration_inputs(tmp_path):
+    return grec_split(tmp_path), verification_run(tmp_path)
+
+
+def calibrate(annotations, run, *extra):
+    return main(["calibrate", "--format", "grec", "--annotations", str(annotations), "--predictions",
+                 str(run / "predictions.jsonl"), *map(str, extra)])
+
+
+@pytest.mark.parametrize("target", ["predictions.jsonl", "run.json", "annotations"])
+def test_calibrate_never_writes_over_its_inputs(calibration_inputs, capsys, target):
+    annotations, run = calibration_inputs
+    path = annotations if target == "annotations" else run / target
+    before = path.read_bytes()
+    assert calibrate(annotations, run, "--output", path, "--force") == 2
+    assert path.read_bytes() == before
+    error = capsys.readouterr().err
+    assert "must end in .toml" in error or "is one of the inputs" in error
+
+
+def test_calibrate_replaces_only_what_it_wrote_itself(calibration_inputs, tmp_path, capsys):
+    annotations, run = calibration_inputs
+    report = run / "report.png"  # an eval's chart, beside the settings file calibrate would write
+    report.write_bytes(b"an eval's chart")
+    assert calibrate(annotations, run, "--output", run / "report.toml") == 2
+    assert report.read_bytes() == b"an eval's chart" and "was not written by agent-cli calibrate" in capsys.readouterr().err
+    settings = tmp_path / "mine.toml"
+    assert calibrate(annotations, run, "--output", settings) == 0
+    assert calibrate(annotations, run, "--output", settings) == 0  # its own files: replaced without --force
+    other = tmp_path / "notes.toml"
+    other.write_text("[agent]\nstrategy = 'crs'\n")
+    assert calibrate(annotations, run, "--output", other) == 2
+    assert calibrate(annotations, run, "--output", other, "--force") == 0
+    assert calibrate(annotations, run, "--output", tmp_path / "x.toml", "--plot", tmp_path / "plot.txt") == 2
+    assert "must end in .png" in capsys.readouterr().err
+
+
+def test_calibrate_checks_that_it_can_write_before_any_work(calibration_inputs, tmp_path, capsys):
+    annotations, run = calibration_inputs
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert calibrate(annotations, run, "--output", blocker / "sub" / "x.toml") == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_finetune_refuses_a_folder_holding_another_run_and_nan_settings(tmp_path, capsys):
+    from finetune.train import TrainConfig, train
+    from tools.errors import UserInputError
+
+    (tmp_path / "run" / "checkpoints" / "checkpoint-10").mkdir(parents=True)
+    train_file = tmp_path / "samples.jsonl"
+    train_file.write_text("")
+    config = TrainConfig(model="x", train_file=str(train_file), output_dir=str(tmp_path / "run"))
+    with pytest.raises(UserInputError, match="holds another fine-tuning run.*--resume latest.*--force"):
+        train(config)
+    for name in ("weight_decay", "warmup_ratio", "max_grad_norm", "epochs", "lora_dropout"):
+        with pytest.raises(UserInputError, match=f"{name} must be a finite number"):
+            train(TrainConfig(**{**config.__dict__, name: math.nan, "output_dir": str(tmp_path / "new")}))
+
+
+def test_a_non_finite_loss_or_weights_stop_training_naming_the_step():
+    import torch
+
+    from finetune.trainer import FiniteLossGuard, check_finite_weights
+    from tools.errors import UserInputError
+
+    class State:
+        global_step = 7
+
+    with pytest.raises(UserInputError, match="loss became nan at step 7"):
+        FiniteLossGuard().on_log(None, State(), None, logs={"loss": float("nan")})
+    FiniteLossGuard().on_log(None, State(), None, logs={"loss": 0.5})
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(UserInputError, match="after step 3, 1 trained tensors hold NaN"):
+        check_finite_weights(model, 3)
+
+
+def test_an_empty_api_key_in_the_environment_is_refused(monkeypatch, capsys):
+    monkeypatch.setenv("REX_API_KEY", "")
+    assert main(["serve", "--strategy", "specialist", "--detector", "nowhere"]) == 2
+    assert "the API key (--api-key or REX_API_KEY) is empty" in capsys.readouterr().err
