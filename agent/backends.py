@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from tools.batching import Coalescer, PartialBatchError
+from tools.defaults import OPENAI_PREFIX
 from tools.detections import Detections
 from tools.detectors.base import resize_option
 from tools.text import Span
@@ -46,7 +47,6 @@ from tools.mllm.verify import as_yes_probabilities
 
 from .configuration import Configuration
 
-OPENAI_PREFIX = "openai:"
 
 
 class Backends:

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 PREDICTIONS_FILE = "predictions.jsonl"
 RUN_FILE = "run.json"
 REPLIES_FILE = "extraction-replies.json"  # the reference extraction's reply to each batch
+RUN_LOCK = ".run.lock"  # held shared by the shards of a run, exclusively by an unsharded one
 RUN_FORMAT_VERSION = 1
 # Settings that change where a run executes or what it may reuse, never its answers:
 # a run may resume with other values.

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from tools.defaults import BATCH_SIZE, CRS_CANDIDATES, DEFAULT_DETECTOR, DEFAULT_MLLM, OPTION_LETTERS, ROUTING, RoutingThresholds
+from tools.defaults import (BATCH_SIZE, CRS_CANDIDATES, DEFAULT_DETECTOR, DEFAULT_MLLM, OPENAI_PREFIX, OPTION_LETTERS,
+                            ROUTING, RoutingThresholds)
 from tools.devices import check_device_name, check_dtype_name
 from tools.errors import UserInputError
 from tools.images import DEFAULT_MAX_IMAGE_PIXELS
@@ -74,7 +75,7 @@ class Configuration:
         "target extraction: auto (the MLLM text-only when the strategy loads one, else heuristic), mllm, "
         "heuristic, openai:MODEL",
     )
-    llm_temperature: str | None = setting(
+    llm_temperature: str | float | None = setting(
         None, "Models",
         "target extraction's temperature on a served LLM: unset = the profile's (0; reference: the API's "
         "default), default (not sent) or a number in [0, 2]",
@@ -160,6 +161,10 @@ class Configuration:
             raise UserInputError(f"max_image_pixels must be at least 1, got {self.max_image_pixels}")
         if self.cache_dir is not None and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
             raise UserInputError(f"cache_dir {self.cache_dir!r} is a file, not a folder")
+        for name in ("mllm", "llm"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.startswith(OPENAI_PREFIX) and not value[len(OPENAI_PREFIX):].strip():
+                raise UserInputError(f"{name}={value!r} names no model: give openai:MODEL")
         if self.strategy not in STRATEGIES:
             raise UserInputError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if self.crs_top_k < 1 or self.router_top_k < 1 or self.batch_size < 1:
@@ -326,7 +331,10 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise UserInputError(f"config file {file}: no such file")
-    text = file.read_text(encoding="utf-8")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserInputError(f"config file {file}: not UTF-8 text") from None
     try:
         if file.suffix == ".json":
             data = json.loads(text)
@@ -336,6 +344,8 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
             data = tomllib.loads(text)
     except ValueError as error:
         raise UserInputError(f"config file {file}: {error}") from None
+    except RecursionError:
+        raise UserInputError(f"config file {file}: nested too deeply") from None
     if isinstance(data, dict):
         data = data.get("agent", data)
     if not isinstance(data, dict):
@@ -361,6 +371,8 @@ def _coerce(name: str, value: Any) -> Any:
     kind = _FIELD_TYPES[name]
     if value is None and "None" in kind:
         return None
+    if kind.startswith("str") and "float" not in kind and "bool" not in kind and not isinstance(value, str):
+        raise UserInputError(f"setting {name}={value!r:.60} must be text")
     try:
         if kind.startswith("bool") and isinstance(value, str):
             return _parse_env(name, value)

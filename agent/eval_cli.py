@@ -74,7 +74,7 @@ def evaluate(
     config_file: Optional[str] = None,
 ) -> None:
     """Run the agent over a benchmark (resumable), score it and write the report into OUTPUT."""
-    from agent.benchmark_run import PREDICTIONS_FILE, DatasetSpec, GracefulInterrupt, Shard, completed_ids
+    from agent.benchmark_run import PREDICTIONS_FILE, RUN_LOCK, DatasetSpec, GracefulInterrupt, Shard, completed_ids
     from agent.benchmark_run import drop_errors, local_device, lock_file, merge_shards, record_run, run_samples
     from agent.benchmark_run import reference_targets, run_settings
     from agent.report import read_compared
@@ -99,8 +99,10 @@ def evaluate(
     resolve_device(settings.device)  # the one check that needs torch: last
     output.mkdir(parents=True, exist_ok=True)
     path = output / (part.file_name if part else PREDICTIONS_FILE)
-    # One process per predictions file: two runs on one --output would each do all the work.
-    with exclusive_lock(lock_file(path), str(path)):
+    # One process per predictions file: two runs on one --output would each do all the work. The
+    # shards of a run share the folder; an unsharded run has it to itself (and waits for none).
+    with exclusive_lock(output / RUN_LOCK, f"{output} (another run)", shared=part is not None), \
+            exclusive_lock(lock_file(path), str(path)):
         overridden = record_run(output, run_settings(dataset, settings), force)
         if overridden:
             typer.echo(f"warning: continuing {output} with other settings (--force): {overridden}", err=True)

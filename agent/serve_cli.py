@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import socket
 from typing import List, Optional
@@ -75,7 +76,7 @@ def serve(
         cors_origins=tuple(cors_origin or ()),
         request_timeout=request_timeout,
         max_image_pixels=settings.max_image_pixels,
-        max_decoded_bytes=int(max_decoded_mb * 2**20),
+        max_decoded_bytes=_megabytes(max_decoded_mb, "--max-decoded-mb"),
         header_timeout=header_timeout,
         body_timeout=body_timeout,
         keep_alive=keep_alive,
@@ -141,3 +142,10 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as error:
         raise UserInputError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     return listener
+
+
+def _megabytes(value: float, flag: str) -> int:
+    """``value`` MB in bytes; a value that is not a finite number is refused in one line."""
+    if not math.isfinite(value):
+        raise UserInputError(f"{flag} must be a finite number, got {value}")
+    return int(value * 2**20)

@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import random
+import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,7 +61,7 @@ from tools.detectors.base import resize_option
 from tools.profiles import get_profile
 from tools.routing import CRS_CANDIDATES, RoutingThresholds, crs_candidates
 
-from .samples import CRSSample, export_llama_factory, read_samples
+from .samples import DATASET_INFO_FILE, CRSSample, export_llama_factory, read_samples
 from .verify_samples import VerifySample
 
 # The paper offers CRS the specialist's ten best boxes on the full expression.
@@ -82,6 +83,11 @@ SAMPLED_OUT = "sampled-out"  # its quota was full when its turn came
 DROP_REASONS = (MULTI_TARGET, UNREADABLE_IMAGE, MISSING_CANDIDATES, NO_CANDIDATES, NO_CANDIDATE_OVER_IOU,
                 SINGLE_OPTION, SAMPLED_OUT)
 
+
+# Files of the output folder a dataset name would overwrite (``<name>.json``), and the longest
+# file name file systems take.
+RESERVED_NAMES = frozenset(Path(name).stem for name in (DATASET_INFO_FILE, REPORT_FILE, SETTINGS_FILE))
+MAX_FILE_NAME = 255
 
 @dataclass(frozen=True)
 class BuildConfig:
@@ -390,9 +396,13 @@ def _check_config(config: BuildConfig) -> None:
     get_profile(config.profile)
     check_output_folder(config.output_dir)
     check_prompts_dir(config.prompts_dir)
-    if not config.dataset_name or any(sep in config.dataset_name for sep in ("/", "\\", "..")) \
-            or config.dataset_name.startswith("."):
-        raise UserInputError(f"--dataset-name {config.dataset_name!r}: a plain file name, without folders or '..'")
+    name = config.dataset_name
+    if not name or any(sep in name for sep in ("/", "\\", "..")) or name.startswith("."):
+        raise UserInputError(f"--dataset-name {name!r}: a plain file name, without folders or '..'")
+    if name in RESERVED_NAMES or any(unicodedata.category(c) in ("Cc", "Cs") for c in name) \
+            or len(f"{name}.json".encode("utf-8", "surrogatepass")) > MAX_FILE_NAME:
+        raise UserInputError(f"--dataset-name {name!r:.80}: not one of {', '.join(sorted(RESERVED_NAMES))} (files the "
+                             f"build writes), without control characters, at most {MAX_FILE_NAME - 5} bytes")
     if (config.detector is None) == (config.candidates_file is None):
         raise UserInputError("give either a detector or a candidates file")
     if config.top_k < 1 or config.top_k > DETECTOR_TOP_K:

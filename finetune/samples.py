@@ -34,6 +34,9 @@ from tools.errors import UserInputError
 from tools.mllm.crs import crs_prompt, letter_token_ids, option_letters
 from tools.mllm.families import QWEN2_VL, ModelFamily
 
+# LLaMA-Factory's registry of datasets, in the folder beside them.
+DATASET_INFO_FILE = "dataset_info.json"
+
 REQUIRED_FIELDS = ("id", "image", "expression", "candidates", "image_size", "allow_none", "answer")
 OPTIONAL_FIELDS = ("meta",)
 # LLaMA-Factory replaces this placeholder in a user message with the image's vision tokens.
@@ -289,7 +292,7 @@ def export_llama_factory(
             })
     data_file = output_dir / f"{dataset_name}.json"
     write_atomically(data_file, json.dumps(records, ensure_ascii=False, indent=1))
-    info_file = output_dir / "dataset_info.json"
+    info_file = output_dir / DATASET_INFO_FILE
     info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
     info[dataset_name] = {
         "file_name": data_file.name,

@@ -45,7 +45,16 @@ def files(tmp_path):
     return {"{good}": good, "{text}": text, "{cut}": truncated, "{empty}": empty, "{dir}": tmp_path,
             "{missing}": tmp_path / "missing.png", "{config}": config,
             "{nodir}": tmp_path / "nowhere" / "out.png", "{txt}": tmp_path / "out.txt",
-            "{list}": list_config, "{file}": a_file, "{out}": tmp_path / "out"}
+            "{list}": list_config, "{file}": a_file, "{out}": tmp_path / "out",
+            **hostile_configs(tmp_path)}
+
+
+def hostile_configs(folder):
+    """Config files that are not UTF-8, nested past any parser's depth, or wrongly typed."""
+    (folder / "latin1.toml").write_bytes("strategy = 'crs' # caf\xe9".encode("latin-1"))
+    (folder / "nested.json").write_text("[" * 100_000 + "]" * 100_000)
+    (folder / "typed.json").write_text('{"cache_dir": 5}')
+    return {"{latin1}": folder / "latin1.toml", "{nested}": folder / "nested.json", "{typed}": folder / "typed.json"}
 
 
 CLI_CASES = [
@@ -110,6 +119,22 @@ CLI_CASES = [
      "weight_decay and max_grad_norm must be at least 0"),
     (["finetune", "--model", "x", "--train", "{file}", "--output", "{out}", "--lora-alpha", "-4"], {}, 2,
      "lora_alpha must be a positive number, got -4.0"),
+    # Issue 26: hostile and careless inputs answered in one line before any work.
+    (["locate", "{good}", EXPRESSION, "--device", "mps"], {}, 2, "device 'mps' is not supported"),
+    (["locate", "{good}", EXPRESSION, "--device", "meta"], {}, 2, "device 'meta' is not supported"),
+    (["locate", "{good}", EXPRESSION, "--mllm", "openai:"], {}, 2, "mllm='openai:' names no model"),
+    (["locate", "{good}", EXPRESSION, "--llm", "openai: "], {}, 2, "llm='openai: ' names no model"),
+    (["locate", "{good}", EXPRESSION], {"REX_CONFIG": "{latin1}"}, 2, "not UTF-8 text"),
+    (["locate", "{good}", EXPRESSION, "--config", "{nested}"], {}, 2, "nested too deeply"),
+    (["locate", "{good}", EXPRESSION, "--config", "{typed}"], {}, 2, "setting cache_dir=5 must be text"),
+    (["serve", "--request-timeout", "nan"], {}, 2, "request_timeout must be a finite number, got nan"),
+    (["serve", "--max-decoded-mb", "nan"], {}, 2, "--max-decoded-mb must be a finite number, got nan"),
+    (["finetune-data", "--format", "finecops-ref", "--annotations", "{file}", "--candidates", "{file}",
+      "--output", "{out}", "--dataset-name", "dataset_info"], {}, 2, "not one of build, dataset_info, report"),
+    (["finetune-data", "--format", "finecops-ref", "--annotations", "{file}", "--candidates", "{file}",
+      "--output", "{out}", "--dataset-name", "x" * 300], {}, 2, "at most 250 bytes"),
+    (["finetune-data", "--format", "finecops-ref", "--annotations", "{file}", "--candidates", "{file}",
+      "--output", "{out}", "--dataset-name", "a\x01b"], {}, 2, "without control characters"),
 ]
 
 
@@ -118,7 +143,7 @@ def test_cli_bad_inputs(capsys, monkeypatch, files, args, env, code, fragment):
     if "--device" in args and torch.cuda.is_available():
         pytest.skip("a GPU is present")
     for name, value in env.items():
-        monkeypatch.setenv(name, str(files["{file}"]) if value == "@file" else value)
+        monkeypatch.setenv(name, str(files["{file}"]) if value == "@file" else str(files.get(value, value)))
     assert main([str(files.get(a, a)) for a in args]) == code
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err

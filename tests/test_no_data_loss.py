@@ -96,3 +96,22 @@ def test_an_empty_api_key_in_the_environment_is_refused(monkeypatch, capsys):
     monkeypatch.setenv("REX_API_KEY", "")
     assert main(["serve", "--strategy", "specialist", "--detector", "nowhere"]) == 2
     assert "the API key (--api-key or REX_API_KEY) is empty" in capsys.readouterr().err
+
+
+def test_a_sharded_and_an_unsharded_run_never_share_an_output_folder(tmp_path, capsys):
+    from agent.benchmark_run import RUN_LOCK
+    from tests.test_datasets import annotation, image_entry, write_json
+    from tools.files import exclusive_lock
+
+    annotations = write_json(tmp_path, "f.json", {"images": [image_entry(1)],
+                                                   "annotations": [annotation(1, 1, [0, 0, 10, 10], level=1)]})
+    output = tmp_path / "run"
+    output.mkdir()
+    common = ["eval", "--format", "finecops-ref", "--annotations", str(annotations), "--output", str(output),
+              "--detector", str(tmp_path / "none"), "--mllm", str(tmp_path / "none"), "--device", "cpu"]
+    with exclusive_lock(output / RUN_LOCK, "an unsharded run"):  # one is running
+        assert main([*common, "--shard", "0/2"]) == 2
+    assert "another run" in capsys.readouterr().err
+    with exclusive_lock(output / RUN_LOCK, "a shard", shared=True):  # a shard is running
+        assert main(common) == 2
+    assert "another run" in capsys.readouterr().err

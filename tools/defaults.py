@@ -24,6 +24,9 @@ DEFAULT_FLORENCE2 = "florence-community/Florence-2-large"
 # evaluation uses (``--dynamic --max-num 6``; the released processors say 12).
 INTERNVL_TILES = 6
 
+# ``mllm`` / ``llm`` settings naming a model on an OpenAI-compatible server: "openai:MODEL".
+OPENAI_PREFIX = "openai:"
+
 # Queries run together, rows per MLLM forward pass, requests in flight to a server.
 BATCH_SIZE = 8
 

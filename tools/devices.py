@@ -22,7 +22,8 @@ _DTYPES = {
     "bf16": "bfloat16",
     "bfloat16": "bfloat16",
 }
-_COMMON_DEVICE = re.compile(r"(cpu|cuda|mps)(:\d+)?")
+# The device kinds REX runs on, recognised without importing torch.
+_COMMON_DEVICE = re.compile(r"(cpu|cuda)(:\d+)?")
 
 
 def check_device_name(device: "str | torch.device") -> None:
@@ -32,9 +33,11 @@ def check_device_name(device: "str | torch.device") -> None:
     import torch
 
     try:
-        torch.device(device)
+        kind = torch.device(device).type
     except (RuntimeError, TypeError):
         raise UserInputError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if kind not in ("cpu", "cuda"):  # mps, xpu, meta, ...: torch knows them, REX does not run there
+        raise UserInputError(f"device {device!r} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
 def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":

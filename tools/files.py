@@ -55,13 +55,16 @@ def check_writable(path: str | os.PathLike) -> None:
 
 
 @contextmanager
-def exclusive_lock(path: str | os.PathLike, what: str, *, wait: bool = False) -> Iterator[None]:
+def exclusive_lock(path: str | os.PathLike, what: str, *, wait: bool = False, shared: bool = False
+                   ) -> Iterator[None]:
     """Hold an exclusive lock on file ``path`` (created if needed) while the block runs.
 
     The lock is advisory (``flock``): another REX process asking for it gets a
     ``UserInputError`` naming ``what`` and the holder's process id, or with ``wait`` waits
     until the holder is done; the operating system releases it when the holder exits, even
-    after ``kill -9``. Where ``fcntl`` is missing (Windows) nothing is locked.
+    after ``kill -9``. ``shared``: a lock several holders may take together, which an
+    exclusive one excludes (and is excluded by). Where ``fcntl`` is missing (Windows) nothing
+    is locked.
     """
     try:
         import fcntl
@@ -71,7 +74,7 @@ def exclusive_lock(path: str | os.PathLike, what: str, *, wait: bool = False) ->
     path = Path(path)
     with open(path, "a+", encoding="utf-8") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
@@ -79,10 +82,11 @@ def exclusive_lock(path: str | os.PathLike, what: str, *, wait: bool = False) ->
                 f"{what} is being written by another process (pid {holder}); wait for it, or use another --output"
             ) from None
         try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
+            if not shared:  # shared holders would overwrite each other's pid
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"{os.getpid()}\n")
+                handle.flush()
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+
+from dataclasses import dataclass, fields
 from typing import Optional
 
 from tools.errors import UserInputError
@@ -40,6 +42,10 @@ class ServerOptions:
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
 
     def __post_init__(self) -> None:
+        for item in fields(self):  # nan passes every comparison below: refused first, by name
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserInputError(f"{item.name} must be a finite number, got {value}")
         unknown = [name for name in self.strategies if name not in STRATEGIES]
         if unknown or not self.strategies:
             raise UserInputError(f"strategies must be some of {', '.join(STRATEGIES)}, got {list(self.strategies)}")
