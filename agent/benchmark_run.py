@@ -74,6 +74,12 @@ class DatasetSpec:
 
     def read(self) -> list[Sample]:
         samples = list(read_dataset(self.format, self.annotations, self.image_root, self.split))
+        if get_format(self.format).metric.paired_negatives:  # found now, not after every sample has run
+            positives = {str(sample.id) for sample in samples if not sample.is_negative}
+            orphan = next((s for s in samples if s.is_negative and str(s.negative["positive_id"]) not in positives), None)
+            if orphan is not None:
+                raise UserInputError(f"{self.annotations}: negative sample {orphan.id!r} refers to positive_id "
+                                     f"{orphan.negative['positive_id']!r}, which is not a positive sample of the file")
         samples = samples[: self.limit] if self.limit is not None else samples
         if not samples:
             raise UserInputError(f"{self.annotations}: no samples to evaluate")

@@ -60,9 +60,10 @@ def detect(
 ) -> None:
     """Run the specialist detector alone and print its best boxes."""
     from tools.images import load_image
-    from tools.text import check_text
+    from tools.text import check_text, clean_expression
 
     # Inputs are checked before anything heavy is imported, so mistakes are answered at once.
+    text = clean_expression(text)  # control characters and lone surrogates, as locate cleans them
     picture = load_image(image)
     check_save_path(save)
     if focus is not None and not focus.strip():

@@ -115,3 +115,32 @@ def test_a_sharded_and_an_unsharded_run_never_share_an_output_folder(tmp_path, c
     with exclusive_lock(output / RUN_LOCK, "a shard", shared=True):  # a shard is running
         assert main(common) == 2
     assert "another run" in capsys.readouterr().err
+
+
+def test_careless_dataset_and_prediction_values_are_one_line_errors(tmp_path, capsys):
+    from tests.test_datasets import annotation, image_entry, negative_fields, write_json
+
+    superscript = write_json(tmp_path, "levels.json", {"images": [image_entry(1)],
+                                                        "annotations": [annotation(1, 1, [0, 0, 9, 9], level="²")]})
+    orphan = write_json(tmp_path, "orphan.json", {"images": [image_entry(1), image_entry(2)], "annotations": [
+        annotation(1, 1, [0, 0, 9, 9], level=1), annotation(2, 2, [0, 0, 0, 0], level=1, **negative_fields(7))]})
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text('{"id": 1, "boxes": [], "scores": [], "answer_logprob": "x"}\n')
+    common = ["--format", "finecops-ref", "--detector", str(tmp_path / "none"), "--device", "cpu"]
+    assert main(["eval", "--annotations", str(superscript), "--output", str(tmp_path / "a"), *common]) == 2
+    assert "must be an integer, got '²'" in capsys.readouterr().err
+    assert main(["eval", "--annotations", str(orphan), "--output", str(tmp_path / "b"), *common]) == 2
+    assert "refers to positive_id 7" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "predictions.jsonl").exists()  # refused before any sample ran
+    assert main(["score", "--format", "finecops-ref", "--annotations", str(orphan), "--predictions", str(predictions),
+                 "--confidence", "reference"]) == 2
+    assert "field 'answer_logprob' must be a finite number" in capsys.readouterr().err
+
+
+def test_detect_cleans_its_text_as_locate_does(tiny_mm_grounding_dino, tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (64, 48)).save(tmp_path / "a.png")
+    assert main(["detect", str(tmp_path / "a.png"), "the cup \ud800", "--detector", str(tiny_mm_grounding_dino),
+                 "--device", "cpu", "--json"]) == 0  # a lone surrogate is a space, as in locate
+    capsys.readouterr()

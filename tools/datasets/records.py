@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -89,7 +90,7 @@ class Record:
         if value is None:
             return None
         # Levels are sometimes written as strings ("2") or floats (2.0); both mean the integer.
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):  # ASCII digits: "²" is no level
             value = int(value)
         if isinstance(value, float) and value.is_integer():
             value = int(value)

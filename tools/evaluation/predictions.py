@@ -110,9 +110,10 @@ class Prediction:
         raw = record.get(RAW_SCORES)
         if raw is not None and not _is_numbers(raw, len(boxes)):
             raise UserInputError(f"{where}: field '{RAW_SCORES}' must be {len(boxes)} finite numbers, one per box")
-        confidence = record.get("confidence")
-        if confidence is not None and not _is_numbers([confidence], 1):
-            raise UserInputError(f"{where}: field 'confidence' must be a finite number, got {confidence!r:.60}")
+        for name in ("confidence", "answer_logprob", "none_logprob"):  # what the FineCops-Ref scores read
+            value = record.get(name)
+            if value is not None and not _is_numbers([value], 1):
+                raise UserInputError(f"{where}: field '{name}' must be a finite number, got {value!r:.60}")
         fields = {name: value for name, value in record.items() if name not in RESERVED_FIELDS}
         return cls(sample_id, Detections(np.array(boxes, dtype=np.float64).reshape(-1, 4), scores), fields)
 
