@@ -49,6 +49,10 @@ from .configuration import Configuration
 
 
 
+# What every PEFT adapter folder holds.
+ADAPTER_CONFIG = "adapter_config.json"
+
+
 class Backends:
     """Detector, MLLM and target extractor of one agent, each loaded on first use and kept.
 
@@ -90,7 +94,10 @@ class Backends:
             if config.adapter:
                 wanted.append((config.adapter, "or pass --adapter PATH"))
         for name, hint in wanted:
-            resolve_checkpoint(name, cache_dir=None, hint=hint)
+            resolved = Path(resolve_checkpoint(name, cache_dir=None, hint=hint))
+            if name == config.adapter and resolved.exists() and not (resolved / ADAPTER_CONFIG).is_file():
+                raise UserInputError(f"--adapter {name!r} is not a PEFT adapter folder (it has no {ADAPTER_CONFIG}); "
+                                     "pass the folder finetune wrote (OUTPUT/adapter)")
 
     @property
     def loaded(self) -> set[str]:

@@ -144,3 +144,15 @@ def test_detect_cleans_its_text_as_locate_does(tiny_mm_grounding_dino, tmp_path,
     assert main(["detect", str(tmp_path / "a.png"), "the cup \ud800", "--detector", str(tiny_mm_grounding_dino),
                  "--device", "cpu", "--json"]) == 0  # a lone surrogate is a space, as in locate
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("kind", ["file", "empty folder"])
+def test_an_adapter_that_is_no_adapter_is_refused_before_loading(tiny_qwen2_vl, tmp_path, capsys, kind):
+    adapter = tmp_path / "adapter"
+    adapter.write_text("x") if kind == "file" else adapter.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    assert main(["locate", str(tmp_path / "a.png"), "the cup", "--strategy", "mllm", "--mllm", str(tiny_qwen2_vl),
+                 "--adapter", str(adapter), "--device", "cpu", "--llm", "heuristic"]) == 2
+    assert "is not a PEFT adapter folder" in capsys.readouterr().err
