@@ -30,7 +30,6 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from tools.errors import ExtractionFailedError, RemoteServiceError, UserInputError
 from tools.images import load_image
@@ -39,7 +38,7 @@ from tools.text import clean_expression
 from .. import __version__
 from ..agent import Agent
 from .fetch import ImageTooLargeError, UrlFetcher
-from .limits import BodySizeLimit
+from .limits import BodySizeLimit, JsonTrustedHostMiddleware
 from .options import ServerOptions
 from .schemas import ERROR_RESPONSES, Health, LocateResult
 from .workers import QueueFull, RequestTimeout, WorkerPool
@@ -94,7 +93,7 @@ def create_app(agents: Agent | Sequence[Agent], options: ServerOptions = ServerO
         app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["X-API-Key", "Authorization"])
     if options.allowed_hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(options.allowed_hosts))
+        app.add_middleware(JsonTrustedHostMiddleware, allowed_hosts=list(options.allowed_hosts))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:

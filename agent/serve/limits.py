@@ -16,6 +16,7 @@ import time
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -110,3 +111,32 @@ def _with_header_deadline(seconds: float):
                 self.transport.close()
 
     return HeaderDeadline
+
+
+class JsonTrustedHostMiddleware(TrustedHostMiddleware):
+    """Starlette's Host allow-list, answering a refused Host in JSON (``{"detail": ...}``, 400) as
+    every other error of the API is, instead of plain text; no www. redirects."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts) -> None:
+        async def admitted(scope: Scope, receive: Receive, send: Send) -> None:
+            scope[_ADMITTED] = True
+            await app(scope, receive, send)
+
+        super().__init__(admitted, allowed_hosts=allowed_hosts, www_redirect=False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+
+        async def answer(message: Message) -> None:
+            if scope.get(_ADMITTED):
+                await send(message)
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                refusal = JSONResponse({"detail": "this server does not answer to that Host header"}, 400)
+                await refusal(scope, receive, send)
+
+        await super().__call__(scope, receive, answer)
+
+
+_ADMITTED = "rex.host_admitted"  # the scope key a request the allow-list admitted carries
