@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from tools import boxes as box_ops
 from tools.batching import Coalescer, PartialBatchError
 from tools.defaults import OPENAI_PREFIX
 from tools.detections import Detections
@@ -476,8 +477,7 @@ def as_detections(value: Any, source: str) -> Detections:
         raise ModelOutputError(f"{source} must return Detections or (boxes, scores), got {type(value).__name__}")
     boxes = detections.boxes
     if ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
-        ordered = np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])], 1)
-        detections = replace(detections, boxes=ordered)
+        detections = replace(detections, boxes=box_ops.ordered_corners(boxes))
     return detections
 
 

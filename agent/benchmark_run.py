@@ -201,27 +201,22 @@ def check_image_size(sample: Sample, size: tuple[int, int]) -> None:
         )
 
 
-def reads_as_stored(sample: Sample) -> bool:
-    """Whether ``sample``'s image is read as stored, its EXIF rotation ignored: the annotation's width
-    and height are the stored frame's, not the rotated one's."""
-    if sample.image_size is None:
-        return False
-    stored, oriented = frame_sizes(sample.image_path)
-    return stored != oriented and tuple(sample.image_size) == stored
-
-
 def sample_image(agent: Agent, sample: Sample) -> tuple[ImageInput, bool]:
     """What ``agent.locate`` is given for ``sample``'s image, decoded in the frame its annotation
-    describes, and whether that is the stored one (``reads_as_stored``: every model then reads it
-    as stored). Otherwise it is oriented, and when the profile shows the MLLM the stored pixels
-    (the reference's) the file itself goes to ``locate``, which decodes both."""
-    limit = agent.config.max_image_pixels
-    if reads_as_stored(sample):
-        return load_image(sample.image_path, max_pixels=limit, orientation=False), True
-    picture = load_image(sample.image_path, max_pixels=limit)
+    describes, and whether that is the stored one: when the image's EXIF tag turns it by 90
+    degrees but the annotation has the stored width and height, every model reads it as stored.
+    Otherwise it is oriented, and when the profile shows the MLLM the stored pixels (the
+    reference's) the file itself goes to ``locate``, which decodes both (checked here from the
+    file's header, not decoded twice)."""
+    limit, path = agent.config.max_image_pixels, sample.image_path
+    stored, oriented = frame_sizes(path)
+    if stored != oriented and sample.image_size is not None and tuple(sample.image_size) == stored:
+        return load_image(path, max_pixels=limit, orientation=False), True
+    if not agent.config.behaviour.mllm_exif_orientation and exif_orientation(path) != 1:
+        check_image_size(sample, oriented)
+        return path, False
+    picture = load_image(path, max_pixels=limit)
     check_image_size(sample, picture.size)
-    if not agent.config.behaviour.mllm_exif_orientation and exif_orientation(sample.image_path) != 1:
-        return sample.image_path, False
     return picture, False
 
 

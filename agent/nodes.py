@@ -142,10 +142,11 @@ def make_nodes(backends: Backends, config: Configuration) -> dict[str, Node]:
         if config.crs_mode == "verify":
             return {**update, **verify(state, candidates)}
         try:
-            selection = backends.select_in_orders(mllm_image(state), state["expression"],
-                                                  between_frames(state, candidates, True), config.allow_none,
+            asked = between_frames(state, candidates, True)
+            selection = backends.select_in_orders(mllm_image(state), state["expression"], asked, config.allow_none,
                                                   config.crs_permutations)
-            selection = replace(selection, candidates=candidates)
+            if asked is not candidates:  # asked in the MLLM's frame: the answer is the detector's boxes
+                selection = replace(selection, candidates=candidates)
             update["selection"] = selection
             if selection.unread:
                 text = selection.text if len(selection.text) <= 80 else selection.text[:80] + "..."

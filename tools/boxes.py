@@ -118,6 +118,12 @@ def clip_boxes(boxes, width: float, height: float) -> np.ndarray:
     return b
 
 
+def ordered_corners(boxes) -> np.ndarray:
+    """``boxes`` with each box's corners put in ``x1 <= x2``, ``y1 <= y2`` order (the rectangle meant)."""
+    b = as_boxes(boxes)
+    return np.concatenate([np.minimum(b[:, :2], b[:, 2:]), np.maximum(b[:, :2], b[:, 2:])], axis=1)
+
+
 def box_area(boxes) -> np.ndarray:
     """Area of each box; inverted or degenerate boxes have area 0."""
     b = as_boxes(boxes)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import UserInputError
-from .mllm.reading import READINGS
 
 # "iou": non-maximum suppression on the true IoU of xyxy boxes (``tools.boxes.nms``).
 # "opencv": ``cv2.dnn.NMSBoxes`` called on xyxy boxes, which it reads as xywh (``tools.boxes.opencv_nms``).
@@ -20,10 +19,6 @@ NMS_METHODS = ("iou", "opencv")
 # "aligned": the extractor's answer aligned to the expression's words (``tools.extraction.align``).
 # "substring": the first case-insensitive substring, as the scripts' ``find_positive`` finds it.
 TARGET_SPANS = ("aligned", "substring")
-# How a CRS answer is read (``tools.mllm.reading``): "letter", the option letters' next-token
-# probabilities of one forward pass; "generated", the greedy answer text as the authors'
-# evaluators parse it (the letter probabilities are still recorded).
-CRS_READINGS = READINGS
 # The detector's input size: "transformers", its processor's resize; "mmdet", mmdetection's
 # ``FixScaleResize`` (``int(x + 0.5)``), which the scripts ran.
 DETECTOR_RESIZES = ("transformers", "mmdet")
@@ -51,7 +46,9 @@ class Profile:
     target_span: str
     # The temperature a served extraction LLM is asked at; ``None``: not sent (the API's default).
     extraction_temperature: float | None
-    # See CRS_READINGS.
+    # How a CRS answer is read (``tools.mllm.reading.READINGS``): "letter", the option letters'
+    # next-token probabilities of one forward pass; "generated", the greedy answer text as the
+    # authors' evaluators parse it (the letter probabilities are still recorded).
     crs_reading: str
     # The MLLM sees the image with its EXIF orientation applied (qwen-vl-utils does not apply it).
     mllm_exif_orientation: bool

@@ -174,15 +174,11 @@ def decision_scores(scores, threshold: float) -> np.ndarray:
     """The written, decision-aligned scores of boxes a decision returned with raw ``scores``, each of
     which reached ``threshold`` (0: returned without one): ``WRITTEN_FLOOR`` (0.700001) at the
     threshold, rising linearly to 1 at a raw score of 1 (1 for every box when the threshold is 1)."""
-    return WRITTEN_FLOOR + (1.0 - WRITTEN_FLOOR) * decision_margins(scores, threshold)
-
-
-def decision_margins(scores, threshold: float) -> np.ndarray:
-    """How far each raw score lies from ``threshold`` towards 1, in [0, 1]."""
     scores = np.asarray(scores, dtype=np.float64)
     if threshold >= 1.0:
         return np.ones_like(scores)
-    return np.clip((scores - threshold) / (1.0 - threshold), 0.0, 1.0)
+    margin = np.clip((scores - threshold) / (1.0 - threshold), 0.0, 1.0)  # from the threshold towards 1
+    return WRITTEN_FLOOR + (1.0 - WRITTEN_FLOOR) * margin
 
 
 def _is_numbers(values: Any, count: int) -> bool:

@@ -57,17 +57,6 @@ def count_distribution(logits: torch.Tensor, ids: Sequence[Sequence[int]]) -> np
     return letter_distribution(logits, ids)
 
 
-def counts_from_top_logprobs(top_logprobs: Sequence[tuple[str, float]]) -> np.ndarray | None:
-    """The answers' probabilities from one step's ``(token, logprob)`` list (a server's
-    ``top_logprobs``), renormalised over the answers listed; ``None`` when none is."""
-    mass = np.zeros(len(COUNT_ANSWERS))
-    for token, logprob in top_logprobs:
-        bare = token.replace("Ġ", " ").replace("▁", " ").strip().lower()
-        if bare in COUNT_ANSWERS:
-            mass[COUNT_ANSWERS.index(bare)] += math.exp(logprob)
-    return mass / mass.sum() if mass.any() else None
-
-
 _NUMBER_WORDS = {"zero": 0, "none": 0, "no": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
 _COUNT_IN_TEXT = re.compile(r"(\d+)\s*\+|\b(\d+|more|" + "|".join(_NUMBER_WORDS) + r")\b")
 

@@ -396,7 +396,7 @@ def _checked_boxes(native: np.ndarray, extent: tuple[float, float], text: str, r
     """Reorder inverted corners, reject out-of-range (or, without ``reject_overshoot``, non-finite)
     or empty boxes, clip overshoots."""
     width, height = extent
-    boxes = np.concatenate([np.minimum(native[:, :2], native[:, 2:]), np.maximum(native[:, :2], native[:, 2:])], axis=1)
+    boxes = box_ops.ordered_corners(native)
     limits = np.array([width, height, width, height], dtype=np.float64)
     overshoot = np.maximum(-boxes, boxes - limits)
     tolerance = RANGE_TOLERANCE * limits if reject_overshoot else np.inf

@@ -37,7 +37,7 @@ from ..drawing import draw_detections
 from ..errors import ModelOutputError, RemoteServiceError, UserInputError
 from ..images import load_image
 from .crs import NONE_OPTION, crs_marks_prompt, crs_prompt, option_letters
-from .counting import count_from_text, count_prompt, counts_from_top_logprobs
+from .counting import COUNT_ANSWERS, count_from_text, count_prompt
 from .families import box_token_confidence, get_family
 from .reading import GENERATED_ANSWER_TOKENS, check_reading, script_letter
 from .verify import parse_yes_no, verify_prompt, yes_probability_from_top
@@ -315,7 +315,7 @@ class OpenAICompatibleMLLM:
                                       top_logprobs=TOP_LOGPROBS)
         choice = response.choices[0]
         steps = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
-        probabilities = counts_from_top_logprobs([(t.token, t.logprob) for t in steps[0].top_logprobs]) if steps else None
+        probabilities = count_probabilities([(t.token, t.logprob) for t in steps[0].top_logprobs]) if steps else None
         return count_from_text(choice.message.content or "") if probabilities is None else probabilities
 
     def count_batch(self, images: Sequence[Image.Image], expressions: Sequence[str],
@@ -434,6 +434,17 @@ def letter_statistics(top_logprobs: Sequence[tuple[str, float]], letters: Sequen
     mass = sum(math.exp(logprob) for token, logprob in top_logprobs if _bare(token) in wanted)
     exact = {token: logprob for token, logprob in reversed(list(top_logprobs))}
     return {"option_mass": min(1.0, mass), "letter_logprobs": [exact.get(letter, math.nan) for letter in letters]}
+
+
+def count_probabilities(top_logprobs: Sequence[tuple[str, float]]) -> np.ndarray | None:
+    """The probabilities of ``COUNT_ANSWERS`` from one step's ``(token, logprob)`` list, renormalised
+    over the answers listed (case aside); ``None`` when none is."""
+    mass = np.zeros(len(COUNT_ANSWERS))
+    for token, logprob in top_logprobs:
+        bare = _bare(token).lower()
+        if bare in COUNT_ANSWERS:
+            mass[COUNT_ANSWERS.index(bare)] += math.exp(logprob)
+    return mass / mass.sum() if mass.any() else None
 
 
 def _bare(token: str) -> str:
