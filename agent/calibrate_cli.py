@@ -115,12 +115,10 @@ def _check_outputs(output: Path, plot: Path, inputs: list[Path], force: bool) ->
     for target, flag in ((output, "--output"), (plot, "--plot")):
         if any(same_file(target, source) for source in inputs if source.exists()):
             raise UserInputError(f"{flag} {target} is one of the inputs; write elsewhere")
-        if target.is_dir():
-            raise UserInputError(f"{flag} {target} is a folder")
-        if target.exists() and not force and not _written_here(target, SETTINGS_HEADER):
+        if target.exists() and not target.is_dir() and not force and not _written_here(target, SETTINGS_HEADER):
             raise UserInputError(f"{flag} {target} exists and was not written by agent-cli calibrate; choose another "
                                  "name, or --force to replace it")
-        check_writable(target)
+        check_writable(target, flag)
 
 
 def _written_here(path: Path, header: str) -> bool:

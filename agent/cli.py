@@ -139,16 +139,20 @@ def locate(
 
 
 def check_save_path(save: Path | None) -> None:
-    """Refuse a ``--save`` path that could not be written, before any model runs."""
+    """Refuse a ``--save`` path that could not be written, before any model runs: not an image
+    file name, a folder, or in a folder that cannot take a new file."""
     if save is None:
         return
     from PIL import Image
+
+    from tools.files import check_writable
 
     writable = {ext for ext, name in Image.registered_extensions().items() if name in Image.SAVE}
     if save.suffix.lower() not in writable:
         raise UserInputError(f"--save {str(save)!r}: not an image file name; use .png or .jpg")
     if not save.parent.is_dir():
         raise UserInputError(f"--save {str(save)!r}: no such folder {str(save.parent)!r}")
+    check_writable(save, "--save")
 
 
 @app.command()

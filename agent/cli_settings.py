@@ -56,6 +56,10 @@ def with_settings(*, only: Iterable[str] | None = None, exclude: Iterable[str] =
             values = {name: arguments.pop(name) for name in names}
             config_file = arguments.pop("config")
             settings = Configuration.load(config_file, defaults=defaults, **values)
+            if settings.cache_dir is not None:  # written during the run: probed before any work
+                from tools.files import check_output_folder
+
+                check_output_folder(settings.cache_dir, "--cache-dir")
             # A command that says what a settings file holds beyond the settings (its calibration) gets its path.
             extra = {"config_file": config_file or os.environ.get(ENV_PREFIX + "CONFIG")} if wants_file else {}
             return command(settings=settings, **arguments, **extra)

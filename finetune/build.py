@@ -13,6 +13,8 @@ Decisions (each drop is counted under its reason, see ``DROP_REASONS``):
   boxes (gRefCOCO) are skipped as ``multi-target``: CRS answers one letter, and with several
   right letters any single answer would teach an arbitrary choice.
 - Negatives (FineCops-Ref negatives, gRefCOCO no-target expressions) answer the "None" letter.
+- Expressions are cleaned as ``locate`` cleans them (``tools.text.clean_expression``); one
+  that is blank or longer than ``MAX_EXPRESSION_CHARS`` is ``unusable-expression``.
 - The "None" option goes on *every* sample, positives included, whenever negatives are
   included (``none_option=None``, the default): were it offered to negatives only, its mere
   presence would give the answer away. This is the paper's "None" variant (10,000 positives,
@@ -39,7 +41,7 @@ import os
 import random
 import unicodedata
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,7 @@ from prompts import check_prompts_dir
 from tools.detectors.base import resize_option
 from tools.profiles import get_profile
 from tools.routing import CRS_CANDIDATES, RoutingThresholds, crs_candidates
+from tools.text import clean_expression
 
 from .samples import DATASET_INFO_FILE, CRSSample, export_llama_factory, read_samples
 from .verify_samples import VerifySample
@@ -75,12 +78,13 @@ TASKS = ("choice", "verify")
 
 MULTI_TARGET = "multi-target"
 UNREADABLE_IMAGE = "unreadable-image"
+UNUSABLE_EXPRESSION = "unusable-expression"  # blank, or over tools.text.MAX_EXPRESSION_CHARS
 MISSING_CANDIDATES = "missing-candidates"  # the candidates file has no line for the sample
 NO_CANDIDATES = "no-candidates"
 NO_CANDIDATE_OVER_IOU = "no-candidate-over-iou"
 SINGLE_OPTION = "single-option"  # inference answers a lone option without asking: nothing to learn
 SAMPLED_OUT = "sampled-out"  # its quota was full when its turn came
-DROP_REASONS = (MULTI_TARGET, UNREADABLE_IMAGE, MISSING_CANDIDATES, NO_CANDIDATES, NO_CANDIDATE_OVER_IOU,
+DROP_REASONS = (MULTI_TARGET, UNREADABLE_IMAGE, UNUSABLE_EXPRESSION, MISSING_CANDIDATES, NO_CANDIDATES, NO_CANDIDATE_OVER_IOU,
                 SINGLE_OPTION, SAMPLED_OUT)
 
 
@@ -178,7 +182,8 @@ def build_crs_data(config: BuildConfig, *, detector: Detector | None = None, pro
                 continue
             if str(sample.id) not in written:
                 try:
-                    out.write(make_sample(sample, *candidates.for_sample(sample), config).to_dict())
+                    usable = _with_clean_expression(sample)
+                    out.write(make_sample(usable, *candidates.for_sample(usable), config).to_dict())
                 except SampleDropped as dropped:
                     report.dropped[dropped.reason] += 1
                     bar.set_postfix(dropped=sum(report.dropped.values()), refresh=False)
@@ -316,6 +321,15 @@ class _CandidateSource:
     def __exit__(self, *exc_info: object) -> None:
         if self.cache_writer is not None:
             self.cache_writer.close()
+
+
+def _with_clean_expression(sample: Sample) -> Sample:
+    """``sample`` with its expression cleaned as ``locate`` cleans it (control characters,
+    control markup), or dropped when that leaves no usable expression."""
+    try:
+        return replace(sample, expression=clean_expression(sample.expression))
+    except UserInputError:
+        raise SampleDropped(UNUSABLE_EXPRESSION) from None
 
 
 def _kind(sample: Sample) -> str:

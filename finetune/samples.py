@@ -31,6 +31,7 @@ from PIL import Image
 from tools.files import read_json_lines, write_atomically
 from tools.detections import Detections
 from tools.errors import UserInputError
+from tools.text import clean_expression
 from tools.mllm.crs import crs_prompt, letter_token_ids, option_letters
 from tools.mllm.families import QWEN2_VL, ModelFamily
 
@@ -135,6 +136,10 @@ def parse_sample(record: Any, where: str = "sample") -> CRSSample:
     for name in ("image", "expression"):
         if not isinstance(record[name], str) or not record[name].strip():
             raise fail(name, "must be a non-empty string")
+    try:  # as locate cleans it: no control characters or markup, at most MAX_EXPRESSION_CHARS
+        expression = clean_expression(record["expression"])
+    except UserInputError as error:
+        raise fail("expression", f"is unusable: {error}") from None
     size = record["image_size"]
     if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
         raise fail("image_size", f"must be [width, height] in positive integers, got {size!r}")
@@ -160,7 +165,7 @@ def parse_sample(record: Any, where: str = "sample") -> CRSSample:
     return CRSSample(
         id=str(sample_id),
         image=record["image"],
-        expression=record["expression"],
+        expression=expression,
         candidates=tuple(tuple(float(v) for v in box) for box in candidates),
         image_size=(int(size[0]), int(size[1])),
         allow_none=record["allow_none"],
@@ -191,6 +196,27 @@ def read_samples(path: str | os.PathLike) -> list[CRSSample]:
     if not samples:
         raise UserInputError(f"{path}: no samples")
     return samples
+
+
+def check_images(items: Iterable, where: str) -> None:
+    """Every image the training ``items`` (samples or questions) name opens, is not too narrow and
+    has the ``image_size`` they say, read from the file headers before any model loads: a bad
+    one would otherwise stop training mid-way."""
+    from tools.errors import ImageLoadError
+    from tools.images import check_aspect_ratio, frame_sizes
+
+    sizes: dict[str, tuple[int, int]] = {}
+    for item in items:
+        try:
+            if item.image not in sizes:
+                sizes[item.image] = frame_sizes(item.image)[1]  # as load_image turns it
+                check_aspect_ratio(sizes[item.image])
+        except ImageLoadError as error:
+            raise UserInputError(f"{where}: sample {item.id!r}: {error}") from None
+        if sizes[item.image] != tuple(item.image_size):
+            width, height = sizes[item.image]
+            raise UserInputError(f"{where}: sample {item.id!r}: image {item.image} is {width}x{height}, but its "
+                                 f"image_size says {list(item.image_size)}")
 
 
 def read_training_samples(path: str | os.PathLike) -> list:

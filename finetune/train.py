@@ -81,6 +81,12 @@ class TrainConfig:
     merge: bool = False  # also save the merged model and processor
     prompts_dir: str | None = None
 
+    @property
+    def reporters(self) -> list[str]:
+        """``report_to`` as Trainer takes it: the integrations named, none for "none"."""
+        names = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        return [] if names == ["none"] else names
+
 
 def lora_target_regex(target: str) -> str:
     """The PEFT ``target_modules`` regex for ``--lora-target``.
@@ -108,7 +114,7 @@ def lora_target_regex(target: str) -> str:
 def train(config: TrainConfig) -> dict[str, Any]:
     """Fine-tune as ``config`` says; returns the summary written to ``summary.json`` (on the main
     process; the others, under ``accelerate launch`` or ``torchrun``, return an empty dict)."""
-    from .samples import read_training_samples
+    from .samples import check_images, read_training_samples
 
     # Every mistake in the settings and files is answered before torch is imported.
     _check_config(config)
@@ -123,6 +129,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
                              "continue it with --resume latest, or start over in it with --force")
     train_samples = read_training_samples(config.train_file)
     eval_samples = read_training_samples(config.eval_file) if config.eval_file else []
+    check_images(train_samples, config.train_file)
+    check_images(eval_samples, config.eval_file or "")
 
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
@@ -137,6 +145,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # "auto" depends on the device; the first PartialState must see `accelerate launch --cpu`.
     device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
     weights_dtype = resolve_dtype(config.dtype, device)
+    _check_trainer_options(config)
     set_seed(config.seed)  # the LoRA weights' initialisation
     model, processor = _lora_model(config, weights_dtype)
     collator = CRSCollator(processor, min_pixels=config.min_pixels, max_pixels=config.max_pixels,
@@ -188,7 +197,7 @@ def training_arguments(config: TrainConfig, weights_dtype, *, has_eval: bool):
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,  # the collator reads CRSSample objects, not columns
         label_names=["labels"],
-        report_to=[] if config.report_to == "none" else config.report_to.split(","),
+        report_to=config.reporters,
         deepspeed=config.deepspeed,
         fsdp=config.fsdp or "",
     )
@@ -294,6 +303,37 @@ def _lora_model(config: TrainConfig, weights_dtype):
         raise UserInputError(f"--lora-target {config.lora_target!r} matches no module of {config.model}: "
                              f"{error}") from None
     return model, processor
+
+
+def _check_trainer_options(config: TrainConfig) -> None:
+    """``--attn``, ``--fsdp``, ``--report-to`` and ``--deepspeed`` against what the installed
+    transformers offers and what is installed, before any model loads."""
+    import importlib.util
+
+    import transformers.utils
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.trainer_utils import FSDPOption
+
+    attention = config.attn_implementation
+    known = ("eager", *ALL_ATTENTION_FUNCTIONS.keys())
+    if attention and "/" not in attention and attention not in known:  # "org/repo": a Hub kernel
+        raise UserInputError(f"--attn {attention!r}: not one of {', '.join(known)}")
+    flash = re.fullmatch(r"flash_attention_(\d)", attention or "")
+    available = flash and getattr(transformers.utils, f"is_flash_attn_{flash.group(1)}_available", None)
+    if available is not None and flash and not available():
+        raise UserInputError(f"--attn {attention}: its package is not installed (or needs a CUDA GPU); use sdpa")
+    unknown = sorted(set((config.fsdp or "").split()) - {option.value for option in FSDPOption})
+    if unknown:
+        raise UserInputError(f"--fsdp {config.fsdp!r}: unknown {', '.join(unknown)}; Trainer's options are "
+                             f"{', '.join(option.value for option in FSDPOption)}")
+    for name in config.reporters if config.reporters != ["all"] else []:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise UserInputError(f"--report-to {name!r}: not one of none, all, {', '.join(INTEGRATION_TO_CALLBACK)}")
+        if name not in get_available_reporting_integrations():
+            raise UserInputError(f"--report-to {name}: its package is not installed")
+    if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise UserInputError("--deepspeed needs the deepspeed package: pip install deepspeed")
 
 
 def _holds_a_run(output: Path) -> bool:

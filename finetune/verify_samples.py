@@ -18,12 +18,13 @@ every spelling of both. ``agent-cli finetune`` trains on the questions one by on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from tools.errors import UserInputError
+from tools.text import clean_expression
 from tools.mllm.families import QWEN2_VL, ModelFamily
 from tools.mllm.verify import ANSWERS, verify_prompt, yes_no_token_ids
 
@@ -78,7 +79,10 @@ class VerifySample:
             raise UserInputError(f"{where}: not a verification sample ({type(error).__name__}: {error})") from None
         if not all(len(box) == 4 and box[0] < box[2] and box[1] < box[3] for box in sample.candidates):
             raise UserInputError(f"{where}: field 'candidates' must be [x1, y1, x2, y2] boxes with x1 < x2, y1 < y2")
-        return sample
+        try:  # as locate cleans it: no control characters or markup, at most MAX_EXPRESSION_CHARS
+            return replace(sample, expression=clean_expression(sample.expression))
+        except UserInputError as error:
+            raise UserInputError(f"{where}: field 'expression' is unusable: {error}") from None
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 Templates use ``str.format`` fields (``{expression}``, ``{target}``, ...). Load one with
 ``load_prompt("crs_select")`` and fill it with ``render_prompt("crs_select", **fields)``.
-A folder of your own templates with the same names can replace the defaults by
-passing ``directory=``. A fixed conversation (the authors' few-shot extraction messages,
+A folder of your own templates passed as ``directory=`` replaces the defaults of the same
+names (``check_prompts_dir`` checks that each uses only its default's fields). A fixed conversation (the authors' few-shot extraction messages,
 to be sent byte for byte) is a ``.json`` list of chat messages: ``load_messages(name)``.
 """
 
@@ -22,28 +22,58 @@ def available_prompts(directory: str | Path | None = None) -> list[str]:
 
 
 def check_prompts_dir(directory: str | Path | None) -> None:
-    """Refuse a prompts folder that does not exist (``None``: the packaged templates)."""
-    if directory is not None and not Path(directory).is_dir():
-        from tools.errors import UserInputError
+    """Refuse, in one line, a prompts folder that does not exist or holds a template REX cannot
+    fill: not UTF-8, a stray ``{`` or ``}``, or a field its packaged namesake does not have
+    (``None``: the packaged templates)."""
+    if directory is None:
+        return
+    from tools.errors import UserInputError
 
+    if not Path(directory).is_dir():
         raise UserInputError(f"prompts folder {str(directory)!r}: no such folder")
+    for name in available_prompts():
+        file = Path(directory) / f"{name}.txt"
+        if not file.is_file():
+            continue
+        try:
+            fields = prompt_fields(name, directory)
+        except UnicodeDecodeError:
+            raise UserInputError(f"prompt template {str(file)!r} is not UTF-8 text") from None
+        except ValueError as error:
+            raise UserInputError(f"prompt template {str(file)!r}: {error} (write a literal brace as {{{{ or }}}})"
+                                 ) from None
+        unknown = sorted(fields - prompt_fields(name))
+        if unknown:
+            known = ", ".join(f"{{{field}}}" for field in sorted(prompt_fields(name))) or "none"
+            raise UserInputError(f"prompt template {str(file)!r} uses {', '.join(f'{{{f}}}' for f in unknown)}, "
+                                 f"which REX does not fill; its fields: {known}")
 
 
 def load_prompt(name: str, directory: str | Path | None = None) -> str:
-    """The template text of ``name`` (file ``<name>.txt``), without its final newline."""
-    return _read(str(Path(directory or PROMPTS_DIR) / f"{name}.txt"))
+    """The template text of ``name`` (file ``<name>.txt``), without its final newline: the one
+    in ``directory`` when it has one, else the packaged one."""
+    file = Path(directory or PROMPTS_DIR) / f"{name}.txt"
+    return _read(str(file if file.is_file() else PROMPTS_DIR / f"{name}.txt"))
 
 
 def prompt_fields(name: str, directory: str | Path | None = None) -> set[str]:
-    """The ``{field}`` names a template expects."""
-    return {field for _, field, _, _ in string.Formatter().parse(load_prompt(name, directory)) if field}
+    """The ``{field}`` names a template expects (``""`` for a positional ``{}``)."""
+    return {field for _, field, _, _ in string.Formatter().parse(load_prompt(name, directory)) if field is not None}
 
 
 def render_prompt(name: str, directory: str | Path | None = None, **fields: object) -> str:
-    """Fill template ``name``; a missing field is a ``KeyError`` naming it and the template."""
+    """Fill template ``name``; a missing field is a ``KeyError`` naming it and the template.
+
+    Text fields carry user text (expressions, extracted targets, dataset text): control markup
+    in them (``<|im_end|>``, ``<image>``, ...) is neutralised (``tools.text.neutralise_markup``),
+    so the filled prompt holds no control or image token that its template did not write.
+    """
+    from tools.text import neutralise_markup
+
     template = load_prompt(name, directory)
     try:
-        return template.format(**fields)
+        return template.format(**{key: neutralise_markup(value) if isinstance(value, str) else value
+                                  for key, value in fields.items()})
     except KeyError as missing:
         raise KeyError(f"prompt {name!r} needs field {missing.args[0]!r}") from None
 

@@ -375,7 +375,7 @@ def test_markup_in_user_text_is_printed_as_written(capsys, tmp_path, files, tiny
 # ---------------------------------------------------------------- silently wrong inputs
 
 def test_a_16_bit_png_is_scaled_not_clipped(tmp_path):
-    gradient = (np.arange(1024).reshape(1, -1).repeat(4, 0) * 64).astype(np.uint16)  # 0 .. 65472
+    gradient = (np.arange(1024).reshape(1, -1).repeat(8, 0) * 64).astype(np.uint16)  # 0 .. 65472
     path = tmp_path / "deep.png"
     Image.fromarray(gradient).save(path)
     assert Image.open(path).mode == "I;16"

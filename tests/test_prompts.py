@@ -14,7 +14,7 @@ def test_every_template_renders_with_its_own_fields():
     names = available_prompts()
     assert {"crs_select", "crs_none_instruction", "target_extraction", "qwen2_vl_ground"} <= set(names)
     for name in names:
-        fields = {field: f"<<{field}>>" for field in prompt_fields(name)}
+        fields = {field: f"@@{field}@@" for field in prompt_fields(name)}
         text = render_prompt(name, **fields)
         # Every field lands in the text, and none is left unfilled.
         assert all(value in text for value in fields.values()), name

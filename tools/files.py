@@ -36,22 +36,46 @@ def replaced_atomically(path: str | os.PathLike) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
-def check_output_folder(path: str | os.PathLike) -> None:
-    """Refuse an output folder that names an existing file."""
+def check_output_folder(path: str | os.PathLike, flag: str = "output") -> None:
+    """Refuse an output folder that names an existing file or cannot take a new file, before
+    any work that would be lost (``probe_folder``)."""
     if Path(path).exists() and not Path(path).is_dir():
-        raise UserInputError(f"output {os.fspath(path)!r} is a file, not a folder")
+        raise UserInputError(f"{flag} {os.fspath(path)!r} is a file, not a folder")
+    probe_folder(Path(path), f"{flag} {os.fspath(path)!r}")
 
 
-def check_writable(path: str | os.PathLike) -> None:
-    """Refuse an output file whose folder cannot be created or take a new file: a temporary file
-    is made beside it and removed, before any work that would be lost."""
-    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+def check_writable(path: str | os.PathLike, flag: str = "output") -> None:
+    """Refuse an output file that names a folder, an existing file that cannot be written, or
+    a folder that cannot be created or take a new file (``probe_folder``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"cannot write {flag} {os.fspath(path)!r}: it is a folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserInputError(f"cannot write {flag} {os.fspath(path)!r}: the file is read-only")
+    probe_folder(path.parent if str(path.parent) else Path("."), f"{flag} {os.fspath(path)!r}")
+
+
+def probe_folder(folder: Path, what: str) -> None:
+    """Check for real that ``folder`` can be created and take a new file: the folders missing
+    are made, a temporary file is written there and removed, and the folders made are removed
+    again, so the check leaves nothing behind. ``UserInputError`` naming ``what`` otherwise."""
+    missing = []
+    for ancestor in (folder, *folder.parents):
+        if ancestor.exists():
+            break
+        missing.append(ancestor)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".rex-write-test-"):
             pass
     except OSError as error:
-        raise UserInputError(f"cannot write {os.fspath(path)!r}: {error.strerror or error}") from None
+        raise UserInputError(f"cannot write {what}: {error.strerror or error}") from None
+    finally:
+        for made in missing:
+            try:
+                made.rmdir()
+            except OSError:
+                break
 
 
 @contextmanager
@@ -93,9 +117,11 @@ def exclusive_lock(path: str | os.PathLike, what: str, *, wait: bool = False, sh
 
 
 def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a fsynced temporary file and a rename."""
+    """Write ``data`` to ``path`` through a fsynced temporary file and a rename; text that cannot
+    be UTF-8 (a lone surrogate) is written as its backslash escape (in a JSON string, the same
+    text again), never refused half-way."""
     with replaced_atomically(path) as temporary, temporary.open("xb") as out:
-        out.write(data.encode("utf-8") if isinstance(data, str) else data)
+        out.write(data.encode("utf-8", errors="backslashreplace") if isinstance(data, str) else data)
         out.flush()
         os.fsync(out.fileno())
 
@@ -115,6 +141,8 @@ def read_json_lines(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
             where = f"{path}: line {number}"
             try:
                 record = json.loads(line)
+            except RecursionError:
+                raise UserInputError(f"{where}: nested too deeply") from None
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 if not line.endswith(b"\n"):
                     warnings.warn(f"{where}: ignoring a torn last line (an interrupted write)", stacklevel=2)
@@ -135,7 +163,9 @@ class JsonLinesAppender:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._default = default
         repair_torn_tail(self.path)
-        self._handle = self.path.open("a", encoding="utf-8")
+        # A lone surrogate (an id read from JSON as "\ud800") goes out as that same escape, which
+        # reads back to the same text, instead of stopping the run at that record for good.
+        self._handle = self.path.open("a", encoding="utf-8", errors="backslashreplace")
 
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False, allow_nan=False, default=self._default)
@@ -166,6 +196,8 @@ def repair_torn_tail(path: str | os.PathLike) -> None:
         start = data.rfind(b"\n") + 1
         try:
             json.loads(data[start:])
+        except RecursionError:  # whole but unreadable here: kept, for the reader to name
+            handle.write(b"\n")
         except (json.JSONDecodeError, UnicodeDecodeError):
             warnings.warn(f"{path}: cutting off a torn last line ({len(data) - start} bytes)", stacklevel=3)
             handle.truncate(start)

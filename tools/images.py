@@ -22,6 +22,9 @@ _ORIENTATION = 0x0112  # the EXIF tag
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 # agent-cli serve's default: lower, since a server decodes what strangers send.
 SERVER_MAX_IMAGE_PIXELS = 40_000_000
+# Longer side over shorter side: the Qwen VL processors' own limit; beyond it Grounding DINO's
+# resize leaves a side of 0 pixels. No camera or panorama comes near it.
+MAX_ASPECT_RATIO = 200
 
 
 def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, *,
@@ -34,7 +37,8 @@ def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_IMAGE_PI
     before decoding (``None``: no limit). ``bytes`` are an encoded file held in memory
     (an upload) and get the same checks. Every PIL mode (L, LA, P, RGBA, CMYK, I;16,
     ...) is converted to RGB. Arrays must be ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)``
-    ``uint8`` (RGB order).
+    ``uint8`` (RGB order). An image more than ``MAX_ASPECT_RATIO`` times longer than it is
+    wide (or the other way round) is refused.
     """
     if isinstance(source, Image.Image):
         image = source
@@ -50,6 +54,7 @@ def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_IMAGE_PI
         )
     if image.width == 0 or image.height == 0:
         raise ImageLoadError(f"image has zero size ({image.width}x{image.height})")
+    check_aspect_ratio(image.size)
     # exif_transpose copies even when there is nothing to rotate; images passed along a
     # pipeline (already loaded here) come back unchanged, the same object.
     if _orientation_of(image) != 1:
@@ -57,6 +62,13 @@ def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_IMAGE_PI
             return Image.fromarray(np.asarray(image if image.mode == "RGB" else _to_rgb(image)))
         image = ImageOps.exif_transpose(image)
     return image if image.mode == "RGB" else _to_rgb(image)
+
+
+def check_aspect_ratio(size: tuple[int, int]) -> None:
+    """``ImageLoadError`` for an image ``(w, h)`` more than ``MAX_ASPECT_RATIO`` times longer one way."""
+    if max(size) > MAX_ASPECT_RATIO * min(size):
+        raise ImageLoadError(f"image is {size[0]}x{size[1]}, more than {MAX_ASPECT_RATIO} times longer "
+                             "one way than the other: no model resizes it sensibly")
 
 
 def exif_orientation(source: ImageInput) -> int:

@@ -5,6 +5,7 @@ Light on purpose: the command line checks an expression before anything heavy lo
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from .errors import UserInputError
@@ -13,6 +14,23 @@ Span = tuple[int, int]  # [start, end) character offsets into a text
 # Code points that are not text: control characters and lone surrogates (valid in JSON as
 # "\ud800", unencodable as UTF-8, so every tokenizer fails on them).
 NOT_TEXT = ("Cc", "Cs")
+# The longest expression any entry point takes (Python, command line, datasets, server, training
+# samples): far above any benchmark's, far below what makes a model allocate gigabytes.
+MAX_EXPRESSION_CHARS = 2000
+# Text that a chat template, processor or tokenizer gives meaning to wherever it appears: the
+# Qwen families' control tokens (<|im_end|>, <|image_pad|>, <|box_start|>, ...), InternVL's and
+# LLaMA-Factory's placeholders (<IMG_CONTEXT>, <img>, <image>), Florence-2's task and location
+# tokens (<OD>, <loc_12>), the families' tags (<ref>, <box>, <think>, ...), BART's and BERT's
+# special tokens (</s>, [SEP]). In user text they would be read as the real tokens.
+CONTROL_MARKUP = re.compile(
+    r"<\|[^<>|\s]{1,64}\|>"
+    r"|</?(?:image|video|img|ref|box|quad|think|tool_call|tool_response|s|pad|unk|mask)>"
+    r"|<[A-Z][A-Z0-9_]{0,63}>|<loc_\d{1,4}>"
+    r"|\[(?:CLS|SEP|PAD|MASK|UNK)\]"
+)
+# One look-alike per opening character, kept by NFKC (the normalisation tokenizers apply), so
+# the markup reads as plain text and the text keeps its length.
+LOOKALIKE = {"<": "\u2039", "[": "\u2045"}  # "‹", "⁅"
 
 
 def check_text(text: str, focus: Span | None = None) -> None:
@@ -32,10 +50,22 @@ def check_text(text: str, focus: Span | None = None) -> None:
 
 
 def clean_expression(expression: str) -> str:
-    """The expression with control characters and lone surrogates replaced by spaces (one for
-    one, so character spans keep their meaning); an empty or blank expression is a ``UserInputError``."""
+    """The expression with control characters and lone surrogates replaced by spaces and control
+    markup neutralised (``neutralise_markup``), one character for one, so character spans keep
+    their meaning. An empty or blank expression, or one over ``MAX_EXPRESSION_CHARS``, is a
+    ``UserInputError``."""
     if not isinstance(expression, str):
         raise UserInputError(f"the expression must be text, got {type(expression).__name__}")
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise UserInputError(f"the expression is {len(expression)} characters long; the limit is "
+                             f"{MAX_EXPRESSION_CHARS}")
     cleaned = "".join(" " if unicodedata.category(c) in NOT_TEXT else c for c in expression)
     check_text(cleaned)
-    return cleaned
+    return neutralise_markup(cleaned)
+
+
+def neutralise_markup(text: str) -> str:
+    """``text`` with every ``CONTROL_MARKUP`` match made plain text: its first character becomes
+    a look-alike (``<|im_end|>`` -> ``‹|im_end|>``), so no model reads user text as a control
+    or image token. Idempotent, and it keeps the text's length."""
+    return CONTROL_MARKUP.sub(lambda match: LOOKALIKE[match.group()[0]] + match.group()[1:], text)

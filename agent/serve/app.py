@@ -33,7 +33,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from tools.errors import ExtractionFailedError, RemoteServiceError, UserInputError
 from tools.images import load_image
-from tools.text import clean_expression
+from tools.text import MAX_EXPRESSION_CHARS, clean_expression
 
 from .. import __version__
 from ..agent import Agent
@@ -43,7 +43,6 @@ from .options import ServerOptions
 from .schemas import ERROR_RESPONSES, Health, LocateResult
 from .workers import QueueFull, RequestTimeout, WorkerPool
 
-MAX_EXPRESSION_CHARS = 2000
 # Bytes an image takes while it is decoded and converted (e.g. greyscale plus its RGB copy).
 DECODED_BYTES_PER_PIXEL = 4
 DECODE_WORKERS = 2  # images decoded at once; the rest wait their turn

@@ -31,6 +31,7 @@ from tools.errors import UserInputError
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 REDIRECTS = (301, 302, 303, 307, 308)
 CHUNK = 64 * 1024
+MAX_HOST_CHARS = 253  # the DNS limit on a whole name
 
 
 class ImageFetchError(UserInputError):
@@ -94,6 +95,8 @@ class UrlFetcher:
             raise ImageFetchError(f"{url!r}: only http and https image URLs are fetched")
         if not host:
             raise ImageFetchError(f"{url!r}: no host in the URL")
+        if len(host) > MAX_HOST_CHARS:
+            raise ImageFetchError(f"{url[:200]!r}...: the host name is longer than {MAX_HOST_CHARS} characters")
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
@@ -123,7 +126,7 @@ class UrlFetcher:
     def _checked_address(self, url: str, host: str, port: int) -> IPAddress:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror:
+        except (socket.gaierror, UnicodeError):  # UnicodeError: a label IDNA cannot encode (over 63, empty)
             raise ImageFetchError(f"{url}: cannot resolve host {host!r}") from None
         addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
         refused = [address for address in addresses if not self.allow_address(address)]

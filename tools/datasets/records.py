@@ -33,6 +33,8 @@ def load_json(path: str | Path) -> Any:
         raise UserInputError(f"{path}: not valid JSON ({error.msg} at {where})") from None
     except (OSError, UnicodeDecodeError) as error:
         raise UserInputError(f"{path}: cannot be read ({error})") from None
+    except RecursionError:
+        raise UserInputError(f"{path}: nested too deeply to be an annotation file") from None
 
 
 def records(container: Any, name: str, path: Path, id_field: str = "id") -> Iterator["Record"]:

@@ -33,7 +33,7 @@ from prompts import load_messages
 
 from ..errors import UserInputError
 from ..files import write_atomically
-from ..text import Span
+from ..text import Span, neutralise_markup
 from .base import ExtractedTarget
 from .cache import ExtractionCache
 
@@ -45,8 +45,10 @@ Messages = list[dict[str, str]]
 
 
 def reference_messages(batch: Mapping[str, str]) -> Messages:
-    """The messages the script sends for ``batch`` (``{id: expression}``, in order)."""
-    return [*load_messages(MESSAGES), {"role": "user", "content": json.dumps(dict(batch))}]
+    """The messages the script sends for ``batch`` (``{id: expression}``, in order), control markup
+    in the expressions neutralised (``tools.text.neutralise_markup``)."""
+    batch = {key: neutralise_markup(expression) for key, expression in batch.items()}
+    return [*load_messages(MESSAGES), {"role": "user", "content": json.dumps(batch)}]
 
 
 def read_reply(reply: str) -> dict[Any, Any] | None:
