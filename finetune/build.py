@@ -84,8 +84,8 @@ NO_CANDIDATES = "no-candidates"
 NO_CANDIDATE_OVER_IOU = "no-candidate-over-iou"
 SINGLE_OPTION = "single-option"  # inference answers a lone option without asking: nothing to learn
 SAMPLED_OUT = "sampled-out"  # its quota was full when its turn came
-DROP_REASONS = (MULTI_TARGET, UNREADABLE_IMAGE, UNUSABLE_EXPRESSION, MISSING_CANDIDATES, NO_CANDIDATES, NO_CANDIDATE_OVER_IOU,
-                SINGLE_OPTION, SAMPLED_OUT)
+DROP_REASONS = (MULTI_TARGET, UNREADABLE_IMAGE, UNUSABLE_EXPRESSION, MISSING_CANDIDATES, NO_CANDIDATES,
+                NO_CANDIDATE_OVER_IOU, SINGLE_OPTION, SAMPLED_OUT)
 
 
 # Files of the output folder a dataset name would overwrite (``<name>.json``), and the longest

@@ -3,8 +3,9 @@
 Templates use ``str.format`` fields (``{expression}``, ``{target}``, ...). Load one with
 ``load_prompt("crs_select")`` and fill it with ``render_prompt("crs_select", **fields)``.
 A folder of your own templates passed as ``directory=`` replaces the defaults of the same
-names (``check_prompts_dir`` checks that each uses only its default's fields). A fixed conversation (the authors' few-shot extraction messages,
-to be sent byte for byte) is a ``.json`` list of chat messages: ``load_messages(name)``.
+names (``check_prompts_dir`` checks that each uses only its default's fields). A fixed
+conversation (the authors' few-shot extraction messages, to be sent byte for byte) is a
+``.json`` list of chat messages: ``load_messages(name)``.
 """
 
 from __future__ import annotations
