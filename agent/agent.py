@@ -17,10 +17,10 @@ from tools.text import clean_expression
 
 from .backends import Backends
 from .configuration import MODEL_SETTINGS, Configuration
+from .context import Context
 from .finishing import FinishPolicy, recorded_answer
 from .graph import build_graph
-from .nodes import make_nodes
-from .result import Result
+from .result import FROM_STATE, Result
 
 
 class Agent:
@@ -62,7 +62,7 @@ class Agent:
 
     def _bind(self, config: Configuration, backends: Backends) -> None:
         self.config, self.backends = config, backends
-        self.graph = build_graph(make_nodes(backends, config), config)
+        self.graph = build_graph(config)
         self._policy = FinishPolicy.of(config)
 
     def with_settings(self, **settings: Any) -> "Agent":
@@ -109,30 +109,18 @@ class Agent:
         if self.config.uses_mllm and not self.config.behaviour.mllm_exif_orientation and exif_orientation(image) != 1:
             inputs["mllm_image"] = load_image(image, max_pixels=limit, orientation=False)
         decode_time = time.perf_counter() - start
-        state = self.graph.invoke({**inputs, "trace": [], "timings": {}, "fallbacks": [], "detector_memo": {}})
-        timings = {"load_image": decode_time, **state["timings"], "total": time.perf_counter() - start}
+        context = Context(self.config, self.backends.detector_adapter.for_query(), self.backends.mllm_adapter,
+                          self.backends.extractor_adapter, self._policy)
+        state = self.graph.invoke(inputs, context=context)
+        carried = {name: state[name] for name in FROM_STATE if state.get(name) is not None}
+        if "verification" in carried:
+            carried["verification"] = [float(p) for p in carried["verification"]]
         return Result(
-            expression=expression,
             image_size=picture.size,
             strategy=self.config.strategy,
-            detections=state["detections"],
-            level=state.get("level"),
-            path=state.get("path"),
-            target=state.get("target"),
-            target_span=state.get("target_span"),
-            target_source=state.get("target_source"),
-            selection=state.get("selection"),
-            expected_count=state.get("expected_count"),
-            count_source=state.get("count_source"),
-            count_probabilities=state.get("count_probabilities"),
-            decision_threshold=state.get("decision_threshold", 0.0),
-            candidates=state.get("candidates"),
-            proposals=state.get("proposals"),
-            verification=None if state.get("verification") is None else [float(p) for p in state["verification"]],
             path_answer=recorded_answer(state.get("path"), state["answer"], self._policy) if "answer" in state else None,
-            trace=state["trace"],
-            timings=timings,
-            fallbacks=state["fallbacks"],
+            timings={"load_image": decode_time, **state["timings"], "total": time.perf_counter() - start},
+            **carried,
         )
 
     def locate_batch(
@@ -184,7 +172,8 @@ class Agent:
                 cleaned.append(clean_expression(expression))
             except UserInputError:
                 continue
-        self.backends.prefetch_targets(cleaned)
+        if self.config.uses_extractor:
+            self.backends.extractor_adapter.prefetch(cleaned)
 
     def __repr__(self) -> str:
         return f"Agent(strategy={self.config.strategy!r}, focus={self.config.focus})"

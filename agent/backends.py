@@ -1,84 +1,68 @@
-"""The models one agent uses: loaded lazily from settings, or plugged in by the user.
+"""The models one agent uses: loaded lazily from settings, or plugged in by the user, and the
+adapters the graph's nodes call them through (``agent.adapters``).
 
-Plug-ins only need the protocol methods and may return plain Python values:
-``detect``/``ground`` -> ``Detections`` or a ``(boxes, scores)`` pair of lists;
-``select`` -> ``Selection`` or option probabilities (candidates in order, "None"
-last when allowed); ``extract`` -> one phrase (or ``None``) per expression.
-
-Queries run together (``tools.batching``) have their calls coalesced into the optional batch
-methods ``ground_batch(images, expressions, focuses)``, ``select_batch(images, expressions,
-candidates, allow_none)``, ``verify_batch(images, expressions, candidates)``, ``count_batch(images,
-expressions, candidates)`` and ``detect_batch(images, texts, focuses)``; a backend without them is
-called once per query.
-``verify`` (per-candidate yes/no, ``crs_mode="verify"``) is optional: ``p(yes)`` per candidate;
-so is ``count`` (``count_mode="image"``): the probability of each count 0..5 and "more", or a count.
-Calls into a plug-in take turns unless it says ``thread_safe = True`` (the bundled models
-serialise themselves).
+Plug-ins follow their kind's Protocols (``tools.detectors.base.Detector`` and ``DetectorExtras``,
+``tools.mllm.base.MLLM`` and ``MLLMExtras``, ``tools.extraction.base.TargetExtractor`` and
+``ExtractorExtras``), checked when they are plugged in, and may return plain Python values:
+``detect``/``ground`` -> ``Detections`` or a ``(boxes, scores)`` pair of lists; ``select`` ->
+``Selection`` or option probabilities (candidates in order, "None" last when allowed);
+``extract`` -> one phrase (or ``None``) per expression. Queries run together
+(``tools.batching``) have their calls coalesced into the optional ``_batch`` methods; a model
+without them is called once per query. Calls into a plug-in take turns unless it says
+``thread_safe = True`` (the bundled models serialise themselves).
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import re
 import threading
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
-from PIL import Image
-
-from tools import boxes as box_ops
-from tools.batching import Coalescer, PartialBatchError
 from tools.defaults import OPENAI_PREFIX
-from tools.detections import Detections
-from tools.detectors.base import resize_option
-from tools.text import Span
-from tools.errors import ExtractionFailedError, ModelOutputError, UserInputError
-from tools.extraction import ChatExtractor, ExtractedTarget, HeuristicExtractor, LocalChatExtractor
-from tools.extraction import OpenAIChatExtractor
-from tools.extraction import align_target, heuristic_extraction
-from tools.extraction.reference import ReferenceExtractor, substring_target
-from tools.mllm.counting import as_count_probabilities
-from tools.mllm.crs import option_letters
+from tools.errors import UserInputError
+from tools.extraction import HeuristicExtractor, LocalChatExtractor, OpenAIChatExtractor
+from tools.extraction.reference import ReferenceExtractor
 from tools.mllm.openai_compat import OpenAICompatibleMLLM
-from tools.mllm.selection import Selection, average_orders, cyclic_orders
-from tools.mllm.verify import as_yes_probabilities
 
+from .adapters import DetectorAdapter, ExtractorAdapter, MLLMAdapter, Turns, check_plugins
 from .configuration import Configuration
-
-
 
 # What every PEFT adapter folder holds.
 ADAPTER_CONFIG = "adapter_config.json"
 
 
 class Backends:
-    """Detector, MLLM and target extractor of one agent, each loaded on first use and kept.
+    """Detector, MLLM and target extractor of one agent, each loaded on first use and kept, and
+    their adapters (``detector_adapter``, ...), through which every call goes.
 
     ``with_config`` gives the backends of other method settings (strategy, focus, ...)
     over the same model slots: a model either of them loads serves both.
     """
 
     def __init__(self, config: Configuration, *, detector=None, mllm=None, extractor=None) -> None:
-        self.config = config
         given = {"detector": detector, "mllm": mllm, "extractor": extractor}
         # Slot name -> model. A plug-in extractor fills "extractor"; loaded ones are kept per
         # resolved ``llm`` choice ("extractor:mllm", ...), since "auto" depends on the strategy.
-        self._models: dict[str, Any] = {name: model for name, model in given.items() if model is not None}
-        self._loading = threading.RLock()  # one thread loads a model; the others wait for it
-        self._plugin_locks: dict[int, threading.Lock] = {}
-        self._ground = Coalescer(self._ground_one, self._ground_many, config.batch_size)
-        self._select = Coalescer(self._select_one, self._select_many, config.batch_size)
-        self._verify = Coalescer(self._verify_one, self._verify_many, config.batch_size)
-        self._count = Coalescer(self._count_one, self._count_many, config.batch_size)
-        self._detect = Coalescer(self._detect_one, self._detect_many_images, config.batch_size)
+        self._bind(config, {name: model for name, model in given.items() if model is not None},
+                   threading.RLock(), Turns())
+
+    def _bind(self, config: Configuration, models: dict[str, Any], loading: threading.RLock, turns: Turns) -> None:
+        check_plugins({kind: models.get(kind) for kind in ("detector", "mllm", "extractor")}, config)
+        self.config = config
+        self._models, self._loading = models, loading  # one thread loads a model; the others wait for it
+        behaviour = config.behaviour
+        self.detector_adapter = DetectorAdapter(lambda: self.detector, turns, config.batch_size,
+                                                behaviour.detector_resize)
+        self.mllm_adapter = MLLMAdapter(lambda: self.mllm, turns, config.batch_size, behaviour.crs_reading)
+        self.extractor_adapter = ExtractorAdapter(lambda: self.extractor, turns, behaviour.target_span)
+        self._turns = turns
 
     def with_config(self, config: Configuration) -> "Backends":
         """Backends for ``config`` sharing these ones' models; ``config`` must name the same models."""
-        shared = Backends(config)
-        shared._models, shared._loading, shared._plugin_locks = self._models, self._loading, self._plugin_locks
+        shared = Backends.__new__(Backends)
+        shared._bind(config, self._models, self._loading, self._turns)
         return shared
 
     def check_checkpoints(self) -> None:
@@ -212,216 +196,8 @@ class Backends:
         digest = hashlib.sha256(model.encode("utf-8")).hexdigest()[:8]
         return Path(self.config.cache_dir) / f"extraction-{readable}-{digest}.json"
 
-    # Calls that accept plug-ins' plain return values, batched across the queries run together.
-
-    def detect(self, image: Image.Image, text: str, focus: tuple[int, int] | None) -> Detections:
-        return self.detect_many(image, [(text, focus)])[0]
-
-    def detect_many(self, image: Image.Image, queries: Sequence[tuple[str, Span | None]]) -> list[Detections]:
-        """Several ``(text, focus)`` queries on one image: batched when the detector has
-        ``detect_many``, and across queries' images when it has ``detect_batch``."""
-        if hasattr(self.detector, "detect_batch"):
-            return self._detect((image, tuple(queries)))
-        return self._detect_one((image, tuple(queries)))
-
-    def _detect_one(self, item) -> list[Detections]:
-        image, queries = item
-        resize = self._resize()
-        if len(queries) > 1 and hasattr(self.detector, "detect_many"):
-            texts, focuses = zip(*queries)
-            answers = self._call(self.detector, "detect_many", image, list(texts), list(focuses), **resize)
-            return [as_detections(answer, "detector.detect_many") for answer in answers]
-        return [as_detections(self._call(self.detector, "detect", image, text, focus=focus, **resize),
-                              "detector.detect") for text, focus in queries]
-
-    def _resize(self) -> dict[str, str]:
-        """``resize=`` for a detector that offers the profile's (``GroundingDinoDetector.resizes``)."""
-        return resize_option(self.detector, self.config.behaviour.detector_resize)
-
-    def _detect_many_images(self, _, items) -> list:
-        flat = [(image, text, focus) for image, queries in items for text, focus in queries]
-        images, texts, focuses = (list(column) for column in zip(*flat))
-        answers = _answers(lambda: self._call(self.detector, "detect_batch", images, texts, focuses),
-                           "detector.detect_batch", as_detections)
-        grouped, start = [], 0
-        for _, queries in items:
-            part = answers[start:start + len(queries)]
-            start += len(queries)
-            failed = next((answer for answer in part if isinstance(answer, BaseException)), None)
-            grouped.append(failed or part)
-        return grouped
-
-    def ground(self, image: Image.Image, expression: str, focus: str | None) -> Detections:
-        if hasattr(self.mllm, "ground_batch"):
-            return self._ground((image, expression, focus))
-        return self._ground_one((image, expression, focus))
-
-    def _ground_one(self, item) -> Detections:
-        image, expression, focus = item
-        return as_detections(self._call(self.mllm, "ground", image, expression, focus=focus), "mllm.ground")
-
-    def _ground_many(self, _, items) -> list:
-        images, expressions, focuses = (list(column) for column in zip(*items))
-        return _answers(lambda: self._call(self.mllm, "ground_batch", images, expressions, focuses),
-                        "mllm.ground_batch", as_detections)
-
-    def select(self, image: Image.Image, expression: str, candidates: Detections, allow_none: bool) -> Selection:
-        if hasattr(self.mllm, "select_batch"):
-            return self._select((image, expression, candidates, allow_none), key=allow_none)
-        return self._select_one((image, expression, candidates, allow_none))
-
-    def _select_one(self, item) -> Selection:
-        image, expression, candidates, allow_none = item
-        answer = self._call(self.mllm, "select", image, expression, candidates, allow_none=allow_none,
-                            **self._reading("select"))
-        return as_selection(answer, candidates, allow_none)
-
-    def _select_many(self, allow_none: bool, items) -> list:
-        images, expressions, candidates = (list(column) for column in zip(*(item[:3] for item in items)))
-        answers = _answers(lambda: self._call(self.mllm, "select_batch", images, expressions, candidates, allow_none,
-                                              **self._reading("select_batch")), "mllm.select_batch")
-        return [answer if isinstance(answer, BaseException) else as_selection(answer, boxes, allow_none)
-                for answer, boxes in zip(answers, candidates)]
-
-    def _reading(self, method: str) -> dict[str, str]:
-        """``reading=`` for the MLLM's ``method`` when the profile reads generated answers and the
-        method takes it (``tools.mllm.base.MLLM``); plug-ins without it answer with letter probabilities."""
-        reading = self.config.behaviour.crs_reading
-        if reading == "letter" or "reading" not in inspect.signature(getattr(self.mllm, method)).parameters:
-            return {}
-        return {"reading": reading}
-
-    def select_in_orders(self, image: Image.Image, expression: str, candidates: Detections, allow_none: bool,
-                         orders: int) -> Selection:
-        """``select`` asked with the candidates in ``orders`` cyclic orders (one batched call when the
-        MLLM has ``select_batch``) and averaged per candidate (``selection.average_orders``)."""
-        permutations = cyclic_orders(len(candidates), orders)
-        if len(permutations) < 2:
-            return self.select(image, expression, candidates, allow_none)
-        items = [(image, expression, candidates[order], allow_none) for order in permutations]
-        if hasattr(self.mllm, "select_batch"):
-            answers = self._select_many(allow_none, items)
-        else:
-            answers = [self._select_one(item) for item in items]
-        failed = next((answer for answer in answers if isinstance(answer, BaseException)), None)
-        if failed is not None:
-            raise failed
-        return average_orders(candidates, answers, permutations)
-
-    def verify(self, image: Image.Image, expression: str, candidates: Detections) -> np.ndarray:
-        """``p(yes)`` of each candidate (``crs_mode="verify"``), batched across queries when the MLLM
-        has ``verify_batch``."""
-        if not (hasattr(self.mllm, "verify") or hasattr(self.mllm, "verify_batch")):
-            raise UserInputError(f"crs_mode=verify needs an MLLM with verify(image, expression, candidates); "
-                                 f"{type(self.mllm).__name__} has none (use crs_mode=choice)")
-        if len(candidates) == 0:
-            return np.zeros(0)
-        if hasattr(self.mllm, "verify_batch"):
-            return self._verify((image, expression, candidates))
-        return self._verify_one((image, expression, candidates))
-
-    def _verify_one(self, item) -> np.ndarray:
-        image, expression, candidates = item
-        answer = self._call(self.mllm, "verify", image, expression, candidates)
-        return as_yes_probabilities(answer, len(candidates), "mllm.verify")
-
-    def _verify_many(self, _, items) -> list:
-        images, expressions, candidates = (list(column) for column in zip(*items))
-        answers = _answers(lambda: self._call(self.mllm, "verify_batch", images, expressions, candidates),
-                           "mllm.verify_batch")
-        converted = []
-        for answer, boxes in zip(answers, candidates):
-            try:
-                converted.append(answer if isinstance(answer, BaseException)
-                                 else as_yes_probabilities(answer, len(boxes), "mllm.verify_batch"))
-            except ModelOutputError as error:
-                converted.append(error)
-        return converted
-
-    def count(self, image: Image.Image, expression: str, candidates: Detections) -> np.ndarray:
-        """The MLLM's probability of each count of ``COUNT_ANSWERS`` (``count_mode`` image or both),
-        batched across queries when it has ``count_batch``."""
-        if not (hasattr(self.mllm, "count") or hasattr(self.mllm, "count_batch")):
-            raise UserInputError(f"count_mode image needs an MLLM with count(image, expression, candidates); "
-                                 f"{type(self.mllm).__name__} has none (use count_mode=text)")
-        if hasattr(self.mllm, "count_batch"):
-            return self._count((image, expression, candidates))
-        return self._count_one((image, expression, candidates))
-
-    def _count_one(self, item) -> np.ndarray:
-        return as_count_probabilities(self._call(self.mllm, "count", *item), "mllm.count")
-
-    def _count_many(self, _, items) -> list:
-        images, expressions, candidates = (list(column) for column in zip(*items))
-        return _answers(lambda: self._call(self.mllm, "count_batch", images, expressions, candidates),
-                        "mllm.count_batch", as_count_probabilities)
-
-    def _call(self, model, method: str, *args, **kwargs):
-        """``model.method(...)``, taking turns with the other threads unless the model serialises
-        itself (a ``_lock``) or says it is ``thread_safe``."""
-        if hasattr(model, "_lock") or getattr(model, "thread_safe", False):
-            return getattr(model, method)(*args, **kwargs)
-        with self._loading:
-            lock = self._plugin_locks.setdefault(id(model), threading.Lock())
-        with lock:
-            return getattr(model, method)(*args, **kwargs)
-
-    def prefetch_targets(self, expressions: Sequence[str]) -> None:
-        """Ask a model-backed extractor about many expressions at once (it batches them, 8 per
-        prompt by default, and caches the answers), so later one-by-one ``extract`` calls are
-        served from its cache."""
-        if self.config.uses_extractor and isinstance(self.extractor, (ChatExtractor, ReferenceExtractor)):
-            self.extractor.extract_spans(list(dict.fromkeys(expressions)))
-
-    def extract(self, expression: str, given: ExtractedTarget | str | None = None
-                ) -> tuple[ExtractedTarget, str | None]:
-        """The target of ``expression`` (``given``: the caller's, not asked of the extractor) and, when a
-        fallback was needed, why. ``ExtractionFailedError`` when the reference extraction dropped it."""
-        if isinstance(given, ExtractedTarget):
-            target = given
-        elif given is not None or not hasattr(self.extractor, "extract_spans"):
-            phrase = given if given is not None else list(self._call(self.extractor, "extract", [expression]))[0]
-            span = align_target(expression, phrase) if phrase else None
-            target = ExtractedTarget(None if span is None else expression[span[0] : span[1]], span, "model", phrase)
-        else:
-            target = self._call(self.extractor, "extract_spans", [expression])[0]
-        if target.source == "failed":
-            raise ExtractionFailedError(
-                f"target extraction gave no target for {expression!r} (reply {_preview(target.answer)}): the authors' "
-                "script drops its batch and the sample")
-        if self.config.behaviour.target_span == "substring" and (target.answer or target.phrase):
-            return substring_target(expression, target.answer or target.phrase, target.source)
-        if target.span is None:
-            fallback = heuristic_extraction(expression, target.answer)
-            return fallback, f"target extraction gave {target.answer!r}: used the heuristic target"
-        if target.source == "heuristic" and not isinstance(self.extractor, HeuristicExtractor):
-            return target, f"target extraction gave {target.answer!r}: used the heuristic target"
-        return target, None
-
-
 def _unknown_llm(choice: str) -> UserInputError:
     return UserInputError(f"unknown llm {choice!r}; use auto, mllm, heuristic or openai:MODEL")
-
-
-def _preview(text: str | None, limit: int = 120) -> str:
-    return "none" if text is None else repr(text[:limit] + ("..." if len(text) > limit else ""))
-
-
-def _answers(call, source: str, convert=None) -> list:
-    """A batch method's answers (``convert``-ed), failed items as their exceptions in place."""
-    try:
-        answers = list(call())
-    except PartialBatchError as partial:
-        answers = partial.results
-    if convert is None:
-        return answers
-    converted = []
-    for answer in answers:
-        try:
-            converted.append(answer if isinstance(answer, BaseException) else convert(answer, source))
-        except ModelOutputError as error:
-            converted.append(error)
-    return converted
 
 
 def load_mllm(config: Configuration):
@@ -457,45 +233,3 @@ def served_family(model: str) -> str:
         return family_for_model(model).name
     except UserInputError:
         return QWEN2_VL.name
-
-
-def as_detections(value: Any, source: str) -> Detections:
-    """``Detections`` from a backend's answer (``Detections`` or ``(boxes, scores)``); a box written
-    with its corners inverted (``x2 < x1``) is reordered, as the bundled MLLMs' answers are."""
-    if isinstance(value, Detections):
-        detections = value
-    elif isinstance(value, (tuple, list)) and len(value) == 2:
-        try:
-            boxes = np.asarray(value[0], dtype=float).reshape(-1, 4)
-            scores = np.asarray(value[1], dtype=float).reshape(-1)
-            detections = Detections(boxes, scores)
-        except (TypeError, ValueError) as error:
-            raise ModelOutputError(f"{source} returned malformed boxes or scores: {error}") from None
-        if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
-            raise ModelOutputError(f"{source} returned boxes or scores that are not finite numbers")
-    else:
-        raise ModelOutputError(f"{source} must return Detections or (boxes, scores), got {type(value).__name__}")
-    boxes = detections.boxes
-    if ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
-        detections = replace(detections, boxes=box_ops.ordered_corners(boxes))
-    return detections
-
-
-def as_selection(value: Any, candidates: Detections, allow_none: bool) -> Selection:
-    """``Selection`` from a backend's answer (``Selection`` or option probabilities)."""
-    if isinstance(value, Selection):
-        return value
-    letters = option_letters(len(candidates), allow_none)
-    expected = f"mllm.select must return a Selection or {len(letters)} option probabilities"
-    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
-        raise ModelOutputError(f"{expected}, got {type(value).__name__}")
-    try:
-        probabilities = np.asarray(value, dtype=float).reshape(-1)
-    except (TypeError, ValueError):
-        raise ModelOutputError(f"{expected}, got {value!r:.80}") from None
-    if len(probabilities) != len(letters):
-        raise ModelOutputError(f"{expected}, got {len(probabilities)}")
-    total = probabilities.sum()
-    if not np.isfinite(total) or total <= 0 or (probabilities < 0).any():
-        raise ModelOutputError(f"mllm.select returned invalid probabilities {probabilities.tolist()}")
-    return Selection(candidates, letters, probabilities / total, allow_none)

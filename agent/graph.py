@@ -11,31 +11,40 @@ Each strategy's graph holds only the nodes it can visit.
 
 from __future__ import annotations
 
+import functools
+
 from langgraph.graph import END, START, StateGraph
 
 from .configuration import Configuration
-from .nodes import Node
-from .state import AgentState
+from .context import Context
+from .nodes import NODES
+from .state import AgentInput, AgentState
 
 LEVEL_2_PATH = {"sfa": "mllm", "sfa+crs": "crs"}
 
 
-def build_graph(nodes: dict[str, Node], config: Configuration):
-    """Compile the graph of ``config.strategy`` over the given nodes."""
-    routed = config.strategy in LEVEL_2_PATH
-    paths = ["specialist", LEVEL_2_PATH[config.strategy]] if routed else [config.strategy]
+def build_graph(config: Configuration):
+    """The compiled graph of ``config``'s strategy: built once per shape and shared by every agent
+    and settings variant (the settings and models reach the nodes as the run's ``Context``)."""
+    return _compiled(config.strategy, config.uses_extractor, config.counts_from_image)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(strategy: str, uses_extractor: bool, counts_from_image: bool):
+    routed = strategy in LEVEL_2_PATH
+    paths = ["specialist", LEVEL_2_PATH[strategy]] if routed else [strategy]
     first = "route" if routed else paths[0]
 
-    graph = StateGraph(AgentState)
-    for name in (["extract_target"] if config.uses_extractor else []) + (["route"] if routed else []) + paths:
-        graph.add_node(name, nodes[name])
-    graph.add_node("finish", nodes["finish"])
+    graph = StateGraph(AgentState, context_schema=Context, input_schema=AgentInput)
+    for name in (["extract_target"] if uses_extractor else []) + (["route"] if routed else []) + paths:
+        graph.add_node(name, NODES[name])
+    graph.add_node("finish", NODES["finish"])
     last = "finish"
-    if config.counts_from_image:  # the MLLM counts the targets over the path's boxes first
-        graph.add_node("count_targets", nodes["count_targets"])
+    if counts_from_image:  # the MLLM counts the targets over the path's boxes first
+        graph.add_node("count_targets", NODES["count_targets"])
         graph.add_edge("count_targets", "finish")
         last = "count_targets"
-    if config.uses_extractor:
+    if uses_extractor:
         graph.add_edge(START, "extract_target")
         graph.add_edge("extract_target", first)
     else:
@@ -59,7 +68,4 @@ def _by_level(paths: list[str]):
 
 def mermaid(config: Configuration) -> str:
     """The graph of ``config`` as a Mermaid diagram (no models are loaded)."""
-    from .backends import Backends
-    from .nodes import make_nodes
-
-    return build_graph(make_nodes(Backends(config), config), config).get_graph().draw_mermaid()
+    return build_graph(config).get_graph().draw_mermaid()

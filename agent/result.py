@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tools.detections import Detections
 from tools.mllm.selection import Selection
+
+from .state import AgentState
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,32 +69,29 @@ class Result:
         return len(self.detections) > 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable summary (no image, no model objects)."""
-        return {
-            "expression": self.expression,
-            "image_size": list(self.image_size),
-            "strategy": self.strategy,
-            "boxes": self.boxes,
-            "scores": self.scores,
-            "level": self.level,
-            "path": self.path,
-            "target": self.target,
-            "target_span": None if self.target_span is None else list(self.target_span),
-            "target_source": self.target_source,
-            "selection": None if self.selection is None else self.selection.to_dict(),
-            "expected_count": self.expected_count,
-            "count_source": self.count_source,
-            "count_probabilities": self.count_probabilities,
-            "decision_threshold": self.decision_threshold,
-            "candidates": None if self.candidates is None else _boxes(self.candidates),
-            "proposals": None if self.proposals is None else _boxes(self.proposals),
-            "verification": self.verification,
-            "path_answer": None if self.path_answer is None else _boxes(self.path_answer),
-            "trace": list(self.trace),
-            "timings": dict(self.timings),
-            "fallbacks": list(self.fallbacks),
-        }
+        """JSON-serialisable summary (no image, no model objects): every field in order, the
+        ``detections`` as ``boxes`` and ``scores``. The server's ``LocateResult`` is this."""
+        data: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "detections":
+                data.update(boxes=self.boxes, scores=self.scores)
+            else:
+                data[item.name] = _plain(value)
+        return data
 
 
-def _boxes(detections: Detections) -> dict[str, list]:
-    return {"boxes": detections.boxes.tolist(), "scores": detections.scores.tolist()}
+# The fields a query's final state hands to its Result under the same names (the others the
+# agent fills: the image size, the strategy, the answer before finishing, the total time).
+FROM_STATE = tuple(item.name for item in fields(Result)
+                   if item.name in AgentState.__annotations__ and item.name != "timings")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Detections):
+        return {"boxes": value.boxes.tolist(), "scores": value.scores.tolist()}
+    if isinstance(value, Selection):
+        return value.to_dict()
+    if isinstance(value, (tuple, list)):
+        return list(value)
+    return dict(value) if isinstance(value, dict) else value

@@ -18,12 +18,16 @@ def merge(left: dict, right: dict) -> dict:
     return {**left, **right}
 
 
-class AgentState(TypedDict, total=False):
-    # Inputs (set once by the agent; the image is decoded once per query)
+class AgentInput(TypedDict, total=False):
+    """What ``Agent.locate`` gives the graph (its ``input_schema``); the image is decoded once per query."""
+
     image: Image.Image
     expression: str
     given_target: Any  # the caller's target (``locate(target=...)``): the extractor is not asked
     mllm_image: Image.Image | None  # what the MLLM sees when it is not ``image``: the pixels as stored
+
+
+class AgentState(AgentInput, total=False):
     # Target extraction
     target: str | None
     target_span: tuple[int, int] | None
@@ -46,8 +50,7 @@ class AgentState(TypedDict, total=False):
     # The final answer, and the score its boxes had to reach (0: returned without one)
     detections: Detections
     decision_threshold: float
-    # Bookkeeping: detector outputs by (text, focus span) so no text is detected twice
-    detector_memo: Annotated[dict[tuple[str, Any], Detections], merge]
+    # Bookkeeping
     trace: Annotated[list[str], operator.add]
     timings: Annotated[dict[str, float], merge]
     fallbacks: Annotated[list[str], operator.add]

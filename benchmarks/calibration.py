@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from agent.calibration import Problem, calibrate, recorded
+from agent.evaluation.calibration import Problem, calibrate, recorded
 from agent.finishing import FinishPolicy
 from tools.datasets import Sample
 from tools.detections import Detections

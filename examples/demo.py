@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from agent.cli import check_save_path
+from agent.cli.main import check_save_path
 from tools.defaults import DEFAULT_DETECTOR, DEFAULT_MLLM
 
 SMALL_DETECTOR = "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det"

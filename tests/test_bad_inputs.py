@@ -297,7 +297,7 @@ def test_gpu_out_of_memory_names_the_settings_that_help(tiny_qwen2_vl, monkeypat
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from agent.backends import as_detections, as_selection  # noqa: E402
+from agent.answers import as_detections, as_selection  # noqa: E402
 from tools.mllm.openai_compat import parse_option_letter  # noqa: E402
 
 
@@ -387,7 +387,7 @@ def test_a_16_bit_png_is_scaled_not_clipped(tmp_path):
 
 
 def test_eval_refuses_an_image_whose_size_is_not_the_annotations(tmp_path):
-    from agent.benchmark_run import predict
+    from agent.evaluation.run import predict
     from tools.datasets import Sample
 
     path = tmp_path / "rotated.png"

@@ -20,7 +20,7 @@ from agent import Agent
 from agent.backends import Backends
 from agent.cli import main
 from agent.configuration import Configuration
-from agent.benchmark_run import PREDICTIONS_FILE, Shard, local_device, lock_file, predict
+from agent.evaluation.run import PREDICTIONS_FILE, Shard, local_device, lock_file, predict
 from tools.datasets import Sample
 from tools.evaluation.formats import read_dataset
 from tools.detections import Detections
@@ -225,7 +225,7 @@ def test_accelerate_launch_runs_one_shard_per_process_and_merges(tmp_path, refer
     launcher = Path(sys.executable).parent / "accelerate"
     command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "agent.eval_cli", "--output", str(output), *dataset, *models]
+               "-m", "agent.cli.eval", "--output", str(output), *dataset, *models]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert {path.name for path in output.glob("predictions.shard-*")} == {
@@ -304,11 +304,11 @@ def test_model_extraction_answers_are_cached_per_model(tmp_path):
             TextModel.calls += 1
             return '{"1": "green car"}'
 
-    config = Configuration(strategy="sfa", llm="mllm", cache_dir=str(tmp_path))
+    config = Configuration(strategy="specialist", llm="mllm", cache_dir=str(tmp_path))
     for _ in range(2):  # a second run (new backends, same cache folder) does not ask again
         backends = Backends(config, mllm=TextModel())
         assert isinstance(backends.extractor, LocalChatExtractor)
-        target, _ = backends.extract("the red car left of the green car")
+        target, _ = backends.extractor_adapter.extract("the red car left of the green car")
         assert target.phrase == "green car"
     assert TextModel.calls == 1
     (cache_file,) = tmp_path.glob("extraction-*.json")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from agent.calibration import calibrated_on, recorded, relevant_thresholds, rescore
+from agent.evaluation.calibration import calibrated_on, recorded, relevant_thresholds, rescore
 from agent.cli import main
 from agent.configuration import Configuration
 from agent.finishing import FinishPolicy
@@ -124,7 +124,7 @@ def test_eval_warns_when_the_dev_file_is_the_test_file(tmp_path, capsys, street_
 
 @pytest.mark.parametrize("format_name", ["grec", "finecops-ref"])
 def test_objectives_are_the_documented_ones(format_name):
-    from agent.calibration import objective
+    from agent.evaluation.calibration import objective
     from tools.evaluation.formats import get_format
 
     goal = objective(get_format(format_name).metric.name)

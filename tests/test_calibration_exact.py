@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.calibration import Problem, calibrate, cross_validate, objective, recorded, rescore
+from agent.evaluation.calibration import Problem, calibrate, cross_validate, objective, recorded, rescore
 from agent.finishing import FinishPolicy
 from tools.datasets import Sample
 from tools.detections import Detections

@@ -7,7 +7,7 @@ import sys
 import pytest
 from PIL import Image
 
-from agent.cli import find_phrase, main
+from agent.cli.main import find_phrase, main
 
 
 @pytest.fixture

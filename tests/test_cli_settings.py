@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from agent.cli import app
-from agent.cli_settings import flag_name, with_settings
+from agent.cli.settings import flag_name, with_settings
 from agent.configuration import GROUPS, Configuration, settings_table
 from tools.cli_runner import run_command
 

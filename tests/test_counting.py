@@ -137,8 +137,15 @@ def test_a_count_the_plug_in_cannot_give_falls_back_to_the_text(image):
     result, _ = run(image, [0.5, 0.5], "the two dogs")
     assert result.boxes == BOXES[:2] and result.count_probabilities is None
     assert any("count was unusable" in note for note in result.fallbacks)
+    class Uncounting:
+        def ground(self, image, expression, focus=None):
+            return [], []
+
+        def select(self, image, expression, candidates, allow_none=False):
+            return [1.0] + [0.0] * (len(candidates) - 1 + allow_none)
+
     with pytest.raises(UserInputError, match="count_mode image needs an MLLM with count"):
-        Agent("specialist", detector=Boxes(), mllm=object(), extractor="heuristic", multi="auto",
+        Agent("specialist", detector=Boxes(), mllm=Uncounting(), extractor="heuristic", multi="auto",
               count_mode="image").locate(image, "the dogs")
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from agent import Agent
-from agent.benchmark_run import prediction
+from agent.evaluation.run import prediction
 from agent.cli import main
 from tests.test_datasets import annotation, image_entry, write_json
 from tools import Detections

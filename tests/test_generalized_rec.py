@@ -123,9 +123,11 @@ def test_verification_needs_a_verifying_mllm(image):
         def select(self, image, expression, candidates, allow_none=False):
             return [1.0] + [0.0] * (len(candidates) - 1)
 
-    agent = Agent("crs", detector=FourBoxes(), mllm=Chooser(), extractor="heuristic", crs_mode="verify")
-    with pytest.raises(UserInputError, match="crs_mode=verify needs an MLLM with verify"):
-        agent.locate(image, "the dog")
+    # Refused when plugged in, before any query: the settings need what the plug-in lacks.
+    with pytest.raises(UserInputError, match="Chooser has no verify.* or verify_batch.*which strategy 'crs' needs"):
+        Agent("crs", detector=FourBoxes(), mllm=Chooser(), extractor="heuristic", crs_mode="verify")
+    with pytest.raises(UserInputError, match="Chooser has no verify"):
+        Agent("crs", detector=FourBoxes(), mllm=Chooser(), extractor="heuristic").with_settings(crs_mode="verify")
 
 
 def test_settings_are_checked():

@@ -276,9 +276,11 @@ def test_predictions_file_round_trip_and_torn_last_line(tmp_path):
 
 
 def test_prediction_from_an_agent_result():
+    from agent.evaluation.run import result_prediction
+
     result = Result("the cup", (100, 100), "sfa", Detections([[0, 0, 5, 5]], [0.7]), level=2, path="mllm",
                     target="the cup", timings={"router": 0.1})
-    prediction = Prediction.from_result(4, result, confidence=0.7)
+    prediction = result_prediction(4, result, confidence=0.7)
     # Returned without a threshold (decision_threshold 0): written 0.7 + 0.3 x 0.7, the raw 0.7 kept.
     assert prediction.to_record() == {"id": 4, "boxes": [[0.0, 0.0, 5.0, 5.0]], "scores": [pytest.approx(0.91)],
                                       "level": 2, "path": "mllm", "target": "the cup", "timings": {"router": 0.1},

@@ -99,7 +99,7 @@ def test_an_empty_api_key_in_the_environment_is_refused(monkeypatch, capsys):
 
 
 def test_a_sharded_and_an_unsharded_run_never_share_an_output_folder(tmp_path, capsys):
-    from agent.benchmark_run import RUN_LOCK
+    from agent.evaluation.run import RUN_LOCK
     from tests.test_datasets import annotation, image_entry, write_json
     from tools.files import exclusive_lock
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from agent import Agent
-from agent.benchmark_run import prediction
+from agent.evaluation.run import prediction
 from tests import reference_scripts as scripts
 from tests.fake_openai_server import FakeChatServer, completion, token
 from tests.real_vocab import unpack_qwen2_vl_tokenizer

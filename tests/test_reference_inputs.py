@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from agent import Agent
-from agent.benchmark_run import predict
-from agent.report import build_metrics
+from agent.evaluation.run import predict
+from agent.evaluation.report import build_metrics
 from tools.datasets import Sample
 from tools.detections import Detections
 from tools.detectors import GroundingDinoDetector
@@ -121,8 +121,8 @@ def test_the_reference_detector_resizes_as_mmdetection_and_caches_apart(tiny_mm_
     assert cached.misses == 2 and np.allclose(again.scores, mmdet.scores)
     # The reference profile asks for it; a detector that offers no resize is asked without one.
     agent = Agent(strategy="specialist", profile="reference", focus=False, detector=detector)
-    assert agent.backends._resize() == {"resize": "mmdet"}
-    assert Agent(strategy="specialist", profile="reference", focus=False, detector=Seer()).backends._resize() == {}
+    assert agent.backends.detector_adapter.resize_option() == {"resize": "mmdet"}
+    assert Agent(strategy="specialist", profile="reference", focus=False, detector=Seer()).backends.detector_adapter.resize_option() == {}
 
 
 def test_internvl_answers_are_read_as_its_own_refcoco_evaluation_reads_them():

@@ -80,14 +80,14 @@ def test_without_the_serve_extra_the_command_says_what_to_install(monkeypatch, c
 def test_the_listening_socket_names_tcp_so_connections_get_nodelay():
     # asyncio sets TCP_NODELAY only on connections of sockets created with IPPROTO_TCP; without
     # it each keep-alive response waited 40 ms for an ACK (measured by benchmarks/serving.py).
-    from agent.serve_cli import listen
+    from agent.cli.serve import listen
 
     with listen("127.0.0.1", 0) as listener:
         assert listener.proto == socket.IPPROTO_TCP and listener.getsockname()[1] > 0
 
 
 def test_allowed_hosts_default_to_the_bound_address_and_localhost_names():
-    from agent.serve_cli import _allowed_hosts
+    from agent.cli.serve import _allowed_hosts
 
     assert _allowed_hosts("127.0.0.1", None) == ("127.0.0.1", "localhost")
     assert _allowed_hosts("192.0.2.7", None) == ("192.0.2.7", "localhost", "127.0.0.1")

@@ -3,7 +3,7 @@
 User mistakes (``UserInputError``, missing files or weights) exit with code 2 and one
 line on stderr; other failures exit with code 1 and a hint to rerun with ``--debug``,
 which shows the traceback instead. ``agent-cli`` and every command run on its own
-(``python -m agent.eval_cli``, ``python -m finetune.cli``, ...) answer the same way.
+(``python -m agent.cli.eval``, ``python -m finetune.cli``, ...) answer the same way.
 """
 
 from __future__ import annotations

@@ -28,6 +28,23 @@ class Detector(Protocol):
     def detect(self, image: Image.Image, text: str, focus: Span | None = None) -> Detections: ...
 
 
+class DetectorExtras(Protocol):
+    """What a ``Detector`` may add, each used when present (``tools.protocols`` checks its call).
+
+    ``detect_many`` answers several texts on one image and ``detect_batch`` several (image, text)
+    pairs, in one call each; ``thread_safe = True`` lets calls from several threads in at once
+    (else they take turns, unless the model serialises itself with a ``_lock``).
+    """
+
+    thread_safe: bool
+
+    def detect_many(self, image: Image.Image, texts: Sequence[str], focuses: Sequence[Span | None]
+                    ) -> list[Detections]: ...
+
+    def detect_batch(self, images: Sequence[Image.Image], texts: Sequence[str], focuses: Sequence[Span | None]
+                     ) -> list[Detections]: ...
+
+
 def resize_option(detector, resize: str) -> dict[str, str]:
     """``resize=`` for ``detector`` when it offers ``resize`` (its ``resizes``; transformers' resize
     is every detector's own and never passed), else nothing."""

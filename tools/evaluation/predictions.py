@@ -38,14 +38,6 @@ EVALUATOR_FLOOR = 0.7
 # The lowest score REX writes: just above the floor, so that it stays above it in float32 too
 # (the evaluator compares torch tensors, float32 by default: 0.7 itself would round below).
 WRITTEN_FLOOR = EVALUATOR_FLOOR + 1e-6
-# Fields of an agent result that are worth keeping next to the boxes: expected_count to
-# verification are what `agent-cli calibrate` re-chooses the boxes from at other thresholds;
-# proposals what `agent-cli score --crs-letters raw` maps letters onto; decision_threshold
-# what the written scores are aligned to.
-RESULT_FIELDS = ("level", "path", "target", "timings", "expected_count", "count_source", "count_probabilities",
-                 "path_answer", "candidates", "selection", "verification", "proposals", "decision_threshold")
-
-
 @dataclass(frozen=True, eq=False)
 class Prediction:
     """The boxes a method answered for one sample, plus free-form ``fields``; no box means "no target"."""
@@ -80,15 +72,6 @@ class Prediction:
         written decision-aligned (``decision_scores``), the raw ones in ``raw_scores``."""
         fields = {**fields, RAW_SCORES: detections.scores.tolist(), "decision_threshold": float(threshold)}
         return cls(sample_id, Detections(detections.boxes, decision_scores(detections.scores, threshold)), fields)
-
-    @classmethod
-    def from_result(cls, sample_id: int | str, result: Any, **extra: Any) -> "Prediction":
-        """From an agent ``Result`` (anything with ``to_dict()``): its boxes, scores (decision-aligned), level,
-        path, target, timings and what calibration re-chooses them from."""
-        data = result.to_dict()
-        fields = {name: data[name] for name in RESULT_FIELDS if data.get(name) not in (None, {}, [])}
-        threshold = data.get("decision_threshold") or 0.0
-        return cls.decided(sample_id, Detections(data["boxes"], data["scores"]), threshold, {**fields, **extra})
 
     @classmethod
     def from_record(cls, record: Any, where: str = "prediction") -> "Prediction":

@@ -54,3 +54,13 @@ class TargetExtractor(Protocol):
     def extract(self, expressions: list[str]) -> list[str | None]:
         """One target phrase per expression, in order (``None`` when there is none)."""
         ...
+
+
+class ExtractorExtras(Protocol):
+    """What a ``TargetExtractor`` may add (``tools.protocols`` checks its call): ``extract_spans``
+    answers with each target's span and source itself; ``thread_safe = True`` lets calls from
+    several threads in at once."""
+
+    thread_safe: bool
+
+    def extract_spans(self, expressions: list[str]) -> list[ExtractedTarget]: ...

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 from PIL import Image
 
@@ -38,3 +38,30 @@ class MLLM(Protocol):
     ) -> Selection:
         """Probabilities over the lettered ``candidates`` (and "None" when allowed)."""
         ...
+
+
+class MLLMExtras(Protocol):
+    """What an ``MLLM`` may add, each used when present (``tools.protocols`` checks its call).
+
+    The ``_batch`` methods answer the queries run together in one call; ``verify`` enables
+    ``crs_mode="verify"``, ``count`` ``count_mode="image"``; ``thread_safe = True`` lets calls
+    from several threads in at once (else they take turns, unless the model has a ``_lock``).
+    """
+
+    thread_safe: bool
+
+    def ground_batch(self, images: Sequence[Image.Image], expressions: Sequence[str],
+                     focuses: Sequence[str | None]) -> list[Detections]: ...
+
+    def select_batch(self, images: Sequence[Image.Image], expressions: Sequence[str],
+                     candidates: Sequence[Detections], allow_none: bool) -> list[Selection]: ...
+
+    def verify(self, image: Image.Image, expression: str, candidates: Detections) -> Sequence[float]: ...
+
+    def verify_batch(self, images: Sequence[Image.Image], expressions: Sequence[str],
+                     candidates: Sequence[Detections]) -> list[Sequence[float]]: ...
+
+    def count(self, image: Image.Image, expression: str, candidates: Detections) -> Sequence[float] | int: ...
+
+    def count_batch(self, images: Sequence[Image.Image], expressions: Sequence[str],
+                    candidates: Sequence[Detections]) -> list[Sequence[float] | int]: ...

@@ -1,4 +1,4 @@
-"""``agent-cli calibrate``: fit the thresholds of one eval run on its dev split (``agent/calibration.py``).
+"""``agent-cli calibrate``: fit the thresholds of one eval run on its dev split (``agent/evaluation/calibration.py``).
 
 Registered on the ``agent-cli`` app with ``app.command("calibrate")(calibrate)``::
 
@@ -46,8 +46,8 @@ def calibrate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Fit the finishing thresholds that maximise the format's metric on PREDICTIONS' split, without a model run."""
-    from agent.calibration import calibrate as fit
-    from agent.calibration import recorded, run_configuration, settings_file_text
+    from agent.evaluation.calibration import calibrate as fit
+    from agent.evaluation.calibration import recorded, run_configuration, settings_file_text
     from agent.finishing import FinishPolicy
     from tools.evaluation import read_predictions
     from tools.evaluation.formats import read_dataset
@@ -105,7 +105,7 @@ def _check_outputs(output: Path, plot: Path, inputs: list[Path], force: bool) ->
     """Before any work: the settings file ends in .toml and the plot in .png, neither is one of the
     inputs, neither replaces a file another command wrote (unless ``force``), and both folders take
     a new file."""
-    from agent.calibration import SETTINGS_HEADER, same_file
+    from agent.evaluation.calibration import SETTINGS_HEADER, same_file
     from tools.files import check_writable
 
     if output.suffix != ".toml":

@@ -12,12 +12,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from agent.cli_settings import with_settings
+from agent.cli.settings import with_settings
 from agent.configuration import Configuration
-from agent.eval_cli import evaluate
-from agent.calibrate_cli import calibrate
-from agent.score_cli import score
-from agent.serve_cli import serve
+from agent.cli.eval import evaluate
+from agent.cli.calibrate import calibrate
+from agent.cli.score import score
+from agent.cli.serve import serve
 from finetune.cli import finetune
 from finetune.build_cli import finetune_data
 from tools.defaults import DEFAULT_DETECTOR

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from agent.cli_settings import with_settings
+from agent.cli.settings import with_settings
 from agent.configuration import Configuration
 from agent.serve.options import DEFAULT_BATCH_WAIT_MS
 from tools.errors import UserInputError

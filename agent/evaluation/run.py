@@ -1,6 +1,6 @@
 """Running the agent over a benchmark: durable, resumable, shardable.
 
-``agent-cli eval`` (``agent/eval_cli.py``) is the front end; this module holds the
+``agent-cli eval`` (``agent/cli/eval.py``) is the front end; this module holds the
 pieces it is made of, each usable on its own:
 
 - :class:`DatasetSpec` reads the samples of a run (optionally the first ``limit``);
@@ -40,10 +40,11 @@ from tools.extraction.reference import ReferenceExtractor, ReplyLog
 from tools.files import exclusive_lock, replaced_atomically, write_atomically
 from tools.images import ImageInput, exif_orientation, frame_sizes, load_image
 
-from .configuration import Configuration
+from ..configuration import Configuration
+from ..result import Result
 
 if TYPE_CHECKING:
-    from .agent import Agent
+    from ..agent import Agent
 
 PREDICTIONS_FILE = "predictions.jsonl"
 RUN_FILE = "run.json"
@@ -60,6 +61,12 @@ SAMPLE_ERRORS = (UserInputError, ModelOutputError)
 logger = logging.getLogger(__name__)
 # Expressions whose targets are extracted together (model extractors batch 8 per prompt).
 PREFETCH_CHUNK = 32
+# Fields of an agent result that are worth keeping next to the boxes: expected_count to
+# verification are what `agent-cli calibrate` re-chooses the boxes from at other thresholds;
+# proposals what `agent-cli score --crs-letters raw` maps letters onto; decision_threshold
+# what the written scores are aligned to.
+KEPT_RESULT_FIELDS = ("level", "path", "target", "timings", "expected_count", "count_source", "count_probabilities",
+                      "path_answer", "candidates", "selection", "verification", "proposals", "decision_threshold")
 
 
 @dataclass(frozen=True)
@@ -331,7 +338,16 @@ def prediction(sample: Sample, outcome) -> Prediction:
             extra["none_logprob"] = selection.none_logprob
     if answered.read_as_stored:
         extra[READ_AS_STORED] = True
-    return Prediction.from_result(sample.id, result, **extra)
+    return result_prediction(sample.id, result, **extra)
+
+
+def result_prediction(sample_id: int | str, result: Result, **extra: Any) -> Prediction:
+    """The prediction line of an agent ``Result``: its boxes, scores (decision-aligned), and the
+    ``KEPT_RESULT_FIELDS`` it has, plus ``extra``."""
+    data = result.to_dict()
+    fields = {name: data[name] for name in KEPT_RESULT_FIELDS if data.get(name) not in (None, {}, [])}
+    threshold = data.get("decision_threshold") or 0.0
+    return Prediction.decided(sample_id, Detections(data["boxes"], data["scores"]), threshold, {**fields, **extra})
 
 
 class GracefulInterrupt:

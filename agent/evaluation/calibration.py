@@ -49,8 +49,8 @@ from tools.evaluation import Prediction
 from tools.evaluation.predictions import WRITTEN_FLOOR
 from tools.mllm.selection import selection_from_dict
 
-from .configuration import AUTO, Configuration
-from .finishing import THRESHOLDS, FinishPolicy, finish
+from ..configuration import AUTO, Configuration
+from ..finishing import THRESHOLDS, FinishPolicy, finish
 
 # The settings a calibrated file also fixes: the thresholds mean something only with them.
 METHOD_SETTINGS = ("strategy", "focus", "allow_none", "multi", "crs_mode", "crs_permutations", "profile",

@@ -20,10 +20,10 @@ completes the last shard merges** them into ``predictions.jsonl`` (dataset order
 writes the report. One process per GPU, sharded by ``RANK``/``WORLD_SIZE``, each on
 ``cuda:{LOCAL_RANK}`` when ``--device`` is auto::
 
-    accelerate launch --multi_gpu --num_processes 4 -m agent.eval_cli --format finecops-ref ... --output runs/sfa
+    accelerate launch --multi_gpu --num_processes 4 -m agent.cli.eval --format finecops-ref ... --output runs/sfa
 
 (``accelerate launch --multi_gpu --num_processes 4 --no_python agent-cli eval ...`` and
-``torchrun --nproc-per-node 4 -m agent.eval_cli ...`` work the same way.)
+``torchrun --nproc-per-node 4 -m agent.cli.eval ...`` work the same way.)
 
 Output folder: ``run.json`` (settings; resuming with others is an error unless
 ``--force``), ``predictions.jsonl`` (+ shard files), ``metrics.json``, ``metrics.csv``,
@@ -42,7 +42,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from agent.cli_settings import with_settings
+from agent.cli.settings import with_settings
 from agent.configuration import Configuration
 from tools.evaluation.formats import FORMAT_HELP
 
@@ -74,15 +74,15 @@ def evaluate(
     config_file: Optional[str] = None,
 ) -> None:
     """Run the agent over a benchmark (resumable), score it and write the report into OUTPUT."""
-    from agent.benchmark_run import PREDICTIONS_FILE, RUN_LOCK, DatasetSpec, GracefulInterrupt, Shard, completed_ids
-    from agent.benchmark_run import drop_errors, local_device, lock_file, merge_shards, record_run, run_samples
-    from agent.benchmark_run import reference_targets, run_settings
-    from agent.report import read_compared
+    from agent.evaluation.run import PREDICTIONS_FILE, RUN_LOCK, DatasetSpec, GracefulInterrupt, Shard, completed_ids
+    from agent.evaluation.run import drop_errors, local_device, lock_file, merge_shards, record_run, run_samples
+    from agent.evaluation.run import reference_targets, run_settings
+    from agent.evaluation.report import read_compared
     from tools.devices import resolve_device
     from tools.evaluation import PredictionWriter
     from tools.files import check_output_folder, exclusive_lock
 
-    from agent.calibration import calibrated_on, same_file
+    from agent.evaluation.calibration import calibrated_on, same_file
 
     # Everything the user typed is checked before any model loads.
     check_output_folder(output)
@@ -147,9 +147,9 @@ def evaluate(
 
 def _score_and_report(dataset, samples, output: Path, run: dict, compared: list) -> None:
     """Score ``output/predictions.jsonl``, write metrics and chart, print tables and where files went."""
-    from agent.benchmark_run import PREDICTIONS_FILE, RUN_FILE, score_run, scored_samples
-    from agent.report import REPORT_PNG, build_metrics, finecops_confidences, print_report, reference_evaluation
-    from agent.report import reference_evaluation_line, run_label, write_metrics, write_plot
+    from agent.evaluation.run import PREDICTIONS_FILE, RUN_FILE, score_run, scored_samples
+    from agent.evaluation.report import REPORT_PNG, build_metrics, finecops_confidences, print_report, reference_evaluation
+    from agent.evaluation.report import reference_evaluation_line, run_label, write_metrics, write_plot
     from tools.evaluation.common import EXTRACTION_FAILED, READ_AS_STORED
     from tools.evaluation.formats import get_format
     from tools.evaluation import read_predictions
@@ -192,7 +192,7 @@ def _score_and_report(dataset, samples, output: Path, run: dict, compared: list)
         stdout.print(f"{name}: {file}", markup=False, soft_wrap=True)
 
 
-if __name__ == "__main__":  # accelerate launch -m agent.eval_cli ... / python -m agent.eval_cli ...
+if __name__ == "__main__":  # accelerate launch -m agent.cli.eval ... / python -m agent.cli.eval ...
     from tools.cli_runner import run_command
 
     sys.exit(run_command(evaluate, None, "agent-cli eval"))
