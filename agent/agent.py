@@ -100,6 +100,8 @@ class Agent:
         ``ExtractedTarget``); the extractor is then not asked.
         """
         expression = clean_expression(expression)
+        if isinstance(target, str):  # cleaned as the expression is, so that it is found in it
+            target = clean_expression(target, "target")
         start = time.perf_counter()
         limit = self.config.max_image_pixels
         picture = load_image(image, max_pixels=limit)

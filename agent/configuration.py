@@ -19,7 +19,7 @@ from tools.defaults import (BATCH_SIZE, CRS_CANDIDATES, DEFAULT_DETECTOR, DEFAUL
                             ROUTING, RoutingThresholds)
 from tools.devices import check_device_name, check_dtype_name
 from tools.errors import UserInputError
-from tools.images import DEFAULT_MAX_IMAGE_PIXELS
+from tools.images import DEFAULT_MAX_IMAGE_PIXELS, check_pixel_budget
 from tools.profiles import PROFILES, Profile, get_profile
 
 STRATEGIES = ("specialist", "mllm", "sfa", "crs", "sfa+crs")
@@ -159,6 +159,7 @@ class Configuration:
         check_device_name(self.device)
         if self.max_image_pixels < 1:
             raise UserInputError(f"max_image_pixels must be at least 1, got {self.max_image_pixels}")
+        check_pixel_budget(self.min_pixels, self.max_pixels, self.max_patches)
         if self.cache_dir is not None and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
             raise UserInputError(f"cache_dir {self.cache_dir!r} is a file, not a folder")
         for name in ("mllm", "llm"):
@@ -297,14 +298,18 @@ def multi_mode(value: Any) -> bool | str:
     """``multi`` as ``False``, ``True`` or ``"auto"``, from a bool or its spellings ("true", "off", "auto", ...)."""
     if isinstance(value, bool):
         return value
-    lowered = str(value).strip().lower()
-    if lowered == AUTO:
+    if str(value).strip().lower() == AUTO:
         return AUTO
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise UserInputError(f"multi={value!r}: choose false, true or auto")
+    word = boolean_word(str(value))
+    if word is None:
+        raise UserInputError(f"multi={value!r}: choose false, true or auto")
+    return word
+
+
+def boolean_word(text: str) -> bool | None:
+    """The truth value a setting's text spells (1/0, true/false, yes/no, on/off), else ``None``."""
+    lowered = text.strip().lower()
+    return True if lowered in ("1", "true", "yes", "on") else False if lowered in ("0", "false", "no", "off") else None
 
 
 def settings_table() -> str:
@@ -358,12 +363,10 @@ _FIELD_TYPES = {item.name: item.type for item in fields(Configuration)}
 
 def _parse_env(name: str, raw: str) -> Any:
     if _FIELD_TYPES[name].startswith("bool"):
-        lowered = raw.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise UserInputError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a boolean")
+        word = boolean_word(raw)
+        if word is None:
+            raise UserInputError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a boolean")
+        return word
     return raw
 
 
@@ -373,6 +376,8 @@ def _coerce(name: str, value: Any) -> Any:
         return None
     if kind.startswith("str") and "float" not in kind and "bool" not in kind and not isinstance(value, str):
         raise UserInputError(f"setting {name}={value!r:.60} must be text")
+    if isinstance(value, bool) and kind.startswith(("int", "float")):  # True is an int to Python, not to a user
+        raise UserInputError(f"setting {name}={value!r} must be a number")
     try:
         if kind.startswith("bool") and isinstance(value, str):
             return _parse_env(name, value)

@@ -52,7 +52,8 @@ from tools.datasets import Sample
 from tools.evaluation.formats import read_dataset
 from tools.detections import Detections
 from tools.detectors import Detector
-from tools.files import JsonLinesAppender, check_output_folder, read_json_lines, write_atomically
+from tools.files import MAX_NAME_BYTES, JsonLinesAppender, check_output_folder, check_outputs, read_json_lines
+from tools.files import write_atomically
 from tools.errors import ImageLoadError, UserInputError
 from tools.evaluation import Prediction, PredictionWriter, read_predictions
 # The predictions writer's torn-last-line repair serves the samples file just as well.
@@ -88,10 +89,9 @@ DROP_REASONS = (MULTI_TARGET, UNREADABLE_IMAGE, UNUSABLE_EXPRESSION, MISSING_CAN
                 NO_CANDIDATE_OVER_IOU, SINGLE_OPTION, SAMPLED_OUT)
 
 
-# Files of the output folder a dataset name would overwrite (``<name>.json``), and the longest
-# file name file systems take.
+# Files of the output folder a dataset name would overwrite (``<name>.json``).
 RESERVED_NAMES = frozenset(Path(name).stem for name in (DATASET_INFO_FILE, REPORT_FILE, SETTINGS_FILE))
-MAX_FILE_NAME = 255
+
 
 @dataclass(frozen=True)
 class BuildConfig:
@@ -414,9 +414,13 @@ def _check_config(config: BuildConfig) -> None:
     if not name or any(sep in name for sep in ("/", "\\", "..")) or name.startswith("."):
         raise UserInputError(f"--dataset-name {name!r}: a plain file name, without folders or '..'")
     if name in RESERVED_NAMES or any(unicodedata.category(c) in ("Cc", "Cs") for c in name) \
-            or len(f"{name}.json".encode("utf-8", "surrogatepass")) > MAX_FILE_NAME:
+            or len(f"{name}.json".encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise UserInputError(f"--dataset-name {name!r:.80}: not one of {', '.join(sorted(RESERVED_NAMES))} (files the "
-                             f"build writes), without control characters, at most {MAX_FILE_NAME - 5} bytes")
+                             f"build writes), without control characters, at most {MAX_NAME_BYTES - 5} bytes")
+    written = [SAMPLES_FILE, SETTINGS_FILE, REPORT_FILE, f"{name}.json", DATASET_INFO_FILE]
+    written += [] if config.candidates_file else [DETECTOR_CANDIDATES_FILE]
+    check_outputs(config.output_dir, written, {"--annotations": config.annotations,
+                                               "--candidates": config.candidates_file})
     if (config.detector is None) == (config.candidates_file is None):
         raise UserInputError("give either a detector or a candidates file")
     if config.top_k < 1 or config.top_k > DETECTOR_TOP_K:

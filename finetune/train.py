@@ -28,13 +28,18 @@ from typing import Any
 from prompts import check_prompts_dir
 from tools.checkpoints import resolve_checkpoint
 from tools.errors import UserInputError
-from tools.files import check_output_folder, write_atomically
+from tools.files import check_output_folder, check_outputs, write_atomically
+from tools.images import check_pixel_budget
 
 LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEFAULT_LORA_TARGET = ",".join(LLM_PROJECTIONS)
 REGEX_TARGET_PREFIX = "re:"
 SCHEDULERS = ("cosine", "linear", "constant_with_warmup", "constant")
+MAX_LORA_RANK = 1024  # beyond any projection's width worth adapting; a typo would allocate gigabytes
 LOG_FILE = "log.jsonl"
+CONFIG_FILE = "train_config.json"
+SUMMARY_FILE = "summary.json"
+PLOT_FILE = "loss.png"
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"
 # With save_every=0 no step is a multiple of this; Trainer's steps strategy still saves at the end.
@@ -158,7 +163,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     )
     if trainer.is_world_process_zero():
         output.mkdir(parents=True, exist_ok=True)
-        write_atomically(output / "train_config.json", json.dumps(asdict(config), indent=2))
+        write_atomically(output / CONFIG_FILE, json.dumps(asdict(config), indent=2))
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     step = trainer.state.global_step
     evaluated = any("eval_accuracy" in r and r.get("step") == step for r in trainer.state.log_history)
@@ -189,6 +194,7 @@ def training_arguments(config: TrainConfig, weights_dtype, *, has_eval: bool):
         eval_strategy="epoch" if has_eval else "no",
         logging_strategy="steps",
         logging_steps=1,
+        logging_nan_inf_filter=False,  # a NaN loss must reach FiniteLossGuard as NaN
         save_strategy="steps",
         save_steps=config.save_every or _END_ONLY,
         save_total_limit=config.save_total_limit,
@@ -253,7 +259,7 @@ def _finish(config, trainer, processor, output: Path, *, start_step, seconds, si
         records = read_log(output / LOG_FILE)
         train_records = [r for r in records if "loss" in r]
         eval_records = [r for r in records if "eval_accuracy" in r]
-        plot = plot_history(records, output / "loss.png")
+        plot = plot_history(records, output / PLOT_FILE)
         if config.merge:
             trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().save_pretrained(output / "merged")
             processor.save_pretrained(output / "merged")
@@ -274,7 +280,7 @@ def _finish(config, trainer, processor, output: Path, *, start_step, seconds, si
             "plot_file": str(plot) if plot else None,
             "seconds": round(seconds, 2),
         }
-        write_atomically(output / "summary.json", json.dumps(summary, indent=2))
+        write_atomically(output / SUMMARY_FILE, json.dumps(summary, indent=2))
     trainer.accelerator.wait_for_everyone()
     return summary
 
@@ -340,7 +346,7 @@ def _holds_a_run(output: Path) -> bool:
     """Whether ``output`` already holds what a run writes (checkpoints, an adapter, a summary)."""
     checkpoints = output / CHECKPOINTS_DIR
     return ((checkpoints.is_dir() and any(checkpoints.iterdir())) or (output / "adapter").exists()
-            or (output / "summary.json").exists())
+            or (output / SUMMARY_FILE).exists())
 
 
 def _check_config(config: TrainConfig) -> None:
@@ -348,6 +354,12 @@ def _check_config(config: TrainConfig) -> None:
         value = getattr(config, item.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise UserInputError(f"{item.name} must be a finite number, got {value}")
+    check_pixel_budget(config.min_pixels, config.max_pixels, config.max_patches)
+    if not 0 <= config.seed < 2**32:
+        raise UserInputError(f"seed must lie in [0, 2**32), got {config.seed}")
+    if config.lora_rank > MAX_LORA_RANK:
+        raise UserInputError(f"lora_rank {config.lora_rank} is over {MAX_LORA_RANK}: LoRA's point is a small rank "
+                             "(the default is 8)")
     if config.weight_decay < 0 or config.max_grad_norm < 0:
         raise UserInputError("weight_decay and max_grad_norm must be at least 0")
     positive = {"batch_size": config.batch_size, "grad_accum": config.grad_accum, "lora_rank": config.lora_rank}
@@ -374,4 +386,6 @@ def _check_config(config: TrainConfig) -> None:
     if config.deepspeed and not Path(config.deepspeed).is_file():
         raise UserInputError(f"--deepspeed {config.deepspeed!r}: no such file")
     check_output_folder(config.output_dir)
+    check_outputs(config.output_dir, (LOG_FILE, CONFIG_FILE, SUMMARY_FILE, PLOT_FILE),
+                  {"--train": config.train_file, "--eval": config.eval_file, "--deepspeed": config.deepspeed})
     check_prompts_dir(config.prompts_dir)

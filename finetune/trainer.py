@@ -72,23 +72,31 @@ def option_accuracy(prediction) -> dict[str, float]:
 
 
 class FiniteLossGuard(TrainerCallback):
-    """Stops training at the first logged loss that is not a finite number: a one-line error naming
-    the step (exit 2), before any adapter of NaN weights is saved as a success."""
+    """Stops training at the first logged loss or gradient norm that is not a finite number: a
+    one-line error naming the step (exit 2). Every step is logged, and a step's log comes before
+    its checkpoint, so no checkpoint or adapter of NaN weights is saved. Needs
+    ``logging_nan_inf_filter=False`` (Trainer otherwise logs a NaN loss as the mean of the others)."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            raise UserInputError(f"the training loss became {loss} at step {state.global_step}: lower --lr (or check "
-                                 "the data); no adapter was saved")
+        for name in ("loss", "grad_norm"):
+            value = (logs or {}).get(name)
+            if value is not None and not math.isfinite(float(value)):
+                raise UserInputError(f"the training {name.replace('_', ' ')} became {value} at step "
+                                     f"{state.global_step}: lower --lr (or check the data); no adapter was saved")
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        # Weights can turn NaN while the loss that led there was finite: checked before a checkpoint.
+        if control.should_save and model is not None:
+            check_finite_weights(model, state.global_step)
 
 
 def check_finite_weights(model, step: int) -> None:
-    """Refuse to save an adapter whose trained weights hold NaN or infinite values."""
+    """Refuse to save an adapter or checkpoint whose trained weights hold NaN or infinite values."""
     bad = [name for name, weights in model.named_parameters() if weights.requires_grad and not torch.isfinite(
         weights).all()]
     if bad:
         raise UserInputError(f"after step {step}, {len(bad)} trained tensors hold NaN or infinite values ({bad[0]}): "
-                             "lower --lr; no adapter was saved")
+                             "lower --lr; no adapter or checkpoint of them was saved")
 
 
 class LogFileCallback(TrainerCallback):

@@ -24,8 +24,8 @@ def available_prompts(directory: str | Path | None = None) -> list[str]:
 
 def check_prompts_dir(directory: str | Path | None) -> None:
     """Refuse, in one line, a prompts folder that does not exist or holds a template REX cannot
-    fill: not UTF-8, a stray ``{`` or ``}``, or a field its packaged namesake does not have
-    (``None``: the packaged templates)."""
+    fill: not UTF-8, a stray ``{`` or ``}``, a format spec or conversion (``{expression:>9}``),
+    or a field its packaged namesake does not have (``None``: the packaged templates)."""
     if directory is None:
         return
     from tools.errors import UserInputError
@@ -43,6 +43,11 @@ def check_prompts_dir(directory: str | Path | None) -> None:
         except ValueError as error:
             raise UserInputError(f"prompt template {str(file)!r}: {error} (write a literal brace as {{{{ or }}}})"
                                  ) from None
+        parsed = string.Formatter().parse(load_prompt(name, directory))
+        formatted = [field for _, field, spec, conversion in parsed if field is not None and (spec or conversion)]
+        if formatted:  # "{expression:d}" fails, "{expression:>99999999}" fills gigabytes
+            raise UserInputError(f"prompt template {str(file)!r} formats {{{formatted[0]}}} with a format spec or "
+                                 "conversion: write each field plainly, as {expression}")
         unknown = sorted(fields - prompt_fields(name))
         if unknown:
             known = ", ".join(f"{{{field}}}" for field in sorted(prompt_fields(name))) or "none"

@@ -395,3 +395,14 @@ def test_training_on_verification_samples_changes_verify(dataset, tiny_qwen2_vl,
     sample = samples[0]
     assert not np.allclose(base.verify(sample.image, sample.expression, sample.detections()),
                            tuned.verify(sample.image, sample.expression, sample.detections()), atol=1e-4)
+
+
+def test_a_diverging_run_stops_before_any_checkpoint_of_nan_weights(dataset, tiny_qwen2_vl, tmp_path):
+    train_file, _ = dataset
+    config = config_for(tiny_qwen2_vl, train_file, tmp_path / "run", learning_rate=1e308, max_steps=3,
+                        warmup_ratio=0.0, max_grad_norm=0.0, save_every=1)
+    with pytest.raises(UserInputError, match=r"after step \d+, \d+ trained tensors hold NaN|became nan at step \d+"):
+        train(config)
+    saved = list((tmp_path / "run" / "checkpoints").glob("checkpoint-*/adapter_model.safetensors"))
+    assert all(torch.isfinite(tensor).all() for file in saved for tensor in load_file(file).values())
+    assert not (tmp_path / "run" / "adapter").exists()

@@ -156,3 +156,90 @@ def test_an_adapter_that_is_no_adapter_is_refused_before_loading(tiny_qwen2_vl, 
     assert main(["locate", str(tmp_path / "a.png"), "the cup", "--strategy", "mllm", "--mllm", str(tiny_qwen2_vl),
                  "--adapter", str(adapter), "--device", "cpu", "--llm", "heuristic"]) == 2
     assert "is not a PEFT adapter folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- second review of issue 26
+
+@pytest.mark.parametrize("command", ["locate", "detect"])
+def test_save_never_replaces_the_input_image(tmp_path, capsys, command):
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(image)
+    before = image.read_bytes()
+    assert main([command, str(image), "the cup", "--save", str(image), "--detector", "./nowhere"]) == 2
+    assert image.read_bytes() == before and "is the input image" in capsys.readouterr().err
+
+
+def test_no_command_writes_its_run_files_over_its_inputs_or_into_folders(tmp_path, capsys):
+    from finetune.build_cli import finetune_data
+    from finetune.cli import finetune
+    from tests.test_datasets import annotation, image_entry, write_json
+    from tools.cli_runner import run_command
+
+    out = tmp_path / "out"
+    out.mkdir()
+    data = {"images": [image_entry(1)], "annotations": [annotation(1, 1, [0, 0, 9, 9], level=1)]}
+    eval_args = ["--format", "finecops-ref", "--output", str(out), "--detector", "./nowhere"]
+    for name in ("metrics.json", "report.png", "run.json"):
+        annotations = write_json(out, name, data)
+        before = annotations.read_bytes()
+        assert main(["eval", "--annotations", str(annotations), *eval_args]) == 2
+        assert annotations.read_bytes() == before and f"is the {name} this command writes" in capsys.readouterr().err
+        annotations.unlink()
+    (out / "report.png").mkdir()
+    assert main(["eval", "--annotations", str(write_json(tmp_path, "d.json", data)), *eval_args]) == 2
+    assert "holds a folder 'report.png' where the command writes a file" in capsys.readouterr().err
+    (out / "report.png").rmdir()
+    train = out / "log.jsonl"
+    train.write_text("{}\n")
+    assert run_command(finetune, ["--model", "nowhere", "--train", str(train), "--output", str(out)], "finetune") == 2
+    assert train.read_text() == "{}\n" and "is the log.jsonl this command writes" in capsys.readouterr().err
+    (out / "loss.png").mkdir()
+    assert run_command(finetune, ["--model", "nowhere", "--train", str(tmp_path / "t.jsonl"), "--output", str(out)],
+                       "finetune") == 2
+    assert "holds a folder 'loss.png'" in capsys.readouterr().err
+    report = write_json(out, "report.json", data)
+    assert run_command(finetune_data, ["--format", "finecops-ref", "--annotations", str(report), "--output", str(out),
+                                       "--detector", "./nowhere"], "finetune-data") == 2
+    assert "is the report.json this command writes" in capsys.readouterr().err
+
+
+def test_file_names_at_the_file_systems_limit(tmp_path, capsys, calibration_inputs):
+    from tools.files import write_atomically
+
+    write_atomically(tmp_path / ("x" * 250), "a name near the limit still has a temporary file")
+    assert (tmp_path / ("x" * 250)).read_text().startswith("a name")
+    annotations, run = calibration_inputs
+    assert calibrate(annotations, run, "--output", tmp_path / ("y" * 300 + ".toml")) == 2
+    assert "the file name is longer than 255 bytes" in capsys.readouterr().err
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    assert main(["locate", str(tmp_path / "a.png"), "the cup", "--save", str(tmp_path / ("z" * 300 + ".png")),
+                 "--detector", "./nowhere"]) == 2
+    assert "longer than 255 bytes" in capsys.readouterr().err
+
+
+def test_a_calibrated_settings_file_reads_back_with_an_undecodable_path(calibration_inputs, tmp_path):
+    import os
+    import shutil
+    import tomllib
+
+    annotations, run = calibration_inputs
+    odd = tmp_path / os.fsdecode(b"cal\x80")  # a byte that is not UTF-8, as a file system may hold
+    odd.mkdir()
+    copied = shutil.copy(annotations, odd / "split.json")
+    output = tmp_path / "calibrated.toml"
+    assert calibrate(copied, run, "--output", output) == 0
+    settings = tomllib.loads(output.read_text(encoding="utf-8"))  # a TOML error before
+    assert "cal\\udc80" in settings["calibration"]["annotations"]  # the byte's escape, as text
+
+
+def test_an_empty_api_key_from_python_is_refused():
+    from agent.serve.options import ServerOptions
+    from tools.errors import UserInputError
+
+    for key in ("", "   "):
+        with pytest.raises(UserInputError, match="api_key is empty"):
+            ServerOptions(api_key=key)

@@ -14,9 +14,11 @@ import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .errors import UserInputError
+
+MAX_NAME_BYTES = 255  # one file name, on every common file system
 
 
 @contextmanager
@@ -28,7 +30,8 @@ def replaced_atomically(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Not mkstemp: its files are private (0600); these follow the umask like any other output,
     # and the random suffix keeps concurrent writers (shards, processes) apart.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    # The name is cut short, so that a final name near the file system's limit still has one.
+    temporary = path.with_name(f".{path.name[:64]}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         yield temporary
         os.replace(temporary, path)
@@ -39,7 +42,11 @@ def replaced_atomically(path: str | os.PathLike) -> Iterator[Path]:
 def check_output_folder(path: str | os.PathLike, flag: str = "output") -> None:
     """Refuse an output folder that names an existing file or cannot take a new file, before
     any work that would be lost (``probe_folder``)."""
-    if Path(path).exists() and not Path(path).is_dir():
+    try:
+        is_file = Path(path).exists() and not Path(path).is_dir()
+    except OSError as error:  # e.g. a name over the file system's limit
+        raise UserInputError(f"cannot write {flag} {os.fspath(path)[:120]!r}: {error.strerror or error}") from None
+    if is_file:
         raise UserInputError(f"{flag} {os.fspath(path)!r} is a file, not a folder")
     probe_folder(Path(path), f"{flag} {os.fspath(path)!r}")
 
@@ -48,11 +55,45 @@ def check_writable(path: str | os.PathLike, flag: str = "output") -> None:
     """Refuse an output file that names a folder, an existing file that cannot be written, or
     a folder that cannot be created or take a new file (``probe_folder``)."""
     path = Path(path)
-    if path.is_dir():
-        raise UserInputError(f"cannot write {flag} {os.fspath(path)!r}: it is a folder")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UserInputError(f"cannot write {flag} {os.fspath(path)!r}: the file is read-only")
+    if len(os.fsencode(path.name)) > MAX_NAME_BYTES:
+        raise UserInputError(f"cannot write {flag} {os.fspath(path)[:120]!r}...: the file name is longer than "
+                             f"{MAX_NAME_BYTES} bytes")
+    try:
+        if path.is_dir():
+            raise UserInputError(f"cannot write {flag} {os.fspath(path)!r}: it is a folder")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise UserInputError(f"cannot write {flag} {os.fspath(path)!r}: the file is read-only")
+    except OSError as error:  # e.g. a folder name over the limit
+        raise UserInputError(f"cannot write {flag} {os.fspath(path)[:120]!r}: {error.strerror or error}") from None
     probe_folder(path.parent if str(path.parent) else Path("."), f"{flag} {os.fspath(path)!r}")
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` name one file (through links too; by absolute path when one is missing)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def check_outputs(folder: str | os.PathLike, written: Sequence[str], inputs: Mapping[str, Any],
+                  flag: str = "--output") -> None:
+    """Before any work: refuse a file a command writes in ``folder`` (``written`` names) that is a
+    folder now, or that is one of the command's ``inputs`` (flag -> path or ``None``), which the
+    run would destroy."""
+    for name in written:
+        target = Path(folder) / name
+        try:
+            if target.is_dir():
+                raise UserInputError(f"{flag} {os.fspath(folder)!r} holds a folder {name!r} where the command writes "
+                                     "a file; move it or choose another --output")
+            taken = next((given for given, source in inputs.items()
+                          if source is not None and target.exists() and same_file(target, source)), None)
+        except OSError as error:
+            raise UserInputError(f"cannot write {flag} {os.fspath(folder)!r}: {error.strerror or error}") from None
+        if taken:
+            raise UserInputError(f"{taken} {os.fspath(inputs[taken])!r} is the {name} this command writes in "
+                                 f"{os.fspath(folder)!r}: write elsewhere")
 
 
 def probe_folder(folder: Path, what: str) -> None:
@@ -60,11 +101,11 @@ def probe_folder(folder: Path, what: str) -> None:
     are made, a temporary file is written there and removed, and the folders made are removed
     again, so the check leaves nothing behind. ``UserInputError`` naming ``what`` otherwise."""
     missing = []
-    for ancestor in (folder, *folder.parents):
-        if ancestor.exists():
-            break
-        missing.append(ancestor)
     try:
+        for ancestor in (folder, *folder.parents):
+            if ancestor.exists():
+                break
+            missing.append(ancestor)
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".rex-write-test-"):
             pass
@@ -134,6 +175,8 @@ def read_json_lines(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
     JSON is a ``UserInputError`` naming it. The file must exist (callers word that error).
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, device or pipe (/dev/zero never ends)
+        raise UserInputError(f"{path}: not a regular file, expected JSON Lines")
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -143,7 +186,7 @@ def read_json_lines(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
                 record = json.loads(line)
             except RecursionError:
                 raise UserInputError(f"{where}: nested too deeply") from None
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError, or a 5,000-digit integer
                 if not line.endswith(b"\n"):
                     warnings.warn(f"{where}: ignoring a torn last line (an interrupted write)", stacklevel=2)
                     return

@@ -22,6 +22,9 @@ _ORIENTATION = 0x0112  # the EXIF tag
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 # agent-cli serve's default: lower, since a server decodes what strangers send.
 SERVER_MAX_IMAGE_PIXELS = 40_000_000
+# The smallest MLLM pixel budget (min_pixels / max_pixels) worth asking for: one merged 28x28
+# patch of the Qwen families, below which their processors refuse or ignore the budget.
+MIN_PIXEL_BUDGET = 28 * 28
 # Longer side over shorter side: the Qwen VL processors' own limit; beyond it Grounding DINO's
 # resize leaves a side of 0 pixels. No camera or panorama comes near it.
 MAX_ASPECT_RATIO = 200
@@ -62,6 +65,20 @@ def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_IMAGE_PI
             return Image.fromarray(np.asarray(image if image.mode == "RGB" else _to_rgb(image)))
         image = ImageOps.exif_transpose(image)
     return image if image.mode == "RGB" else _to_rgb(image)
+
+
+def check_pixel_budget(min_pixels: int | None, max_pixels: int | None, max_patches: int | None = None) -> None:
+    """``UserInputError`` for an MLLM image budget no model can use: a budget under
+    ``MIN_PIXEL_BUDGET``, ``min_pixels`` over ``max_pixels``, or fewer than one tile."""
+    from .errors import UserInputError
+
+    for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if value is not None and value < MIN_PIXEL_BUDGET:
+            raise UserInputError(f"{name} must be at least {MIN_PIXEL_BUDGET} (one 28x28 patch), got {value}")
+    if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
+        raise UserInputError(f"min_pixels ({min_pixels}) must not exceed max_pixels ({max_pixels})")
+    if max_patches is not None and max_patches < 1:
+        raise UserInputError(f"max_patches must be at least 1, got {max_patches}")
 
 
 def check_aspect_ratio(size: tuple[int, int]) -> None:

@@ -18,14 +18,15 @@ NOT_TEXT = ("Cc", "Cs")
 # samples): far above any benchmark's, far below what makes a model allocate gigabytes.
 MAX_EXPRESSION_CHARS = 2000
 # Text that a chat template, processor or tokenizer gives meaning to wherever it appears: the
-# Qwen families' control tokens (<|im_end|>, <|image_pad|>, <|box_start|>, ...), InternVL's and
-# LLaMA-Factory's placeholders (<IMG_CONTEXT>, <img>, <image>), Florence-2's task and location
-# tokens (<OD>, <loc_12>), the families' tags (<ref>, <box>, <think>, ...), BART's and BERT's
-# special tokens (</s>, [SEP]). In user text they would be read as the real tokens.
+# Qwen families' control tokens (<|im_end|>, <|image_pad|>, <|box_start|>, ...), and every
+# angle-bracket tag, which covers InternVL's and LLaMA-Factory's placeholders (<IMG_CONTEXT>,
+# <img>, <image>, <video>, <audio>), Florence-2's task, region and location tokens (<OD>, <od>,
+# <ocr>, <poly>, <sep>, <loc_12>), the families' tags (<ref>, <box>, <think>, ...) and BART's
+# special tokens (</s>, <pad>); then BERT's ([SEP], [CLS], ...). In user text they would be read
+# as the real tokens. "x < y" and "<3" are no tags.
 CONTROL_MARKUP = re.compile(
     r"<\|[^<>|\s]{1,64}\|>"
-    r"|</?(?:image|video|img|ref|box|quad|think|tool_call|tool_response|s|pad|unk|mask)>"
-    r"|<[A-Z][A-Z0-9_]{0,63}>|<loc_\d{1,4}>"
+    r"|</?[A-Za-z_][A-Za-z0-9_]{0,63}>"
     r"|\[(?:CLS|SEP|PAD|MASK|UNK)\]"
 )
 # One look-alike per opening character, kept by NFKC (the normalisation tokenizers apply), so
@@ -49,18 +50,19 @@ def check_text(text: str, focus: Span | None = None) -> None:
         raise UserInputError(f"focus span {(start, end)} covers only whitespace in {text!r}")
 
 
-def clean_expression(expression: str) -> str:
+def clean_expression(expression: str, what: str = "expression") -> str:
     """The expression with control characters and lone surrogates replaced by spaces and control
     markup neutralised (``neutralise_markup``), one character for one, so character spans keep
     their meaning. An empty or blank expression, or one over ``MAX_EXPRESSION_CHARS``, is a
-    ``UserInputError``."""
+    ``UserInputError`` (``what`` names it: "expression", "target", ...)."""
     if not isinstance(expression, str):
-        raise UserInputError(f"the expression must be text, got {type(expression).__name__}")
+        raise UserInputError(f"the {what} must be text, got {type(expression).__name__}")
     if len(expression) > MAX_EXPRESSION_CHARS:
-        raise UserInputError(f"the expression is {len(expression)} characters long; the limit is "
+        raise UserInputError(f"the {what} is {len(expression)} characters long; the limit is "
                              f"{MAX_EXPRESSION_CHARS}")
     cleaned = "".join(" " if unicodedata.category(c) in NOT_TEXT else c for c in expression)
-    check_text(cleaned)
+    if not cleaned.strip():
+        raise UserInputError(f"the {what} is empty")
     return neutralise_markup(cleaned)
 
 

@@ -105,7 +105,8 @@ def _check_outputs(output: Path, plot: Path, inputs: list[Path], force: bool) ->
     """Before any work: the settings file ends in .toml and the plot in .png, neither is one of the
     inputs, neither replaces a file another command wrote (unless ``force``), and both folders take
     a new file."""
-    from agent.evaluation.calibration import SETTINGS_HEADER, same_file
+    from agent.evaluation.calibration import SETTINGS_HEADER
+    from tools.files import same_file
     from tools.files import check_writable
 
     if output.suffix != ".toml":
@@ -113,12 +114,12 @@ def _check_outputs(output: Path, plot: Path, inputs: list[Path], force: bool) ->
     if plot.suffix != ".png":
         raise UserInputError(f"--plot {plot}: the plot must end in .png")
     for target, flag in ((output, "--output"), (plot, "--plot")):
+        check_writable(target, flag)
         if any(same_file(target, source) for source in inputs if source.exists()):
             raise UserInputError(f"{flag} {target} is one of the inputs; write elsewhere")
         if target.exists() and not target.is_dir() and not force and not _written_here(target, SETTINGS_HEADER):
             raise UserInputError(f"{flag} {target} exists and was not written by agent-cli calibrate; choose another "
                                  "name, or --force to replace it")
-        check_writable(target, flag)
 
 
 def _written_here(path: Path, header: str) -> bool:

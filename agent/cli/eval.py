@@ -76,16 +76,20 @@ def evaluate(
     """Run the agent over a benchmark (resumable), score it and write the report into OUTPUT."""
     from agent.evaluation.run import PREDICTIONS_FILE, RUN_LOCK, DatasetSpec, GracefulInterrupt, Shard, completed_ids
     from agent.evaluation.run import drop_errors, local_device, lock_file, merge_shards, record_run, run_samples
-    from agent.evaluation.run import reference_targets, run_settings
+    from agent.evaluation.run import REPLIES_FILE, RUN_FILE, reference_targets, run_settings
+    from agent.evaluation.report import METRICS_CSV, METRICS_JSON, REPORT_PNG
     from agent.evaluation.report import read_compared
     from tools.devices import resolve_device
     from tools.evaluation import PredictionWriter
-    from tools.files import check_output_folder, exclusive_lock
+    from tools.files import check_output_folder, check_outputs, exclusive_lock
 
-    from agent.evaluation.calibration import calibrated_on, same_file
+    from agent.evaluation.calibration import calibrated_on
+    from tools.files import same_file
 
     # Everything the user typed is checked before any model loads.
     check_output_folder(output)
+    written = [PREDICTIONS_FILE, RUN_FILE, REPLIES_FILE, METRICS_JSON, METRICS_CSV, REPORT_PNG]
+    check_outputs(output, written, {"--annotations": annotations, "--config": config_file})
     dev = calibrated_on(config_file)
     if dev is not None and same_file(dev, annotations):
         typer.echo(f"warning: the thresholds of {config_file} were calibrated on {annotations} itself; its numbers "

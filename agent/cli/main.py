@@ -65,7 +65,7 @@ def detect(
     # Inputs are checked before anything heavy is imported, so mistakes are answered at once.
     text = clean_expression(text)  # control characters and lone surrogates, as locate cleans them
     picture = load_image(image)
-    check_save_path(save)
+    check_save_path(save, image)
     if focus is not None and not focus.strip():
         raise UserInputError("--focus is empty; give the phrase to score on, or leave the option out")
     span = find_phrase(text, focus) if focus else None
@@ -104,7 +104,7 @@ def locate(
 
     # Inputs and settings are checked before anything heavy is imported, so mistakes are answered at once.
     picture = load_image(image, max_pixels=settings.max_image_pixels)
-    check_save_path(save)
+    check_save_path(save, image)
     expression = clean_expression(expression)
     from agent.agent import Agent
     from tools.devices import resolve_device
@@ -138,21 +138,23 @@ def locate(
         stdout.print(f"saved {save}", markup=False, soft_wrap=True)
 
 
-def check_save_path(save: Path | None) -> None:
+def check_save_path(save: Path | None, image: Path | None = None) -> None:
     """Refuse a ``--save`` path that could not be written, before any model runs: not an image
-    file name, a folder, or in a folder that cannot take a new file."""
+    file name, a folder, the input ``image`` itself, or in a folder that cannot take a new file."""
     if save is None:
         return
     from PIL import Image
 
-    from tools.files import check_writable
+    from tools.files import check_writable, same_file
 
     writable = {ext for ext, name in Image.registered_extensions().items() if name in Image.SAVE}
     if save.suffix.lower() not in writable:
         raise UserInputError(f"--save {str(save)!r}: not an image file name; use .png or .jpg")
+    check_writable(save, "--save")
     if not save.parent.is_dir():
         raise UserInputError(f"--save {str(save)!r}: no such folder {str(save.parent)!r}")
-    check_writable(save, "--save")
+    if image is not None and save.exists() and same_file(save, image):
+        raise UserInputError(f"--save {str(save)!r} is the input image: write the drawing elsewhere")
 
 
 @app.command()

@@ -66,7 +66,7 @@ def serve(
     allowed = tuple(name.strip() for name in strategies.split(",") if name.strip()) if strategies else None
     options = ServerOptions(
         **({"strategies": allowed} if allowed else {}),
-        max_upload_bytes=int(max_upload_mb * 2**20),
+        max_upload_bytes=_megabytes(max_upload_mb, "--max-upload-mb"),
         max_queue=max_queue,
         # click reads an empty REX_API_KEY as unset: read it here, so that it is refused, not ignored.
         api_key=_checked_api_key(api_key if api_key is not None else os.environ.get("REX_API_KEY")),

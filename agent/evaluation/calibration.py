@@ -389,19 +389,13 @@ def calibrated_on(config_file: str | os.PathLike | None) -> str | None:
     return annotations if isinstance(annotations, str) else None
 
 
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
-
-
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    return json.dumps(str(value))
+    # TOML has no escape for a lone surrogate (a path's undecodable byte): written as its escape text.
+    return json.dumps(str(value).encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def _detections(data: dict[str, Any]) -> Detections:

@@ -46,6 +46,9 @@ class ServerOptions:
             value = getattr(self, item.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserInputError(f"{item.name} must be a finite number, got {value}")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
+            # An empty key would switch authentication off while /healthz says a key is required.
+            raise UserInputError("api_key is empty; give a key, or None to serve without one")
         unknown = [name for name in self.strategies if name not in STRATEGIES]
         if unknown or not self.strategies:
             raise UserInputError(f"strategies must be some of {', '.join(STRATEGIES)}, got {list(self.strategies)}")

@@ -23,6 +23,8 @@ def load_json(path: str | Path) -> Any:
     path = Path(path)
     if path.is_dir():
         raise UserInputError(f"{path}: is a directory, expected a JSON annotation file")
+    if path.exists() and not path.is_file():  # a device or pipe (/dev/zero) never ends
+        raise UserInputError(f"{path}: not a regular file, expected a JSON annotation file")
     try:
         with path.open("rb") as handle:
             return json.load(handle)
@@ -35,6 +37,8 @@ def load_json(path: str | Path) -> Any:
         raise UserInputError(f"{path}: cannot be read ({error})") from None
     except RecursionError:
         raise UserInputError(f"{path}: nested too deeply to be an annotation file") from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts
+        raise UserInputError(f"{path}: not valid JSON ({error})") from None
 
 
 def records(container: Any, name: str, path: Path, id_field: str = "id") -> Iterator["Record"]:

@@ -100,6 +100,9 @@ def read_dataset(
     each, so it is refused for the other formats.
     """
     entry = get_format(format)
+    if image_root is not None and not Path(image_root).is_dir():
+        problem = "is not a folder" if Path(image_root).exists() else "does not exist"
+        raise UserInputError(f"--image-root {str(image_root)!r} {problem}")
     if entry.splits:
         return entry.reader(annotations, image_root, split)
     if split is not None:
