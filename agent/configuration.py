@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tools.defaults import (BATCH_SIZE, CRS_CANDIDATES, DEFAULT_DETECTOR, DEFAULT_MLLM, OPENAI_PREFIX, OPTION_LETTERS,
-                            ROUTING, RoutingThresholds)
+                            ROUTING, BoxFilter)
 from tools.devices import check_device_name, check_dtype_name
 from tools.errors import UserInputError
 from tools.images import DEFAULT_MAX_IMAGE_PIXELS, check_pixel_budget
@@ -203,14 +203,13 @@ class Configuration:
         return None if self.llm_temperature == DEFAULT_TEMPERATURE else float(self.llm_temperature)
 
     @property
-    def routing(self) -> RoutingThresholds:
-        return RoutingThresholds(self.router_top_k, self.router_score_threshold, self.router_iou_threshold,
-                                 self.behaviour.nms)
+    def routing(self) -> BoxFilter:
+        return BoxFilter(self.router_top_k, self.router_score_threshold, self.router_iou_threshold,
+                         self.behaviour.nms)
 
     @property
-    def crs_rule(self) -> RoutingThresholds:
-        return RoutingThresholds(self.crs_top_k, CRS_CANDIDATES.score_threshold, self.crs_iou_threshold,
-                                 self.behaviour.nms)
+    def crs_rule(self) -> BoxFilter:
+        return BoxFilter.crs(self.crs_top_k, self.crs_iou_threshold, self.behaviour.nms)
 
     @property
     def crs_focus(self) -> bool:

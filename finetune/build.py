@@ -62,7 +62,7 @@ from tools.mllm.crs import option_letters
 from prompts import check_prompts_dir
 from tools.detectors.base import resize_option
 from tools.profiles import get_profile
-from tools.routing import CRS_CANDIDATES, RoutingThresholds, crs_candidates
+from tools.routing import CRS_CANDIDATES, BoxFilter, crs_candidates
 from tools.text import clean_expression
 
 from .samples import DATASET_INFO_FILE, CRSSample, export_llama_factory, read_samples
@@ -208,7 +208,7 @@ def make_crs_sample(sample: Sample, candidates: Detections, image_size: tuple[in
     if len(sample.boxes) > 1:
         raise SampleDropped(MULTI_TARGET)
     profile = get_profile(config.profile)
-    rule = RoutingThresholds(config.top_k, CRS_CANDIDATES.score_threshold, config.nms_iou, profile.nms)
+    rule = BoxFilter.crs(config.top_k, config.nms_iou, profile.nms)
     options = crs_candidates(candidates, image_size, rule, drop_empty=profile.drop_empty_candidates)
     if not len(options):
         raise SampleDropped(NO_CANDIDATES)
@@ -251,7 +251,7 @@ def make_verify_sample(sample: Sample, candidates: Detections, image_size: tuple
     target asks only "no" questions. Raises :class:`SampleDropped` when there is no candidate.
     """
     profile = get_profile(config.profile)
-    rule = RoutingThresholds(config.top_k, CRS_CANDIDATES.score_threshold, config.nms_iou, profile.nms)
+    rule = BoxFilter.crs(config.top_k, config.nms_iou, profile.nms)
     options = crs_candidates(candidates, image_size, rule, drop_empty=profile.drop_empty_candidates)
     if not len(options):
         raise SampleDropped(NO_CANDIDATES)

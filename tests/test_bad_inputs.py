@@ -19,7 +19,7 @@ from agent.cli import main
 from tools import Detections, ImageLoadError, load_image
 from tools.errors import ModelOutputError, RemoteServiceError, RexError, UserInputError
 from tools.mllm import QWEN2_VL
-from tools.mllm.openai_compat import ChatCompletionsClient, RetryPolicy
+from tools.openai_client import ChatCompletionsClient, RetryPolicy
 
 EXPRESSION = "the red car to the left of the green car"
 

@@ -14,7 +14,8 @@ from tests.fake_openai_server import FakeChatServer, completion, error, token
 from tools.batching import Coalescer, PartialBatchError, run_together
 from tools.detections import Detections
 from tools.errors import RemoteServiceError
-from tools.mllm.openai_compat import OpenAICompatibleMLLM, RetryPolicy
+from tools.mllm.openai_compat import OpenAICompatibleMLLM
+from tools.openai_client import RetryPolicy
 
 EXPRESSION = "the red car left of the tree"
 
@@ -283,7 +284,7 @@ def test_the_openai_extractor_asks_its_prompts_concurrently():
         return completion('{"1": "the car"}')
 
     with FakeChatServer(respond) as server:
-        extractor = OpenAIChatExtractor("m", base_url=server.base_url, api_key="k", batch_size=1, concurrency=3)
+        extractor = OpenAIChatExtractor("m", base_url=server.base_url, api_key="k", per_prompt=1, concurrency=3)
         targets = extractor.extract([f"the car number {i}" for i in range(6)])
     assert targets == ["the car"] * 6 and len(server.requests) == 6 and 1 < in_flight.most <= 3
 

@@ -263,7 +263,7 @@ class EchoGenerator:
 
 def test_local_extractor_uses_any_text_generator():
     generator = EchoGenerator()
-    extractor = LocalChatExtractor(generator, max_new_tokens=300, batch_size=4)
+    extractor = LocalChatExtractor(generator, max_new_tokens=300, per_prompt=4)
     spans = extractor.extract_spans(EXPRESSIONS[:6])
     assert [len(asked_batch(prompt)) for prompt, _ in generator.calls] == [4, 2]
     assert generator.calls[0][1] == 300

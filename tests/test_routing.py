@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tools import Detections, RoutingThresholds, UserInputError, count_instances, difficulty_level
+from tools import Detections, BoxFilter, UserInputError, count_instances, difficulty_level
 from tools import boxes as box_ops
 from tools.routing import crs_candidates
 
@@ -32,14 +32,14 @@ def test_only_the_top_10_boxes_are_considered():
     # Eleven disjoint confident boxes: the 11th by score is outside the top-10.
     d = Detections([box(i * 20) for i in range(11)], np.linspace(0.9, 0.5, 11))
     assert count_instances(d) == 10
-    assert count_instances(d, RoutingThresholds(top_k=3)) == 3
+    assert count_instances(d, BoxFilter(top_k=3)) == 3
 
 
 def test_nms_threshold_is_configurable():
     # IoU of these two boxes is 0.6: separate at 0.7, merged at 0.5.
     d = Detections([[0, 0, 10, 10], [0, 0, 10, 6]], [0.9, 0.9])
     assert count_instances(d) == 2
-    assert count_instances(d, RoutingThresholds(iou_threshold=0.5)) == 1
+    assert count_instances(d, BoxFilter(iou_threshold=0.5)) == 1
 
 
 @pytest.mark.parametrize("count, level", [(0, 1), (1, 1), (2, 2), (7, 2)])
@@ -58,7 +58,7 @@ def test_opencv_reads_xyxy_as_xywh_and_merges_far_boxes():
     # intersection 320 * 340 = 108800, union 115600 + 122400 - 108800 = 129200, overlap 0.842 > 0.7.
     d = Detections([[300, 300, 340, 340], [320, 300, 360, 340]], [0.9, 0.8])
     assert count_instances(d) == 2
-    assert count_instances(d, RoutingThresholds(nms="opencv")) == 1
+    assert count_instances(d, BoxFilter(nms="opencv")) == 1
     assert box_ops.opencv_nms(d.boxes, d.scores, 0.2, 0.7).tolist() == [0]
 
 
@@ -66,7 +66,7 @@ def test_opencv_keeps_near_duplicates_near_the_origin():
     # True IoU 81 / 100 = 0.81: one instance. OpenCV: rectangles 0..10 and 1..11, 81 / 119 = 0.681 <= 0.7.
     d = Detections([[0, 0, 10, 10], [1, 1, 10, 10]], [0.9, 0.8])
     assert count_instances(d) == 1
-    assert count_instances(d, RoutingThresholds(nms="opencv")) == 2
+    assert count_instances(d, BoxFilter(nms="opencv")) == 2
 
 
 def test_opencv_score_threshold_is_strict_in_float32():
@@ -74,7 +74,7 @@ def test_opencv_score_threshold_is_strict_in_float32():
     assert box_ops.opencv_nms(boxes, [0.2, 0.2], 0.2, 0.7).tolist() == []
     # 0.2 + 1e-10 is 0.2 in float32: still not above the threshold.
     assert box_ops.opencv_nms(boxes, [0.2 + 1e-10, 0.21], 0.2, 0.7).tolist() == [1]
-    assert count_instances(Detections(boxes, [0.2, 0.2]), RoutingThresholds(nms="opencv")) == 0
+    assert count_instances(Detections(boxes, [0.2, 0.2]), BoxFilter(nms="opencv")) == 0
 
 
 def test_opencv_suppresses_only_above_the_threshold():
@@ -107,7 +107,7 @@ def test_opencv_on_real_xywh_boxes_is_true_iou_nms():
 
 def test_an_unknown_nms_method_is_refused():
     with pytest.raises(UserInputError, match="NMS method"):
-        RoutingThresholds(nms="soft")
+        BoxFilter(nms="soft")
 
 
 # ---------------------------------------------------------------- CRS candidates
@@ -120,14 +120,14 @@ def test_crs_candidates_clip_drop_empty_then_top_k_and_nms():
     )
     # On a 160x120 image the second box lies outside: no area once clipped, so it is dropped
     # before top-k and the fifth box moves up; NMS then merges the third and fourth.
-    options = crs_candidates(d, (160, 120), RoutingThresholds(top_k=4, score_threshold=0.0, iou_threshold=0.7))
+    options = crs_candidates(d, (160, 120), BoxFilter(top_k=4, score_threshold=0.0, iou_threshold=0.7))
     assert options.boxes.tolist() == [[0, 5, 30, 40], [40, 40, 80, 80], [90, 10, 120, 60]]
-    kept_empty = crs_candidates(d, (160, 120), RoutingThresholds(top_k=4, score_threshold=0.0, iou_threshold=0.7),
+    kept_empty = crs_candidates(d, (160, 120), BoxFilter(top_k=4, score_threshold=0.0, iou_threshold=0.7),
                                 drop_empty=False)
     assert kept_empty.boxes.tolist() == [[0, 5, 30, 40], [160, 0, 160, 30], [40, 40, 80, 80]]
 
 
 def test_crs_candidates_under_the_reference_nms_keep_the_scripts_order():
     d = Detections([[300, 300, 340, 340], [320, 300, 360, 340], [10, 10, 30, 30]], [0.9, 0.8, 0.7])
-    rule = RoutingThresholds(top_k=5, score_threshold=0.0, iou_threshold=0.7, nms="opencv")
+    rule = BoxFilter(top_k=5, score_threshold=0.0, iou_threshold=0.7, nms="opencv")
     assert crs_candidates(d, (640, 480), rule, drop_empty=False).scores.tolist() == [0.9, 0.7]

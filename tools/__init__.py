@@ -25,7 +25,7 @@ _EXPORTS = {
     "RexError": ".errors",
     "UserInputError": ".errors",
     "load_image": ".images",
-    "RoutingThresholds": ".defaults",
+    "BoxFilter": ".defaults",
     "count_instances": ".routing",
     "difficulty_level": ".routing",
 }

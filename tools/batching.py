@@ -16,7 +16,9 @@ import functools
 import threading
 from contextvars import ContextVar, copy_context
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+
+T = TypeVar("T")
 
 
 class PartialBatchError(Exception):
@@ -202,6 +204,18 @@ class Coalescer:
                 entry.error = result
             else:
                 entry.result = result
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in consecutive lists of ``size`` (at least 1), the last one shorter; read lazily."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= max(1, size):
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def one_call_at_a_time(method: Callable) -> Callable:

@@ -29,16 +29,22 @@ OPENAI_PREFIX = "openai:"
 
 # Queries run together, rows per MLLM forward pass, requests in flight to a server.
 BATCH_SIZE = 8
+# Expressions one target-extraction prompt asks about: the authors' script's batch.
+EXTRACTION_PER_PROMPT = 8
 
 # CRS options are lettered A, B, C, ...: at most this many options can be offered.
 OPTION_LETTERS = string.ascii_uppercase
 
 
+CRS_SCORE_THRESHOLD = 0.0
+
+
 @dataclass(frozen=True)
-class RoutingThresholds:
-    """Top-k, then boxes scoring at least ``score_threshold`` (strictly above it with
-    ``nms="opencv"``, as OpenCV does), then NMS at ``iou_threshold`` by ``nms`` (see
-    ``tools.profiles.NMS_METHODS``)."""
+class BoxFilter:
+    """Which of a detector's boxes count: the top ``top_k``, then those scoring at least
+    ``score_threshold`` (strictly above it with ``nms="opencv"``, as OpenCV does), then NMS at
+    ``iou_threshold`` by ``nms`` (see ``tools.profiles.NMS_METHODS``). The router counts
+    instances with one (``ROUTING``); CRS offers the boxes another keeps (``BoxFilter.crs``)."""
 
     top_k: int = 10
     score_threshold: float = 0.2
@@ -51,8 +57,13 @@ class RoutingThresholds:
         if self.top_k < 1:
             raise UserInputError(f"top_k must be at least 1, got {self.top_k}")
 
+    @classmethod
+    def crs(cls, top_k: int, iou_threshold: float, nms: str = "iou") -> "BoxFilter":
+        """The CRS candidates' filter: the authors' score threshold of 0, with ``top_k`` and NMS."""
+        return cls(top_k, CRS_SCORE_THRESHOLD, iou_threshold, nms)
+
 
 # The authors' router: top-10, scores of at least 0.2, NMS at 0.7.
-ROUTING = RoutingThresholds()
+ROUTING = BoxFilter()
 # The authors' CRS: top-5, NMS 0.7, and a score threshold of 0 (OpenCV keeps scores above it).
-CRS_CANDIDATES = RoutingThresholds(top_k=5, score_threshold=0.0, iou_threshold=0.7)
+CRS_CANDIDATES = BoxFilter.crs(top_k=5, iou_threshold=0.7)

@@ -11,14 +11,14 @@ the agent and the instruction-data builder alike.
 from __future__ import annotations
 
 from . import boxes as box_ops
-from .defaults import CRS_CANDIDATES, ROUTING, RoutingThresholds
+from .defaults import CRS_CANDIDATES, ROUTING, BoxFilter
 from .detections import Detections
 
-__all__ = ["CRS_CANDIDATES", "ROUTING", "RoutingThresholds", "count_instances", "crs_candidates",
+__all__ = ["CRS_CANDIDATES", "ROUTING", "BoxFilter", "count_instances", "crs_candidates",
            "difficulty_level", "distinct_boxes"]
 
 
-def distinct_boxes(detections: Detections, rule: RoutingThresholds = ROUTING) -> Detections:
+def distinct_boxes(detections: Detections, rule: BoxFilter = ROUTING) -> Detections:
     """The boxes of ``detections`` that survive ``rule``, best first."""
     top = detections.top_k(rule.top_k)
     if rule.nms == "opencv":
@@ -26,7 +26,7 @@ def distinct_boxes(detections: Detections, rule: RoutingThresholds = ROUTING) ->
     return top.above(rule.score_threshold).nms(rule.iou_threshold)
 
 
-def count_instances(detections: Detections, thresholds: RoutingThresholds = ROUTING) -> int:
+def count_instances(detections: Detections, thresholds: BoxFilter = ROUTING) -> int:
     """How many distinct instances survive top-k, the score threshold and NMS."""
     return len(distinct_boxes(detections, thresholds))
 
@@ -39,7 +39,7 @@ def difficulty_level(instance_count: int) -> int:
 def crs_candidates(
     detections: Detections,
     image_size: tuple[int, int],
-    rule: RoutingThresholds = CRS_CANDIDATES,
+    rule: BoxFilter = CRS_CANDIDATES,
     *,
     drop_empty: bool = True,
 ) -> Detections:

@@ -71,3 +71,9 @@ def neutralise_markup(text: str) -> str:
     a look-alike (``<|im_end|>`` -> ``‹|im_end|>``), so no model reads user text as a control
     or image token. Idempotent, and it keeps the text's length."""
     return CONTROL_MARKUP.sub(lambda match: LOOKALIKE[match.group()[0]] + match.group()[1:], text)
+
+
+def bare_token(token: str) -> str:
+    """A token's text without the byte-level BPE and SentencePiece word markers ("Ġ", "▁") that
+    some servers leave in their log-probability lists, and without surrounding space."""
+    return token.replace("\u0120", " ").replace("\u2581", " ").strip()

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple
 
-from tools.batching import run_together
+from tools.batching import chunks, run_together
 from tools.datasets import Sample
 from tools.detections import Detections
 from tools.errors import ExtractionFailedError, ModelOutputError, RexError, UserInputError
@@ -386,12 +386,12 @@ def run_samples(
     ``progress`` is a tqdm-like bar counting queries; ``targets`` as ``answer`` takes them."""
     batch = agent.config.batch_size
     written = 0
-    for chunk in _chunks(samples, max(PREFETCH_CHUNK, batch)):
+    for chunk in chunks(samples, max(PREFETCH_CHUNK, batch)):
         if stop.requested:
             return written
         if targets is None:
             agent.prefetch_targets([sample.expression for sample in chunk])
-        for together in _chunks(chunk, batch):
+        for together in chunks(chunk, batch):
             if stop.requested:
                 return written
             outcomes = run_together(lambda sample: answer(agent, sample, targets), together, batch)
@@ -400,17 +400,6 @@ def run_samples(
                 written += 1
                 progress.update(1)
     return written
-
-
-def _chunks(samples: Iterable[Sample], size: int) -> Iterable[list[Sample]]:
-    chunk: list[Sample] = []
-    for sample in samples:
-        chunk.append(sample)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def merge_shards(output: Path, samples: list[Sample], count: int) -> Path | None:

@@ -1,6 +1,6 @@
 """Target extractors: an OpenAI-compatible chat model, a local text generator, or no model.
 
-Model-backed extractors ask about ``batch_size`` expressions per call (8, as the
+Model-backed extractors ask about ``per_prompt`` expressions per call (8, as the
 reference does), keyed "1".."n", and then align every answer to its expression. An
 item whose answer is missing, unparseable or cannot be aligned falls back to the
 model-free ``heuristic_target``, and its ``ExtractedTarget.source`` says so.
@@ -18,9 +18,10 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Protocol, Sequence
 
-from ..defaults import BATCH_SIZE
+from ..batching import chunks
+from ..defaults import BATCH_SIZE, EXTRACTION_PER_PROMPT
 from ..errors import UserInputError
-from ..mllm.openai_compat import ChatCompletionsClient, RetryPolicy
+from ..openai_client import ChatCompletionsClient, RetryPolicy
 from .align import align_target, heuristic_target
 from .base import ExtractedTarget
 from .cache import ExtractionCache
@@ -65,7 +66,7 @@ class ChatExtractor(ABC):
     Subclasses implement ``_complete(prompt) -> reply``. ``cache`` is an
     ``ExtractionCache`` (or a JSON file path for one); by default a fresh in-memory one.
     Heuristic fallbacks are cached too: at REX's temperature 0 the model would answer the same.
-    ``batch_size`` expressions share one prompt; ``concurrency`` prompts are asked at once (a
+    ``per_prompt`` expressions share one prompt; ``concurrency`` prompts are asked at once (a
     remote server answers them in parallel; a local model one after the other). ``with_count``
     asks with the count prompt, whose answers also say how many objects each expression names
     (``ExtractedTarget.count``); the default is REX's prompt with the authors' in-context examples
@@ -75,15 +76,15 @@ class ChatExtractor(ABC):
     def __init__(
         self,
         *,
-        batch_size: int = 8,
+        per_prompt: int = EXTRACTION_PER_PROMPT,
         concurrency: int = 1,
         cache: ExtractionCache | str | Path | None = None,
         prompts_dir: str | Path | None = None,
         with_count: bool = False,
     ) -> None:
-        if batch_size < 1 or concurrency < 1:
-            raise UserInputError(f"batch_size and concurrency must be at least 1, got {batch_size}, {concurrency}")
-        self.batch_size = batch_size
+        if per_prompt < 1 or concurrency < 1:
+            raise UserInputError(f"per_prompt and concurrency must be at least 1, got {per_prompt}, {concurrency}")
+        self.per_prompt = per_prompt
         self.concurrency = concurrency
         self.cache = cache if isinstance(cache, ExtractionCache) else ExtractionCache(cache)
         self.prompts_dir = prompts_dir
@@ -100,7 +101,7 @@ class ChatExtractor(ABC):
     def extract_spans(self, expressions: Sequence[str]) -> list[ExtractedTarget]:
         """One ``ExtractedTarget`` per expression; only expressions not cached are asked about."""
         pending = [e for e in dict.fromkeys(expressions) if e not in self.cache and e and e.strip()]
-        batches = [pending[start : start + self.batch_size] for start in range(0, len(pending), self.batch_size)]
+        batches = list(chunks(pending, self.per_prompt))
         prompts = [extraction_prompt(batch, self.prompts_dir, with_count=self.with_count) for batch in batches]
         if self.concurrency > 1 and len(prompts) > 1:
             with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
@@ -145,13 +146,13 @@ class OpenAIChatExtractor(ChatExtractor):
         max_tokens: int = 512,
         temperature: float | None = 0,
         retry: RetryPolicy | None = None,
-        batch_size: int = 8,
+        per_prompt: int = EXTRACTION_PER_PROMPT,
         concurrency: int = BATCH_SIZE,
         cache: ExtractionCache | str | Path | None = None,
         prompts_dir: str | Path | None = None,
         with_count: bool = False,
     ) -> None:
-        super().__init__(batch_size=batch_size, concurrency=concurrency, cache=cache, prompts_dir=prompts_dir,
+        super().__init__(per_prompt=per_prompt, concurrency=concurrency, cache=cache, prompts_dir=prompts_dir,
                          with_count=with_count)
         self.model = model
         self.max_tokens = max_tokens
@@ -185,12 +186,12 @@ class LocalChatExtractor(ChatExtractor):
         generator: TextGenerator,
         *,
         max_new_tokens: int = 512,
-        batch_size: int = 8,
+        per_prompt: int = EXTRACTION_PER_PROMPT,
         cache: ExtractionCache | str | Path | None = None,
         prompts_dir: str | Path | None = None,
         with_count: bool = False,
     ) -> None:
-        super().__init__(batch_size=batch_size, cache=cache, prompts_dir=prompts_dir, with_count=with_count)
+        super().__init__(per_prompt=per_prompt, cache=cache, prompts_dir=prompts_dir, with_count=with_count)
         self.generator = generator
         self.max_new_tokens = max_new_tokens
         self._prefix = {}

@@ -1,6 +1,6 @@
 """The batched target-extraction question and the parsing of whatever the LLM answers.
 
-The question carries up to ``batch_size`` expressions as a JSON dict keyed "1".."n"
+The question carries up to ``per_prompt`` expressions as a JSON dict keyed "1".."n"
 (the reference batches 8); the answer is expected as a dict with the same keys, whose values
 are the phrases (REX's prompt) or ``{"target": ..., "count": ...}`` objects (the count
 prompt, ``target_extraction_count``).

@@ -31,6 +31,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from prompts import load_messages
 
+from ..batching import chunks
+from ..defaults import EXTRACTION_PER_PROMPT
 from ..errors import UserInputError
 from ..files import write_atomically
 from ..text import Span, neutralise_markup
@@ -39,7 +41,6 @@ from .cache import ExtractionCache
 
 logger = logging.getLogger(__name__)
 
-BATCH_SIZE = 8  # the script's default batch
 MESSAGES = "reference_extraction"
 Messages = list[dict[str, str]]
 
@@ -158,16 +159,16 @@ class ReferenceExtractor:
         self,
         complete: Callable[[Messages], str],
         *,
-        batch_size: int = BATCH_SIZE,
+        per_prompt: int = EXTRACTION_PER_PROMPT,
         concurrency: int = 1,
         cache: ExtractionCache | str | Path | None = None,
         name: str = "",
         asker: str | None = None,
     ) -> None:
-        if batch_size < 1 or concurrency < 1:
-            raise UserInputError(f"batch_size and concurrency must be at least 1, got {batch_size}, {concurrency}")
+        if per_prompt < 1 or concurrency < 1:
+            raise UserInputError(f"per_prompt and concurrency must be at least 1, got {per_prompt}, {concurrency}")
         self.complete = complete
-        self.batch_size = batch_size
+        self.per_prompt = per_prompt
         self.concurrency = concurrency
         self.cache = cache if isinstance(cache, ExtractionCache) else ExtractionCache(cache)
         self.name = name
@@ -179,7 +180,7 @@ class ReferenceExtractor:
                temperature: float | None = None, retry=None, **options) -> "ReferenceExtractor":
         """Asking an OpenAI-compatible chat model (``gpt-3.5-turbo`` in the paper); ``temperature``
         ``None`` sends none, as the script did; no ``max_tokens`` is sent either."""
-        from ..mllm.openai_compat import ChatCompletionsClient
+        from ..openai_client import ChatCompletionsClient
 
         client = ChatCompletionsClient(base_url, api_key, retry=retry)
         sampling = {} if temperature is None else {"temperature": temperature}
@@ -208,7 +209,7 @@ class ReferenceExtractor:
     def extract_spans(self, expressions: Sequence[str]) -> list[ExtractedTarget]:
         """One target per expression: answered, or ``source="failed"``; only uncached ones are asked."""
         pending = [e for e in dict.fromkeys(expressions) if e not in self.cache and e and e.strip()]
-        batches = [pending[start:start + self.batch_size] for start in range(0, len(pending), self.batch_size)]
+        batches = list(chunks(pending, self.per_prompt))
         keyed = [[(str(i), expression) for i, expression in enumerate(batch, start=1)] for batch in batches]
         # Every batch is keyed "1".."n": each reply answers its own batch only. A failure is not
         # kept: a later call asks that expression again.
@@ -225,7 +226,7 @@ class ReferenceExtractor:
         dataset's ``(id, expression)`` pairs in order; replies already in ``log`` are not asked again."""
         log = log or ReplyLog()
         items = [(str(key), expression) for key, expression in items]
-        batches = [items[start:start + self.batch_size] for start in range(0, len(items), self.batch_size)]
+        batches = list(chunks(items, self.per_prompt))
         chosen = [(index, batch) for index, batch in enumerate(batches)
                   if needed is None or any(key in needed for key, _ in batch)]
         known = [log.get(index, [key for key, _ in batch]) for index, batch in chosen]

@@ -21,7 +21,8 @@ import torch
 from ..batching import one_call_at_a_time
 from ..detections import Detections
 from ..images import ImageInput, load_image
-from .batches import check_lengths, checked_text, chunks
+from ..batching import chunks
+from .checks import check_lengths, checked_text
 from .crs import bare_letter_logprobs, crs_prompt, letter_distribution, letter_mass, letter_token_ids
 from .decoding import first_step_scores, forget_rope_deltas
 from .counting import count_distribution, count_prompt, count_token_ids
@@ -206,8 +207,7 @@ class CandidateQuestions:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         if not ends_with(inputs["input_ids"], inputs["attention_mask"], first_tails):
             rows = [conversation for its in conversations for conversation in its]
-            passes = [self._next_token_logits(rows[start:start + self.batch_size])
-                      for start in range(0, len(rows), max(1, self.batch_size))]
+            passes = [self._next_token_logits(part) for part in chunks(rows, self.batch_size)]
             return torch.cat([logits for logits, _ in passes]), left_padded_cat([ids for _, ids in passes], pad_id)
         prefix = drop_last_tokens(inputs, plan.dropped, pad_id)
         owners = torch.tensor(plan.owners, device=self.device)

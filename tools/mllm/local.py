@@ -57,7 +57,8 @@ from ..detections import Detections
 from ..devices import resolve_device, resolve_dtype
 from ..errors import ModelOutputError, RexError, UserInputError
 from ..images import ImageInput, load_image
-from .batches import check_lengths, checked_text, chunks
+from ..batching import chunks
+from .checks import check_lengths, checked_text
 from .candidates import CandidateQuestions
 from .decoding import chosen_scores, forget_rope_deltas, stop_token_ids, token_texts
 from .families import ModelFamily, box_token_confidence, family_for_model

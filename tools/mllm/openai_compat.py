@@ -9,7 +9,8 @@ with the same family. CRS selection asks for one token with ``logprobs`` and
 (``option_probabilities``); servers that return no logprobs are answered from the reply
 text instead (one-hot).
 
-``ChatCompletionsClient`` is the retrying transport, shared with the target extractor.
+The retrying transport is ``tools.openai_client.ChatCompletionsClient``, shared with the
+served target extractors.
 """
 
 from __future__ import annotations
@@ -17,25 +18,21 @@ from __future__ import annotations
 import base64
 import io
 import math
-import os
 import re
-import time
-from typing import Any, Sequence
-
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
-
 
 from ..batching import PartialBatchError
 from ..defaults import BATCH_SIZE
 from ..detections import Detections
 from ..drawing import draw_detections
-from ..errors import ModelOutputError, RemoteServiceError, UserInputError
+from ..errors import ModelOutputError, UserInputError
 from ..images import load_image
+from ..openai_client import ChatCompletionsClient, RetryPolicy
+from ..text import bare_token
 from .crs import NONE_OPTION, crs_marks_prompt, crs_prompt, option_letters
 from .counting import COUNT_ANSWERS, count_from_text, count_prompt
 from .families import box_token_confidence, get_family
@@ -43,110 +40,9 @@ from .reading import GENERATED_ANSWER_TOKENS, check_reading, script_letter
 from .verify import parse_yes_no, verify_prompt, yes_probability_from_top
 from .selection import Selection
 
-if TYPE_CHECKING:
-    import openai
-
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-# Local servers (vLLM, SGLang, LM Studio) accept any key, but the client insists on one.
-PLACEHOLDER_API_KEY = "EMPTY"
-# Transient statuses worth another try; every other 4xx is the caller's mistake.
-RETRYABLE_STATUS = frozenset({408, 429})
-STATUS_HINTS = {401: "check the API key", 403: "check the API key", 404: "check the model name and base URL"}
 TOP_LOGPROBS = 20
 # Colours of Set-of-Mark boxes, cycled in option order; saturated so letters stay legible.
 MARK_COLOURS = ((255, 0, 255), (255, 200, 0), (0, 255, 255), (255, 80, 0), (120, 0, 255), (0, 160, 0))
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How patiently a remote server is asked: every OpenAI-compatible backend takes one.
-
-    Timeouts, connection errors, HTTP 408/429 and 5xx are retried up to ``max_retries``
-    times, waiting ``backoff * 2**n`` seconds (at most ``max_backoff``, or the server's
-    ``Retry-After``), each request bounded by ``timeout`` seconds and the whole call, retries
-    included, by ``total_timeout``.
-    """
-
-    timeout: float = 60.0
-    max_retries: int = 4
-    total_timeout: float = 300.0
-    backoff: float = 0.5
-    max_backoff: float = 8.0
-
-    def __post_init__(self) -> None:
-        if self.timeout <= 0 or self.total_timeout <= 0 or self.max_retries < 0:
-            raise UserInputError("timeout and total_timeout must be positive and max_retries >= 0")
-
-
-class ChatCompletionsClient:
-    """``chat.completions.create`` retried as ``retry`` (a ``RetryPolicy``) says.
-
-    Other 4xx answers than 408/429 fail at once. Either way a ``RemoteServiceError`` with one
-    line of explanation is raised; the API key never appears in messages or ``repr``.
-    ``last_attempts`` counts the requests the latest call made.
-    ``base_url``/``api_key`` default to ``OPENAI_BASE_URL``/``OPENAI_API_KEY``.
-    """
-
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
-                 retry: RetryPolicy | None = None) -> None:
-        import openai  # a quarter second: paid by the OpenAI backends only
-
-        self.retry = retry or RetryPolicy()
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        self._secret = api_key or os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_API_KEY
-        # Retries are ours (bounded in total time), so the client's own are off.
-        self._client = openai.OpenAI(base_url=self.base_url, api_key=self._secret, max_retries=0,
-                                     timeout=self.retry.timeout)
-        self.last_attempts = 0
-
-    def create(self, **request: Any) -> Any:
-        """One chat completion (the ``openai`` response object); ``request`` as for ``openai``."""
-        import openai
-
-        retry = self.retry
-        started = time.monotonic()
-        deadline = started + retry.total_timeout
-        self.last_attempts = 0
-        while True:
-            self.last_attempts += 1
-            remaining = deadline - time.monotonic()
-            try:
-                return self._client.chat.completions.create(**request, timeout=min(retry.timeout, remaining))
-            except openai.APIStatusError as error:
-                if error.status_code not in RETRYABLE_STATUS and error.status_code < 500:
-                    raise RemoteServiceError(self._refusal(error)) from None
-                failure, retry_after = f"HTTP {error.status_code}", _retry_after(error)
-            except openai.APIConnectionError as error:
-                failure = "timed out" if isinstance(error, openai.APITimeoutError) else "connection failed"
-                retry_after = None
-            delay = min(retry.max_backoff, max(retry.backoff * 2 ** (self.last_attempts - 1), retry_after or 0))
-            if self.last_attempts > retry.max_retries or time.monotonic() + delay >= deadline:
-                raise RemoteServiceError(
-                    f"{self.base_url}: {failure} on each of {self.last_attempts} attempts "
-                    f"({time.monotonic() - started:.1f}s, bound {retry.total_timeout:g}s)"
-                ) from None
-            time.sleep(delay)
-
-    def _refusal(self, error: openai.APIStatusError) -> str:
-        body = error.body
-        detail = body.get("message", body) if isinstance(body, dict) else body or error.message
-        detail = self._redact(" ".join(str(detail).split()))[:300]
-        hint = f" ({STATUS_HINTS[error.status_code]})" if error.status_code in STATUS_HINTS else ""
-        return f"{self.base_url} refused the request with HTTP {error.status_code}{hint}: {detail}"
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret != PLACEHOLDER_API_KEY else text
-
-    def __repr__(self) -> str:
-        settings = f"timeout={self.retry.timeout:g}, max_retries={self.retry.max_retries}"
-        return f"ChatCompletionsClient(base_url={self.base_url!r}, {settings})"
-
-
-def _retry_after(error: openai.APIStatusError) -> float | None:
-    try:
-        return float(error.response.headers.get("retry-after", ""))
-    except ValueError:
-        return None
 
 
 class OpenAICompatibleMLLM:
@@ -216,7 +112,7 @@ class OpenAICompatibleMLLM:
         response = self.client.create(**self._request(self._data_url(image), prompt), max_tokens=self.max_new_tokens,
                                       logprobs=True)
         choice = response.choices[0]
-        tokens = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
+        tokens = token_steps(choice)
         text = "".join(token.token for token in tokens) if tokens else choice.message.content
         parsed = self.family.parse_answer(text, image.size, self._input_size(image))
         confidence = None
@@ -287,10 +183,10 @@ class OpenAICompatibleMLLM:
             logprobs=True, top_logprobs=TOP_LOGPROBS
         )
         choice = response.choices[0]
-        steps = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
+        steps = token_steps(choice)
         probabilities, statistics = None, {}
         if steps:
-            top = [(t.token, t.logprob) for t in steps[0].top_logprobs]
+            top = first_top_logprobs(choice)
             probabilities = option_probabilities(top, letters)
             statistics = letter_statistics(top, letters)
         text = choice.message.content or ""
@@ -314,8 +210,8 @@ class OpenAICompatibleMLLM:
         response = self.client.create(**self._request(self._data_url(image), prompt), max_tokens=1, logprobs=True,
                                       top_logprobs=TOP_LOGPROBS)
         choice = response.choices[0]
-        steps = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
-        probabilities = count_probabilities([(t.token, t.logprob) for t in steps[0].top_logprobs]) if steps else None
+        top = first_top_logprobs(choice)
+        probabilities = count_probabilities(top) if top else None
         return count_from_text(choice.message.content or "") if probabilities is None else probabilities
 
     def count_batch(self, images: Sequence[Image.Image], expressions: Sequence[str],
@@ -363,8 +259,8 @@ class OpenAICompatibleMLLM:
         response = self.client.create(**self._request(image_url, question), max_tokens=1, logprobs=True,
                                       top_logprobs=TOP_LOGPROBS)
         choice = response.choices[0]
-        steps = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
-        probability = yes_probability_from_top([(t.token, t.logprob) for t in steps[0].top_logprobs]) if steps else None
+        top = first_top_logprobs(choice)
+        probability = yes_probability_from_top(top) if top else None
         return parse_yes_no(choice.message.content or "") if probability is None else probability
 
     def _input_size(self, image: Image.Image) -> tuple[int, int] | None:
@@ -382,6 +278,17 @@ class OpenAICompatibleMLLM:
             {"type": "text", "text": prompt},
         ]
         return {"model": self.model, "messages": [{"role": "user", "content": content}], "temperature": 0}
+
+
+def token_steps(choice: Any) -> list:
+    """The per-token log-probability entries of a chat-completion ``choice`` (none when the server sent none)."""
+    return choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
+
+
+def first_top_logprobs(choice: Any) -> list[tuple[str, float]] | None:
+    """``(token, logprob)`` of the first answer token's top alternatives; ``None`` without logprobs."""
+    steps = token_steps(choice)
+    return [(top.token, top.logprob) for top in steps[0].top_logprobs] if steps else None
 
 
 def image_data_url(image: Image.Image, image_format: str = "png") -> str:
@@ -416,7 +323,7 @@ def option_probabilities(top_logprobs: Sequence[tuple[str, float]], letters: Seq
     mass = np.zeros(len(letters))
     probabilities = [math.exp(logprob) for _, logprob in top_logprobs]
     for (token, _), probability in zip(top_logprobs, probabilities):
-        option = index.get(_bare(token))
+        option = index.get(bare_token(token))
         if option is not None:
             mass[option] += probability
     if not mass.any():
@@ -431,7 +338,7 @@ def option_probabilities(top_logprobs: Sequence[tuple[str, float]], letters: Seq
 def letter_statistics(top_logprobs: Sequence[tuple[str, float]], letters: Sequence[str]) -> dict[str, Any]:
     """``option_mass`` and ``letter_logprobs`` of a ``Selection`` from one step's ``(token, logprob)`` list."""
     wanted = set(letters)
-    mass = sum(math.exp(logprob) for token, logprob in top_logprobs if _bare(token) in wanted)
+    mass = sum(math.exp(logprob) for token, logprob in top_logprobs if bare_token(token) in wanted)
     exact = {token: logprob for token, logprob in reversed(list(top_logprobs))}
     return {"option_mass": min(1.0, mass), "letter_logprobs": [exact.get(letter, math.nan) for letter in letters]}
 
@@ -441,14 +348,10 @@ def count_probabilities(top_logprobs: Sequence[tuple[str, float]]) -> np.ndarray
     over the answers listed (case aside); ``None`` when none is."""
     mass = np.zeros(len(COUNT_ANSWERS))
     for token, logprob in top_logprobs:
-        bare = _bare(token).lower()
+        bare = bare_token(token).lower()
         if bare in COUNT_ANSWERS:
             mass[COUNT_ANSWERS.index(bare)] += math.exp(logprob)
     return mass / mass.sum() if mass.any() else None
-
-
-def _bare(token: str) -> str:
-    return token.replace("Ġ", " ").replace("▁", " ").strip()
 
 
 def parse_option_letter(reply: str, letters: Sequence[str], allow_none: bool = False) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 from prompts import render_prompt
 
 from ..errors import ModelOutputError
+from ..text import bare_token
 from .crs import spelling_token_ids
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def yes_probability_from_top(top_logprobs: Sequence[tuple[str, float]]) -> float
     """``p(yes)`` from a server's ``(token, logprob)`` top list; ``None`` when neither answer is listed."""
     mass = {answer: 0.0 for answer in ANSWERS}
     for token, logprob in top_logprobs:
-        word = token.replace("Ġ", " ").replace("▁", " ").strip().lower()
+        word = bare_token(token).lower()
         if word in mass:
             mass[word] += math.exp(logprob)
     total = sum(mass.values())

@@ -1,8 +1,8 @@
-"""Checks and chunking of the batched calls of the local MLLMs."""
+"""Checks of the inputs of the local MLLMs' batched calls."""
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from ..errors import UserInputError
 
@@ -20,9 +20,3 @@ def check_lengths(**sequences: Sequence) -> None:
     if len(set(lengths.values())) > 1:
         raise UserInputError("batch inputs differ in length: " + ", ".join(f"{k}={v}" for k, v in lengths.items()))
 
-
-def chunks(indices: Sequence[int], size: int) -> Iterator[list[int]]:
-    """``indices`` in consecutive runs of ``size`` (at least 1)."""
-    indices, size = list(indices), max(1, size)
-    for start in range(0, len(indices), size):
-        yield indices[start : start + size]
