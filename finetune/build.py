@@ -16,9 +16,9 @@ Decisions (each drop is counted under its reason, see ``DROP_REASONS``):
 - Expressions are cleaned as ``locate`` cleans them (``tools.text.clean_expression``); one
   that is blank or longer than ``MAX_EXPRESSION_CHARS`` is ``unusable-expression``.
 - The "None" option goes on *every* sample, positives included, whenever negatives are
-  included (``none_option=None``, the default): were it offered to negatives only, its mere
+  included (``allow_none=None``, the default): were it offered to negatives only, its mere
   presence would give the answer away. This is the paper's "None" variant (10,000 positives,
-  2,500 negatives); ``none_option=True`` also offers it without negatives.
+  2,500 negatives); ``allow_none=True`` also offers it without negatives.
 - Options are shuffled with a generator seeded from (``seed``, sample id), and samples are
   visited in an order drawn from the same two, so a sample's options, and which samples
   fill the ``positives`` / ``negatives`` quotas, depend neither on the file's order nor on
@@ -49,7 +49,7 @@ import numpy as np
 
 from tools import boxes as box_ops
 from tools.datasets import Sample
-from tools.evaluation.formats import read_dataset
+from tools.evaluation.formats import FORMAT_HELP, read_dataset
 from tools.detections import Detections
 from tools.detectors import Detector
 from tools.files import MAX_NAME_BYTES, JsonLinesAppender, check_output_folder, check_outputs, read_json_lines
@@ -61,8 +61,9 @@ from tools.images import load_image
 from tools.mllm.crs import option_letters
 from prompts import check_prompts_dir
 from tools.detectors.base import resize_option
-from tools.profiles import get_profile
+from tools.profiles import PROFILES, get_profile
 from tools.routing import CRS_CANDIDATES, BoxFilter, crs_candidates
+from tools.settings import setting
 from tools.text import clean_expression
 
 from .samples import DATASET_INFO_FILE, CRSSample, export_llama_factory, read_samples
@@ -89,39 +90,51 @@ DROP_REASONS = (MULTI_TARGET, UNREADABLE_IMAGE, UNUSABLE_EXPRESSION, MISSING_CAN
                 NO_CANDIDATE_OVER_IOU, SINGLE_OPTION, SAMPLED_OUT)
 
 
+# Settings of builds written before they took the agent's names (their build.json still resumes).
+RENAMED_SETTINGS = {"top_k": "crs_top_k", "nms_iou": "crs_iou_threshold", "none_option": "allow_none"}
 # Files of the output folder a dataset name would overwrite (``<name>.json``).
 RESERVED_NAMES = frozenset(Path(name).stem for name in (DATASET_INFO_FILE, REPORT_FILE, SETTINGS_FILE))
 
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """Everything a build depends on; give exactly one of ``detector`` and ``candidates_file``."""
+    """Everything a build depends on, each an option of ``agent-cli finetune-data`` with its help;
+    give exactly one of ``detector`` and ``candidates_file``. The CRS settings carry the agent's
+    names (``crs_top_k``, ``crs_iou_threshold``, ``allow_none``)."""
 
-    dataset_format: str  # a format of tools.evaluation.formats
-    annotations: str
-    output_dir: str
-    image_root: str | None = None
-    split: str | None = None  # gRefCOCO only
-    detector: str | None = None  # Hub id or folder of a Grounding DINO / MM-Grounding-DINO
-    candidates_file: str | None = None
-    positives: int | None = None  # None: every usable positive
-    negatives: int | None = 0  # None: every usable negative
-    top_k: int = CRS_CANDIDATES.top_k
-    nms_iou: float = CRS_CANDIDATES.iou_threshold
-    profile: str = "default"
-    min_iou: float = 0.5
-    seed: int = 0
-    none_option: bool | None = None  # None: on exactly when negatives are included
-    dataset_name: str = "rex_crs"
-    prompts_dir: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    task: str = "choice"  # "choice": multiple-choice CRS samples; "verify": yes/no per candidate
+    dataset_format: str = setting(help=FORMAT_HELP + " (see the README).", flag="--format")
+    annotations: str = setting(help="The dataset's annotation file.", path=True)
+    output_dir: str = setting(help="Folder for the samples, the report; rerun to resume.", flag="--output", path=True)
+    image_root: str | None = setting(None, "Folder the file names are relative to.", path=True)
+    split: str | None = setting(None, "gRefCOCO split (grefcoco only), e.g. train.")
+    detector: str | None = setting(None, "Detector Hub id or folder computing the candidates (Grounding DINO, "
+                                         "MM-GDINO, OWLv2, Florence-2).")
+    candidates_file: str | None = setting(None, 'Cached candidates instead of a detector: JSON Lines {"id", "boxes", '
+                                                '"scores"} (a predictions file).', flag="--candidates", path=True)
+    positives: int | None = setting(None, "Positives to keep, drawn with --seed (paper: 10000); default: all.",
+                                    minimum=0)
+    negatives: int | None = setting(0, "Negatives / no-target samples to keep, answered None (paper: 2500).",
+                                    minimum=0)
+    crs_top_k: int = setting(CRS_CANDIDATES.top_k, f"Candidates offered before NMS (at most {DETECTOR_TOP_K}).",
+                             renamed_from=("--top-k",))
+    crs_iou_threshold: float = setting(CRS_CANDIDATES.iou_threshold, "NMS IoU over the candidates.",
+                                       renamed_from=("--nms",))
+    profile: str = setting("default", f"{' or '.join(PROFILES)}: how candidates are built, as CRS builds them.")
+    min_iou: float = setting(0.5, "Keep a positive when a candidate's IoU exceeds this.")
+    seed: int = setting(0, "Fixes which samples are drawn and how their options are shuffled.")
+    allow_none: bool | None = setting(None, "Offer 'None' on every sample; default: exactly when --negatives is "
+                                            "above 0.", renamed_from=("--none-option",))
+    dataset_name: str = setting("rex_crs", "LLaMA-Factory dataset name and file.")
+    prompts_dir: str | None = setting(None, "Your own prompt templates.")
+    device: str = setting("auto", "Detector device: auto, cpu, cuda or cuda:N.")
+    dtype: str = setting("auto", "Detector weights: auto, fp32, fp16 or bf16.")
+    task: str = setting("choice", "choice: multiple-choice samples (the paper's CRS); verify: a yes/no question per "
+                                  "candidate (IoU above --min-iou: yes), for crs_mode verify.")
 
     @property
-    def allow_none(self) -> bool:
+    def offers_none(self) -> bool:
         """Whether every sample offers the "None" option (see the module docstring)."""
-        return self.none_option if self.none_option is not None else self.negatives != 0
+        return self.allow_none if self.allow_none is not None else self.negatives != 0
 
 
 @dataclass
@@ -208,7 +221,7 @@ def make_crs_sample(sample: Sample, candidates: Detections, image_size: tuple[in
     if len(sample.boxes) > 1:
         raise SampleDropped(MULTI_TARGET)
     profile = get_profile(config.profile)
-    rule = BoxFilter.crs(config.top_k, config.nms_iou, profile.nms)
+    rule = BoxFilter.crs(config.crs_top_k, config.crs_iou_threshold, profile.nms)
     options = crs_candidates(candidates, image_size, rule, drop_empty=profile.drop_empty_candidates)
     if not len(options):
         raise SampleDropped(NO_CANDIDATES)
@@ -222,11 +235,11 @@ def make_crs_sample(sample: Sample, candidates: Detections, image_size: tuple[in
         meta["iou"] = round(float(ious[best]), 4)
     else:
         meta["negative"] = sample.negative_key or "no-target"
-    if len(options) + config.allow_none < 2:
+    if len(options) + config.offers_none < 2:
         raise SampleDropped(SINGLE_OPTION)
     order = list(range(len(options)))
     random.Random(_stable_int(config.seed, "options", sample.id)).shuffle(order)
-    letters = option_letters(len(options), config.allow_none)
+    letters = option_letters(len(options), config.offers_none)
     answer = letters[-1] if best is None else letters[order.index(best)]
     meta["detector_ranks"] = order  # option i is the detector's order[i]-th box, for analysis
     return CRSSample(
@@ -236,7 +249,7 @@ def make_crs_sample(sample: Sample, candidates: Detections, image_size: tuple[in
         expression=sample.expression,
         candidates=tuple(tuple(float(v) for v in options.boxes[i]) for i in order),
         image_size=image_size,
-        allow_none=config.allow_none,
+        allow_none=config.offers_none,
         answer=answer,
         meta=meta,
     )
@@ -251,7 +264,7 @@ def make_verify_sample(sample: Sample, candidates: Detections, image_size: tuple
     target asks only "no" questions. Raises :class:`SampleDropped` when there is no candidate.
     """
     profile = get_profile(config.profile)
-    rule = BoxFilter.crs(config.top_k, config.nms_iou, profile.nms)
+    rule = BoxFilter.crs(config.crs_top_k, config.crs_iou_threshold, profile.nms)
     options = crs_candidates(candidates, image_size, rule, drop_empty=profile.drop_empty_candidates)
     if not len(options):
         raise SampleDropped(NO_CANDIDATES)
@@ -381,6 +394,7 @@ def _claim_output_dir(output: Path, config: BuildConfig) -> None:
     settings_file = output / SETTINGS_FILE
     if settings_file.exists():
         previous = json.loads(settings_file.read_text(encoding="utf-8"))
+        previous = {RENAMED_SETTINGS.get(name, name): value for name, value in previous.items()}
         changed = sorted(name for name in settings.keys() | previous.keys()
                          if settings.get(name) != previous.get(name))
         if changed:
@@ -402,7 +416,7 @@ def _result_settings(config: BuildConfig) -> dict[str, Any]:
         # Paths compare absolute, so a resume from another working folder still matches.
         if settings[name] is not None and os.path.exists(settings[name]):
             settings[name] = os.path.abspath(settings[name])
-    settings["none_option"] = config.allow_none
+    settings["allow_none"] = config.offers_none
     return settings
 
 
@@ -423,13 +437,15 @@ def _check_config(config: BuildConfig) -> None:
                                                "--candidates": config.candidates_file})
     if (config.detector is None) == (config.candidates_file is None):
         raise UserInputError("give either a detector or a candidates file")
-    if config.top_k < 1 or config.top_k > DETECTOR_TOP_K:
-        raise UserInputError(f"top_k must be between 1 and {DETECTOR_TOP_K}, got {config.top_k}")
-    if not 0 <= config.nms_iou <= 1 or not 0 <= config.min_iou < 1:
-        raise UserInputError("nms_iou must lie in [0, 1] and min_iou in [0, 1)")
+    if config.crs_top_k < 1 or config.crs_top_k > DETECTOR_TOP_K:
+        raise UserInputError(f"crs_top_k must be between 1 and {DETECTOR_TOP_K}, got {config.crs_top_k}")
+    if config.candidates_file is not None and not Path(config.candidates_file).is_file():
+        raise UserInputError(f"no candidates file {config.candidates_file!r}")
+    if not 0 <= config.crs_iou_threshold <= 1 or not 0 <= config.min_iou < 1:
+        raise UserInputError("crs_iou_threshold must lie in [0, 1] and min_iou in [0, 1)")
     if any(quota is not None and quota < 0 for quota in (config.positives, config.negatives)):
         raise UserInputError("positives and negatives must be at least 0")
     if config.task not in TASKS:
         raise UserInputError(f"unknown task {config.task!r}; choose one of {', '.join(TASKS)}")
-    if config.none_option is False and config.negatives != 0:
-        raise UserInputError("negatives answer 'None': they need the None option (drop --no-none-option)")
+    if config.allow_none is False and config.negatives != 0:
+        raise UserInputError("negatives answer 'None': they need the None option (drop --no-allow-none)")

@@ -29,6 +29,7 @@ from prompts import check_prompts_dir
 from tools.checkpoints import resolve_checkpoint
 from tools.errors import UserInputError
 from tools.files import check_output_folder, check_outputs, write_atomically
+from tools.settings import setting
 from tools.images import check_pixel_budget
 
 LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -48,43 +49,49 @@ _END_ONLY = 2**31
 
 @dataclass
 class TrainConfig:
-    """Every setting of a fine-tuning run; ``agent-cli finetune`` exposes each as an option."""
+    """Every setting of a fine-tuning run, each an option of ``agent-cli finetune`` with its help."""
 
-    model: str  # Qwen VL or InternVL (-hf) checkpoint: Hub id or folder
-    train_file: str  # CRS samples, JSONL: multiple-choice (finetune/samples.py) or yes/no (verify_samples.py)
-    output_dir: str
-    eval_file: str | None = None  # held-out CRS samples: option accuracy after every epoch
-    epochs: float = 3.0
-    max_steps: int | None = None  # optimizer steps; overrides epochs
-    batch_size: int = 4  # samples per micro-batch and process
-    eval_batch_size: int | None = None  # default: batch_size
-    grad_accum: int = 4  # micro-batches per optimizer step
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.0
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.03  # share of all steps spent warming the learning rate up
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    lora_rank: int = 8
-    lora_alpha: float | None = None  # default: 2 * rank
-    lora_dropout: float = 0.05
-    force: bool = False  # start over in an output folder that holds another run
-    lora_target: str = DEFAULT_LORA_TARGET  # module names (LLM only) or "re:<regex>"
-    dtype: str = "auto"  # base weights: auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16
-    gradient_checkpointing: bool = False
-    attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2
-    min_pixels: int | None = None  # image budget; default: the processor's, as at inference
-    max_pixels: int | None = None
-    max_patches: int | None = None  # InternVL's tiles per image; default INTERNVL_TILES, as at inference
-    save_every: int = 500  # checkpoint every N optimizer steps (and at the end); 0: end only
-    save_total_limit: int | None = 2  # checkpoints kept; None keeps all
-    resume: str | None = None  # a checkpoint folder, or "latest" under output_dir/checkpoints
-    deepspeed: str | None = None  # a DeepSpeed config file (JSON)
-    fsdp: str | None = None  # Trainer's FSDP options, e.g. "full_shard auto_wrap"
-    report_to: str = "none"  # comma-separated: tensorboard, wandb, mlflow, ...; "all", or "none"
-    seed: int = 0
-    num_workers: int = 0  # DataLoader workers that load and tokenise batches
-    merge: bool = False  # also save the merged model and processor
-    prompts_dir: str | None = None
+    model: str = setting(help="Qwen VL or InternVL (-hf) checkpoint to tune: Hub id or folder.")
+    train_file: str = setting(help="CRS training samples, JSONL: multiple-choice (finetune/samples.py) or yes/no "
+                                   "(verify_samples.py).", flag="--train", path=True)
+    output_dir: str = setting(help="Folder for the adapter, checkpoints, log and plot.", flag="--output", path=True)
+    eval_file: str | None = setting(None, "Held-out CRS samples: option accuracy after every epoch.", flag="--eval",
+                                    path=True)
+    epochs: float = setting(3.0, "Passes over the training samples.")
+    max_steps: int | None = setting(None, "Optimizer steps; overrides --epochs.", minimum=1)
+    batch_size: int = setting(4, "Samples per micro-batch and process.", minimum=1)
+    eval_batch_size: int | None = setting(None, "Default: --batch-size.", minimum=1)
+    grad_accum: int = setting(4, "Micro-batches per optimizer step.", minimum=1)
+    learning_rate: float = setting(1e-4, "Peak learning rate.", flag="--lr")
+    weight_decay: float = setting(0.0, "Weight decay of AdamW.")
+    lr_scheduler: str = setting("cosine", f"One of: {', '.join(SCHEDULERS)}.", flag="--scheduler")
+    warmup_ratio: float = setting(0.03, "Share of the steps spent warming the learning rate up.")
+    max_grad_norm: float = setting(1.0, "Gradient clipping; 0 disables it.")
+    lora_rank: int = setting(8, f"LoRA rank (at most {MAX_LORA_RANK}).", minimum=1)
+    lora_alpha: float | None = setting(None, "Default: 2 x rank.")
+    lora_dropout: float = setting(0.05, "Dropout on the LoRA inputs.")
+    lora_target: str = setting(DEFAULT_LORA_TARGET, "Comma-separated projection names, applied to the language "
+                                                    "model only, or re:<regex> on module names.")
+    dtype: str = setting("auto", "Weights: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")
+    gradient_checkpointing: bool = setting(False, "Trade compute for memory.", negatable=False)
+    attn_implementation: str | None = setting(None, "e.g. sdpa or flash_attention_2.", flag="--attn")
+    min_pixels: int | None = setting(None, "Image budget; default: the processor's, as at inference.")
+    max_pixels: int | None = setting(None, "Use the same budget as at inference.")
+    max_patches: int | None = setting(None, "InternVL: most tiles per image; use the same as at inference.",
+                                      minimum=1)
+    save_every: int = setting(500, "Checkpoint every N optimizer steps (0: at the end only).", minimum=0)
+    save_total_limit: int | None = setting(2, "Checkpoints kept.", minimum=1)
+    resume: str | None = setting(None, "A checkpoint folder (checkpoint-N), or 'latest' in --output.")
+    force: bool = setting(False, "Start over in an --output that holds another run (its checkpoints are replaced).",
+                          negatable=False)
+    deepspeed: str | None = setting(None, "DeepSpeed config file (JSON), as Trainer takes.", path=True)
+    fsdp: str | None = setting(None, "Trainer's FSDP options, e.g. 'full_shard auto_wrap'.")
+    report_to: str = setting("none", "Where Trainer also logs: tensorboard, wandb, mlflow, ... (comma-separated), "
+                                     "all.")
+    seed: int = setting(0, "Seeds the LoRA initialisation and the data order.")
+    num_workers: int = setting(0, "DataLoader workers preparing batches.", minimum=0)
+    merge: bool = setting(False, "Also save the merged model and processor.", negatable=False)
+    prompts_dir: str | None = setting(None, "Your own prompt templates.")
 
     @property
     def reporters(self) -> list[str]:

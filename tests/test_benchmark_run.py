@@ -20,7 +20,8 @@ from agent import Agent
 from agent.backends import Backends
 from agent.cli import main
 from agent.configuration import Configuration
-from agent.evaluation.run import PREDICTIONS_FILE, Shard, local_device, lock_file, predict
+from agent.evaluation.run import PREDICTIONS_FILE, lock_file, predict
+from agent.evaluation.shards import Shard, local_device
 from tools.datasets import Sample
 from tools.evaluation.formats import read_dataset
 from tools.detections import Detections

@@ -279,7 +279,7 @@ def test_the_reference_profile_builds_candidates_as_the_scripts_do(dataset):
     # True IoU 0.33, but cv2.dnn.NMSBoxes, fed xyxy, merges them (tests/test_routing.py works it out).
     candidates = Detections([[300, 300, 340, 340], [320, 300, 360, 340]], [0.9, 0.8])
     settings = dict(dataset_format="finecops-ref", annotations="u", output_dir="u", candidates_file="u",
-                    none_option=True)
+                    allow_none=True)
     default = make_crs_sample(sample, candidates, (640, 480), BuildConfig(**settings))
     reference = make_crs_sample(sample, candidates, (640, 480), BuildConfig(**settings, profile="reference"))
     assert len(default.candidates) == 2 and len(reference.candidates) == 1
@@ -322,3 +322,37 @@ def test_verify_task_asks_yes_or_no_per_candidate_as_inference_does(tmp_path, da
     # agent-cli finetune trains the choice task and says so for a verification file.
     with pytest.raises(UserInputError, match="yes/no verification sample"):
         read_samples(tmp_path / "out" / "samples.jsonl")
+
+
+def test_the_old_flag_names_still_work_with_a_note_and_old_builds_resume(dataset, tmp_path, capsys):
+    annotations, root, candidates = dataset
+    out = tmp_path / "out"
+    args = ["--format", "finecops-ref", "--annotations", str(annotations), "--image-root", str(root),
+            "--candidates", str(candidates), "--output", str(out), "--no-progress"]
+    assert build_main([*args, "--top-k", "3", "--nms", "0.5", "--none-option"]) == 0
+    error = capsys.readouterr().err
+    for old, new in (("--top-k", "--crs-top-k"), ("--nms", "--crs-iou-threshold"), ("--none-option", "--allow-none")):
+        assert f"{old} is now {new}" in error
+    settings = json.loads((out / "build.json").read_text())
+    assert (settings["crs_top_k"], settings["crs_iou_threshold"], settings["allow_none"]) == (3, 0.5, True)
+    from finetune.build import RENAMED_SETTINGS
+
+    old_names = {new: old for old, new in RENAMED_SETTINGS.items()}
+    (out / "build.json").write_text(json.dumps({old_names.get(k, k): v for k, v in settings.items()}))
+    assert build_main([*args, "--crs-top-k", "3", "--crs-iou-threshold", "0.5", "--allow-none"]) == 0  # resumed
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("command", ["finetune", "finetune-data"])
+def test_every_setting_of_the_fine_tuning_commands_is_a_flag_with_its_own_help(command, capsys):
+    import dataclasses
+
+    from finetune.build import BuildConfig
+    from finetune.train import TrainConfig
+    from tools.settings import flag_of
+
+    settings = TrainConfig if command == "finetune" else BuildConfig
+    assert agent_cli([command, "--help"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    for item in dataclasses.fields(settings):
+        assert item.metadata["help"] and flag_of(item)[:14] in shown, item.name

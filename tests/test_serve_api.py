@@ -298,9 +298,9 @@ def test_a_hanging_model_call_is_504_and_healthz_reports_the_stuck_device():
 
 def test_a_full_server_refuses_before_decoding_and_bounds_decoded_bytes(monkeypatch):
     decoded = []
-    import agent.serve.app as app_module
+    import agent.serve.intake as intake
 
-    monkeypatch.setattr(app_module, "load_image", lambda *a, **k: decoded.append(1) or Image.new("RGB", (8, 8)))
+    monkeypatch.setattr(intake, "load_image", lambda *a, **k: decoded.append(1) or Image.new("RGB", (8, 8)))
     hanging = Hanging()
     options = ServerOptions(max_queue=0, max_decoded_bytes=200_000)
     with TestClient(create_app(plugin_agent(detector=hanging), options)) as client:

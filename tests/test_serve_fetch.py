@@ -159,10 +159,10 @@ def test_the_server_refuses_loopback_urls_without_fetching(site):
 
 
 def test_the_server_answers_a_fetched_image_and_413_over_the_limit(site, monkeypatch):
-    from agent.serve import app as app_module
+    from agent.serve import intake
 
     url, _, _ = site
-    monkeypatch.setattr(app_module, "UrlFetcher", lambda max_bytes, timeout: local_fetcher(max_bytes=max_bytes))
+    monkeypatch.setattr(intake, "UrlFetcher", lambda max_bytes, timeout: local_fetcher(max_bytes=max_bytes))
     with TestClient(create_app(plugin_agent(), ServerOptions(image_urls=True, max_upload_bytes=15_000))) as client:
         served = client.post("/locate", data={"expression": EXPRESSION, "image_url": f"{url}/redirect"})
         too_big = client.post("/locate", data={"expression": EXPRESSION, "image_url": f"{url}/big-undeclared"})
@@ -173,10 +173,10 @@ def test_the_server_answers_a_fetched_image_and_413_over_the_limit(site, monkeyp
 def test_slow_image_urls_cannot_hold_up_uploads(site, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    from agent.serve import app as app_module
+    from agent.serve import intake
 
     url, _, _ = site
-    monkeypatch.setattr(app_module, "UrlFetcher",
+    monkeypatch.setattr(intake, "UrlFetcher",
                         lambda max_bytes, timeout: local_fetcher(max_bytes=max_bytes, timeout=timeout))
     options = ServerOptions(image_urls=True, url_timeout=2.0)
     with TestClient(create_app(plugin_agent(), options)) as client, ThreadPoolExecutor(8) as clients:

@@ -74,17 +74,14 @@ def evaluate(
     config_file: Optional[str] = None,
 ) -> None:
     """Run the agent over a benchmark (resumable), score it and write the report into OUTPUT."""
-    from agent.evaluation.run import PREDICTIONS_FILE, RUN_LOCK, DatasetSpec, GracefulInterrupt, Shard, completed_ids
-    from agent.evaluation.run import drop_errors, local_device, lock_file, merge_shards, record_run, run_samples
-    from agent.evaluation.run import REPLIES_FILE, RUN_FILE, reference_targets, run_settings
+    from agent.evaluation.run import PREDICTIONS_FILE, REPLIES_FILE, RUN_FILE, RUN_LOCK, DatasetSpec
+    from agent.evaluation.run import completed_ids, drop_errors, lock_file, record_run, run_settings
+    from agent.evaluation.shards import Shard, local_device, merge_shards
     from agent.evaluation.report import METRICS_CSV, METRICS_JSON, REPORT_PNG
     from agent.evaluation.report import read_compared
-    from tools.devices import resolve_device
-    from tools.evaluation import PredictionWriter
-    from tools.files import check_output_folder, check_outputs, exclusive_lock
-
     from agent.evaluation.calibration import calibrated_on
-    from tools.files import same_file
+    from tools.devices import resolve_device
+    from tools.files import check_output_folder, check_outputs, exclusive_lock, same_file
 
     # Everything the user typed is checked before any model loads.
     check_output_folder(output)
@@ -116,29 +113,7 @@ def evaluate(
         done = completed_ids(path)
         todo = [sample for sample in mine if str(sample.id) not in done]
         if todo:
-            from tqdm import tqdm
-
-            from agent.agent import Agent
-
-            agent = Agent(config=settings)
-            agent.load_models()
-            # The reference profile's extraction runs over the dataset's own batches first.
-            targets = reference_targets(agent, samples, todo, output)
-            label = f"{settings.strategy}" + (f" shard {part}" if part else "")
-            with GracefulInterrupt() as stop, PredictionWriter(path) as writer, tqdm(
-                total=len(mine), initial=len(mine) - len(todo), unit="sample", desc=label, dynamic_ncols=True,
-                position=part.index if part else None,  # one line per process under a launcher
-            ) as progress:
-                written = run_samples(agent, todo, writer, progress, stop, targets)
-            reused = getattr(agent.backends.detector, "hits", None) if settings.uses_detector else None
-            if reused is not None:  # a CachedDetector (--cache-dir)
-                stdout.print(f"detector cache: {reused} answers reused, {agent.backends.detector.misses} computed",
-                             markup=False)
-            if written < len(todo):
-                finished = len(mine) - len(todo) + written
-                typer.echo(f"interrupted: {finished} of {len(mine)} samples done, in {path}; "
-                           "run the same command to resume", err=True)
-                raise typer.Exit(INTERRUPTED_EXIT_CODE)
+            _answer(settings, samples, mine, todo, part, output, path)
 
         if part and merge_shards(output, samples, part.count) is None:
             stdout.print(f"shard {part}: {len(mine)} samples done, in {path}; the process that completes the "
@@ -147,6 +122,36 @@ def evaluate(
         run = {**run_settings(dataset, settings), "device": settings.device, "cache_dir": settings.cache_dir,
                "limit": dataset.limit, "shards": part.count if part else None, "samples": len(samples)}
         _score_and_report(dataset, samples, output, run, compared)
+
+
+def _answer(settings: Configuration, samples: list, mine: list, todo: list, part, output: Path, path: Path) -> None:
+    """Answer the ``todo`` samples of this process's ``mine`` into ``path``; a Ctrl-C stops after
+    the batch in flight (exit ``INTERRUPTED_EXIT_CODE``, the run resumable)."""
+    from tqdm import tqdm
+
+    from agent.agent import Agent
+    from agent.evaluation.run import GracefulInterrupt, reference_targets, run_samples
+    from tools.evaluation import PredictionWriter
+
+    agent = Agent(config=settings)
+    agent.load_models()
+    # The reference profile's extraction runs over the dataset's own batches first.
+    targets = reference_targets(agent, samples, todo, output)
+    label = f"{settings.strategy}" + (f" shard {part}" if part else "")
+    with GracefulInterrupt() as stop, PredictionWriter(path) as writer, tqdm(
+        total=len(mine), initial=len(mine) - len(todo), unit="sample", desc=label, dynamic_ncols=True,
+        position=part.index if part else None,  # one line per process under a launcher
+    ) as progress:
+        written = run_samples(agent, todo, writer, progress, stop, targets)
+    reused = getattr(agent.backends.detector, "hits", None) if settings.uses_detector else None
+    if reused is not None:  # a CachedDetector (--cache-dir)
+        stdout.print(f"detector cache: {reused} answers reused, {agent.backends.detector.misses} computed",
+                     markup=False)
+    if written < len(todo):
+        finished = len(mine) - len(todo) + written
+        typer.echo(f"interrupted: {finished} of {len(mine)} samples done, in {path}; "
+                   "run the same command to resume", err=True)
+        raise typer.Exit(INTERRUPTED_EXIT_CODE)
 
 
 def _score_and_report(dataset, samples, output: Path, run: dict, compared: list) -> None:

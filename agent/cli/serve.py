@@ -83,6 +83,11 @@ def serve(
         max_connections=max_connections,
         batch_wait_ms=batch_wait_ms,
     )
+    _run(settings, options, device, host, port)
+
+
+def _run(settings: Configuration, options, devices: Optional[List[str]], host: str, port: int) -> None:
+    """Load one agent per device and serve them on ``host:port`` until interrupted."""
     import uvicorn
 
     from agent.agent import Agent
@@ -90,21 +95,21 @@ def serve(
     from agent.serve.limits import uvicorn_config
     from tools.devices import resolve_device
 
-    devices = [str(resolve_device(name)) for name in (device or [settings.device])]
-    if len(set(devices)) != len(devices):
-        raise UserInputError(f"each --device once: {', '.join(devices)}")
-    agents = [Agent(config=settings.updated(device=name)) for name in devices]
+    names = [str(resolve_device(name)) for name in (devices or [settings.device])]
+    if len(set(names)) != len(names):
+        raise UserInputError(f"each --device once: {', '.join(names)}")
+    agents = [Agent(config=settings.updated(device=name)) for name in names]
     app = create_app(agents, options)  # before any model loads
     listener = listen(host, port)  # a busy port, too, is answered before the models load
     try:
-        typer.echo(f"loading models on {', '.join(devices)} for {', '.join(options.strategies)} ...", err=True)
+        typer.echo(f"loading models on {', '.join(names)} for {', '.join(options.strategies)} ...", err=True)
         app.state.pool.load_models(options.strategies)
         if host not in ("127.0.0.1", "localhost", "::1") and not options.api_key:
             typer.echo(f"warning: serving on {host} without --api-key: anyone who reaches it can use it", err=True)
         shown = f"[{host}]" if ":" in host else host
         typer.echo(f"REX Agent on http://{shown}:{listener.getsockname()[1]}/ (API docs at /docs)", err=True)
-        config = uvicorn_config(app, header_timeout=header_timeout, keep_alive=keep_alive,
-                                max_connections=max_connections)
+        config = uvicorn_config(app, header_timeout=options.header_timeout, keep_alive=options.keep_alive,
+                                max_connections=options.max_connections)
         uvicorn.Server(config).run(sockets=[listener])
     finally:
         app.state.pool.close()

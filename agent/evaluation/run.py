@@ -10,9 +10,7 @@ pieces it is made of, each usable on its own:
   predictions written durably (fsync per line), in order, before the next batch starts;
   :func:`completed_ids` tells a resumed run what to skip. A first Ctrl-C
   (:class:`GracefulInterrupt`) stops after the batch in flight;
-- :class:`Shard` splits a dataset over processes (``--shard i/n`` or the ``RANK`` /
-  ``WORLD_SIZE`` that ``accelerate launch`` and ``torchrun`` set); the process that
-  completes the last shard merges them (:func:`merge_shards`) into ``predictions.jsonl``;
+- ``shards.py`` splits a run over processes (``Shard``) and merges their files (``merge_shards``);
 - :func:`score_run` scores the predictions with the benchmark's metric.
 """
 
@@ -21,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -100,62 +97,6 @@ class DatasetSpec:
             "image_root": None if self.image_root is None else str(Path(self.image_root).resolve()),
             "split": self.split,
         }
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Every ``count``-th sample starting at ``index`` (dataset order), written to its own file."""
-
-    index: int
-    count: int
-
-    def __post_init__(self) -> None:
-        if self.count < 1 or not 0 <= self.index < self.count:
-            raise UserInputError(f"shard {self.index}/{self.count}: need 0 <= i < n")
-
-    @classmethod
-    def parse(cls, text: str) -> "Shard":
-        """``"i/n"``, e.g. ``"0/4"``."""
-        index, slash, count = text.partition("/")
-        if not (slash and index.strip().isdigit() and count.strip().isdigit()):
-            raise UserInputError(f"--shard takes i/n (e.g. 0/4), got {text!r}")
-        return cls(int(index), int(count))
-
-    @classmethod
-    def from_environment(cls, env: Mapping[str, str] | None = None) -> "Shard | None":
-        """This process's shard under ``accelerate launch`` or ``torchrun`` (``RANK`` of ``WORLD_SIZE``)."""
-        env = os.environ if env is None else env
-        try:
-            world_size, rank = int(env.get("WORLD_SIZE", "1")), int(env.get("RANK", "0"))
-        except ValueError:
-            raise UserInputError(
-                f"RANK={env.get('RANK')!r} / WORLD_SIZE={env.get('WORLD_SIZE')!r} are not integers"
-            ) from None
-        return cls(rank, world_size) if world_size > 1 else None
-
-    def select(self, samples: list[Sample]) -> list[Sample]:
-        return samples[self.index :: self.count]
-
-    @property
-    def file_name(self) -> str:
-        return f"predictions.shard-{self.index}-of-{self.count}.jsonl"
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-
-def local_device(device: str, env: Mapping[str, str] | None = None) -> str:
-    """``device``, except that ``"auto"`` under a multi-process launcher with CUDA present becomes
-    ``cuda:{LOCAL_RANK}``: each process gets its own GPU (shared round-robin when there are
-    more processes than GPUs)."""
-    env = os.environ if env is None else env
-    if device != "auto" or "LOCAL_RANK" not in env or int(env.get("WORLD_SIZE", "1")) < 2:
-        return device
-    import torch
-
-    if not torch.cuda.is_available():
-        return device
-    return f"cuda:{int(env['LOCAL_RANK']) % torch.cuda.device_count()}"
 
 
 def run_settings(dataset: DatasetSpec, config: Configuration) -> dict[str, Any]:
@@ -400,27 +341,6 @@ def run_samples(
                 written += 1
                 progress.update(1)
     return written
-
-
-def merge_shards(output: Path, samples: list[Sample], count: int) -> Path | None:
-    """Merge the ``count`` shard files into ``output/predictions.jsonl`` in dataset order, once
-    every sample has a prediction; ``None`` (nothing written) while some shard is unfinished.
-
-    The merged file is written under a temporary name and renamed, so two shards finishing
-    at the same moment each put the same complete file in place.
-    """
-    by_id: dict[str, Prediction] = {}
-    for index in range(count):
-        path = output / Shard(index, count).file_name
-        if path.exists():
-            by_id.update((str(prediction.id), prediction) for prediction in read_predictions(path))
-    if any(str(sample.id) not in by_id for sample in samples):
-        return None
-    target = output / PREDICTIONS_FILE
-    with replaced_atomically(target) as temporary, PredictionWriter(temporary) as writer:
-        for sample in samples:
-            writer.write(by_id[str(sample.id)])
-    return target
 
 
 def scored_samples(dataset: DatasetSpec, samples: list[Sample]) -> tuple[list[Sample], int]:

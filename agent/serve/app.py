@@ -14,14 +14,10 @@ failed, 503 every device queue full or the decoded-image memory in use (with ``R
 under that id, never to the client.
 """
 
-import asyncio
 import hmac
-import io
 import logging
-import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any, Literal, Optional, Sequence
 
@@ -32,21 +28,17 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from tools.errors import ExtractionFailedError, RemoteServiceError, UserInputError
-from tools.images import load_image
 from tools.text import MAX_EXPRESSION_CHARS, clean_expression
 
 from .. import __version__
 from ..agent import Agent
-from .fetch import ImageTooLargeError, UrlFetcher
+from .fetch import ImageTooLargeError
+from .intake import ImageIntake
 from .limits import BodySizeLimit, JsonTrustedHostMiddleware
 from .options import ServerOptions
 from .schemas import ERROR_RESPONSES, Health, LocateResult
 from .workers import QueueFull, RequestTimeout, WorkerPool
 
-# Bytes an image takes while it is decoded and converted (e.g. greyscale plus its RGB copy).
-DECODED_BYTES_PER_PIXEL = 4
-DECODE_WORKERS = 2  # images decoded at once; the rest wait their turn
-FETCH_WORKERS = 4  # image URLs fetched at once, in a pool of their own
 # How much of a rejected field a 422 answer repeats back.
 MAX_ECHOED_CHARS = 200
 logger = logging.getLogger("rex.serve")
@@ -59,32 +51,26 @@ def create_app(agents: Agent | Sequence[Agent], options: ServerOptions = ServerO
     defaults = pool.workers[0].agent.config
     if defaults.strategy not in options.strategies:
         raise UserInputError(f"the default strategy {defaults.strategy!r} is not among {list(options.strategies)}")
-    fetcher = UrlFetcher(options.max_upload_bytes, options.url_timeout) if options.image_urls else None
-    max_pixels = min(defaults.max_image_pixels, options.max_image_pixels)
-    fetches = ThreadPoolExecutor(max_workers=FETCH_WORKERS, thread_name_prefix="rex-fetch")
-    decodes = ThreadPoolExecutor(max_workers=DECODE_WORKERS, thread_name_prefix="rex-decode")
-    budget = DecodedBytes(options.max_decoded_bytes)
+    intake = ImageIntake(options, min(defaults.max_image_pixels, options.max_image_pixels))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         pool.close()
-        fetches.shutdown(wait=False, cancel_futures=True)
-        decodes.shutdown(wait=False, cancel_futures=True)
+        intake.close()
 
-    app = FastAPI(
-        title="REX Agent",
-        version=__version__,
-        summary="Find the object(s) a referring expression points at in an image.",
-        lifespan=lifespan,
-    )
+    app = FastAPI(title="REX Agent", version=__version__, lifespan=lifespan,
+                  summary="Find the object(s) a referring expression points at in an image.")
     app.state.pool = pool
     app.state.options = options
-    guard = [Depends(_api_key_check(options.api_key))] if options.api_key else []
-    StrategyName = Literal[tuple(options.strategies)]  # type: ignore[valid-type]
-    MultiMode = Literal["false", "true", "auto"]  # Configuration reads these spellings
-    CountMode = Literal["text", "image", "both"]
+    _add_middleware(app, options)
+    _add_error_handlers(app)
+    _add_page_and_health(app, pool, options)
+    _add_locate(app, pool, options, intake)
+    return app
 
+
+def _add_middleware(app: FastAPI, options: ServerOptions) -> None:
     app.add_middleware(BodySizeLimit, max_bytes=options.max_upload_bytes, body_timeout=options.body_timeout)
     if options.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -94,6 +80,8 @@ def create_app(agents: Agent | Sequence[Agent], options: ServerOptions = ServerO
     if options.allowed_hosts is not None:
         app.add_middleware(JsonTrustedHostMiddleware, allowed_hosts=list(options.allowed_hosts))
 
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
         return _internal_error(error)
@@ -101,6 +89,10 @@ def create_app(agents: Agent | Sequence[Agent], options: ServerOptions = ServerO
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": jsonable_encoder(_trimmed(error.errors()))}, 422)
+
+
+def _add_page_and_health(app: FastAPI, pool: WorkerPool, options: ServerOptions) -> None:
+    defaults = pool.workers[0].agent.config
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
@@ -123,13 +115,15 @@ def create_app(agents: Agent | Sequence[Agent], options: ServerOptions = ServerO
         }
         return JSONResponse(health, 503) if stuck else health
 
-    @app.post(
-        "/locate",
-        response_model=LocateResult,
-        responses=ERROR_RESPONSES,
-        dependencies=guard,
-        summary="Locate what an expression refers to in an image",
-    )
+
+def _add_locate(app: FastAPI, pool: WorkerPool, options: ServerOptions, intake: ImageIntake) -> None:
+    guard = [Depends(_api_key_check(options.api_key))] if options.api_key else []
+    StrategyName = Literal[tuple(options.strategies)]  # type: ignore[valid-type]
+    MultiMode = Literal["false", "true", "auto"]  # Configuration reads these spellings
+    CountMode = Literal["text", "image", "both"]
+
+    @app.post("/locate", response_model=LocateResult, responses=ERROR_RESPONSES, dependencies=guard,
+              summary="Locate what an expression refers to in an image")
     async def locate(
         expression: Annotated[
             str, Form(min_length=1, max_length=MAX_EXPRESSION_CHARS, description="The referring expression.")
@@ -154,32 +148,34 @@ def create_app(agents: Agent | Sequence[Agent], options: ServerOptions = ServerO
                     dict(strategy=strategy, focus=focus, allow_none=allow_none, multi=multi,
                          count_mode=count_mode).items()
                     if value is not None}
-        loop = asyncio.get_running_loop()
         try:
             expression = clean_expression(expression)
             pool.check_room()  # a full server spends nothing on the image
-            data = await _image_bytes(image, image_url, fetcher, fetches, options.url_timeout)
-            with budget.reserve(_decoded_size(data)):
-                # Decoding runs beside the event loop, not on a device queue.
-                picture = await loop.run_in_executor(decodes, load_image, data, max_pixels)
+            async with intake.picture(image, image_url) as picture:
                 result = await pool.locate(picture, expression, settings)
-        except ImageTooLargeError as error:
-            raise HTTPException(413, str(error)) from None
-        except RequestTimeout as error:
-            raise HTTPException(504, f"timed out: {error}") from None
-        except UserInputError as error:
-            raise HTTPException(400, str(error)) from None
-        except ExtractionFailedError as error:  # the reference profile's documented outcome
-            raise HTTPException(422, str(error)) from None
-        except QueueFull as error:
-            raise HTTPException(503, f"busy: {error}; retry later", headers={"Retry-After": "1"}) from None
-        except RemoteServiceError as error:
-            raise HTTPException(502, f"the model server failed: {error}") from None
         except Exception as error:  # noqa: BLE001 - answered here, so the connection stays open
-            return _internal_error(error)
+            answer = _http_error(error)
+            if answer is None:
+                return _internal_error(error)
+            raise answer from None
         return result.to_dict()
 
-    return app
+
+def _http_error(error: Exception) -> HTTPException | None:
+    """The answer to a query's failure that is the client's or a service's, not ours (``None``)."""
+    if isinstance(error, ImageTooLargeError):
+        return HTTPException(413, str(error))
+    if isinstance(error, RequestTimeout):
+        return HTTPException(504, f"timed out: {error}")
+    if isinstance(error, UserInputError):
+        return HTTPException(400, str(error))
+    if isinstance(error, ExtractionFailedError):  # the reference profile's documented outcome
+        return HTTPException(422, str(error))
+    if isinstance(error, QueueFull):
+        return HTTPException(503, f"busy: {error}; retry later", headers={"Retry-After": "1"})
+    if isinstance(error, RemoteServiceError):
+        return HTTPException(502, f"the model server failed: {error}")
+    return None
 
 
 def _internal_error(error: BaseException) -> JSONResponse:
@@ -214,53 +210,6 @@ def _refuse_foreign_origin(request: Request, allowed: Sequence[str]) -> None:
     if origin.rstrip("/") in (own, *allowed) or "*" in allowed:
         return
     raise HTTPException(403, f"requests from {origin[:100]!r} are refused (start the server with --cors-origin)")
-
-
-class DecodedBytes:
-    """The decoded size of the images of requests in flight, kept under ``limit`` (on the event loop)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.used = limit, 0
-
-    @contextmanager
-    def reserve(self, size: int):
-        if size > self.limit:
-            raise ImageTooLargeError(f"the image decodes to {size / 2**20:,.0f} MB, over the server's limit of "
-                                     f"{self.limit / 2**20:,.0f} MB")
-        if self.used + size > self.limit:
-            raise QueueFull(f"{self.used / 2**20:,.0f} MB of images are being decoded or answered")
-        self.used += size
-        try:
-            yield
-        finally:
-            self.used -= size
-
-
-def _decoded_size(data: bytes) -> int:
-    """Bytes ``data`` will take once decoded, read from its header alone (0 when it is no image:
-    decoding then says why)."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as header:
-            width, height = header.size
-    except Exception:  # noqa: BLE001 - not an image; load_image gives the one-line reason
-        return 0
-    return width * height * DECODED_BYTES_PER_PIXEL
-
-
-async def _image_bytes(image: UploadFile | None, image_url: str | None, fetcher: UrlFetcher | None,
-                       fetches: ThreadPoolExecutor, timeout: float) -> bytes:
-    """The encoded image of a request: the uploaded file, or the fetched ``image_url`` (in the
-    fetch pool, within ``timeout`` seconds from now, waiting for a free fetcher included)."""
-    if (image is None) == (not image_url):
-        raise UserInputError("send either an image file or an image_url")
-    if image is not None:
-        return await image.read()
-    if fetcher is None:
-        raise UserInputError("this server does not fetch image URLs (start it with --allow-image-urls); upload the file")
-    deadline = time.monotonic() + timeout
-    return await asyncio.get_running_loop().run_in_executor(fetches, fetcher.fetch, image_url, deadline)
 
 
 def _api_key_check(expected: str):
