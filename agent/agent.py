@@ -108,7 +108,7 @@ class Agent:
         inputs: dict[str, Any] = {"image": picture, "expression": expression}
         if target is not None:
             inputs["given_target"] = target
-        if self.config.uses_mllm and not self.config.behaviour.mllm_exif_orientation and exif_orientation(image) != 1:
+        if self.config.uses_mllm and not self.config.profile_rules.mllm_exif_orientation and exif_orientation(image) != 1:
             inputs["mllm_image"] = load_image(image, max_pixels=limit, orientation=False)
         decode_time = time.perf_counter() - start
         context = Context(self.config, self.backends.detector_adapter.for_query(), self.backends.mllm_adapter,

@@ -52,11 +52,11 @@ class Backends:
         check_plugins({kind: models.get(kind) for kind in ("detector", "mllm", "extractor")}, config)
         self.config = config
         self._models, self._loading = models, loading  # one thread loads a model; the others wait for it
-        behaviour = config.behaviour
+        rules = config.profile_rules
         self.detector_adapter = DetectorAdapter(lambda: self.detector, turns, config.batch_size,
-                                                behaviour.detector_resize)
-        self.mllm_adapter = MLLMAdapter(lambda: self.mllm, turns, config.batch_size, behaviour.crs_reading)
-        self.extractor_adapter = ExtractorAdapter(lambda: self.extractor, turns, behaviour.target_span)
+                                                rules.detector_resize)
+        self.mllm_adapter = MLLMAdapter(lambda: self.mllm, turns, config.batch_size, rules.crs_reading)
+        self.extractor_adapter = ExtractorAdapter(lambda: self.extractor, turns, rules.target_span)
         self._turns = turns
 
     def with_config(self, config: Configuration) -> "Backends":
@@ -136,7 +136,7 @@ class Backends:
         """What besides the model changes the extractor's answers: the authors' messages, the count
         prompt, a temperature other than REX's 0."""
         config = self.config
-        variant = " reference" if config.behaviour.extraction == "reference" else ""
+        variant = " reference" if config.profile_rules.extraction == "reference" else ""
         variant += " +count" if config.needs_count and not variant else ""
         temperature = config.extraction_temperature
         return variant + ("" if temperature == 0 else f" temperature={'default' if temperature is None else temperature}")
@@ -144,7 +144,7 @@ class Backends:
     def _load_extractor(self, choice: str):
         if choice == "heuristic":
             return HeuristicExtractor()
-        if self.config.behaviour.extraction == "reference":
+        if self.config.profile_rules.extraction == "reference":
             return self._load_reference_extractor(choice)
         # Answers depend on the expected count: ask for it in the same call (the count prompt).
         count = {"with_count": True} if self.config.needs_count else {}

@@ -177,7 +177,7 @@ class Configuration:
             raise UserInputError(f"unknown crs_mode {self.crs_mode!r}; choose one of {', '.join(CRS_MODES)}")
         if self.crs_permutations < 1:
             raise UserInputError(f"crs_permutations must be at least 1, got {self.crs_permutations}")
-        if self.crs_permutations > 1 and self.behaviour.crs_reading == "generated":
+        if self.crs_permutations > 1 and self.profile_rules.crs_reading == "generated":
             raise UserInputError(f"crs_permutations averages letter probabilities; the {self.profile} profile reads "
                                  "the generated answer (use crs_permutations=1)")
         object.__setattr__(self, "llm_temperature", _temperature_setting(self.llm_temperature))
@@ -191,30 +191,31 @@ class Configuration:
             raise UserInputError(f"unknown count_mode {self.count_mode!r}; choose one of {', '.join(COUNT_MODES)}")
 
     @property
-    def behaviour(self) -> Profile:
-        """What ``profile`` decides (NMS method, CRS focus, fallbacks, ...)."""
+    def profile_rules(self) -> Profile:
+        """The ``Profile`` the ``profile`` setting names: what it decides (NMS method, CRS focus,
+        fallbacks, ...)."""
         return PROFILES[self.profile]
 
     @property
     def extraction_temperature(self) -> float | None:
         """The temperature sent with a served extraction request; ``None``: none sent."""
         if self.llm_temperature is None:
-            return self.behaviour.extraction_temperature
+            return self.profile_rules.extraction_temperature
         return None if self.llm_temperature == DEFAULT_TEMPERATURE else float(self.llm_temperature)
 
     @property
     def routing(self) -> BoxFilter:
         return BoxFilter(self.router_top_k, self.router_score_threshold, self.router_iou_threshold,
-                         self.behaviour.nms)
+                         self.profile_rules.nms)
 
     @property
     def crs_rule(self) -> BoxFilter:
-        return BoxFilter.crs(self.crs_top_k, self.crs_iou_threshold, self.behaviour.nms)
+        return BoxFilter.crs(self.crs_top_k, self.crs_iou_threshold, self.profile_rules.nms)
 
     @property
     def crs_focus(self) -> bool:
         """Whether CRS detects the expression with target focus."""
-        return self.focus and self.behaviour.crs_focus
+        return self.focus and self.profile_rules.crs_focus
 
     @property
     def uses_detector(self) -> bool:

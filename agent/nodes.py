@@ -57,7 +57,7 @@ def crs_span(state: AgentState, context: Context) -> tuple[int, int] | None:
 
 def target_words(state: AgentState, context: Context) -> str | None:
     """The target as routing and the focus prompt name it."""
-    return state.get("target_answer") if context.config.behaviour.verbatim_target else state.get("target")
+    return state.get("target_answer") if context.config.profile_rules.verbatim_target else state.get("target")
 
 
 def mllm_image(state: AgentState):
@@ -132,7 +132,7 @@ def mllm(state: AgentState, runtime: Runtime[Context]) -> Update:
         answer = Detections.empty()
         update["fallbacks"] = [f"the MLLM's answer was unusable: {error}"]
     update["answer"] = answer
-    fallback = config.behaviour.grounding_fallback and config.uses_detector and not config.allow_none
+    fallback = config.profile_rules.grounding_fallback and config.uses_detector and not config.allow_none
     if len(answer) == 0 and fallback:
         # The MLLM wrote no usable box: the specialist's best box is the documented fallback.
         update["answer"] = detect(state, context, state["expression"], focus_span(state, context)).sorted()[:1]
@@ -146,7 +146,7 @@ def crs(state: AgentState, runtime: Runtime[Context]) -> Update:
     context, config = runtime.context, runtime.context.config
     detections = detect(state, context, state["expression"], crs_span(state, context))
     candidates = crs_candidates(detections, state["image"].size, config.crs_rule,
-                                drop_empty=config.behaviour.drop_empty_candidates)
+                                drop_empty=config.profile_rules.drop_empty_candidates)
     update: Update = {"path": "crs", "candidates": candidates,
                       "proposals": detections.sorted()[:RECORDED_PROPOSALS]}
     if config.crs_mode == "verify":

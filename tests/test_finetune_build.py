@@ -335,7 +335,7 @@ def test_the_old_flag_names_still_work_with_a_note_and_old_builds_resume(dataset
         assert f"{old} is now {new}" in error
     settings = json.loads((out / "build.json").read_text())
     assert (settings["crs_top_k"], settings["crs_iou_threshold"], settings["allow_none"]) == (3, 0.5, True)
-    from finetune.build import RENAMED_SETTINGS
+    from finetune.build_settings import RENAMED_SETTINGS
 
     old_names = {new: old for old, new in RENAMED_SETTINGS.items()}
     (out / "build.json").write_text(json.dumps({old_names.get(k, k): v for k, v in settings.items()}))

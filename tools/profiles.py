@@ -26,6 +26,8 @@ DETECTOR_RESIZES = ("transformers", "mmdet")
 
 @dataclass(frozen=True)
 class Profile:
+    """The rules a ``profile`` setting selects (``Configuration.profile_rules``)."""
+
     name: str
     # How routing and CRS remove duplicate boxes (see NMS_METHODS).
     nms: str

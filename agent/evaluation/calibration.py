@@ -1,5 +1,8 @@
 """Calibration: the thresholds that maximise a benchmark's official metric on a dev split.
 
+(Just over 400 lines: the exact sweep, its cross-validation and the settings file it writes
+are one procedure, read top to bottom.)
+
 An ``agent-cli eval`` run records, per sample, everything the finishing policy chose its boxes
 from (``Result``: the path's scored boxes, the CRS candidates with their option probabilities or
 ``p(yes)``, the counts). ``rescore`` chooses the boxes again at other thresholds with the very

@@ -160,7 +160,7 @@ def sample_image(agent: Agent, sample: Sample) -> tuple[ImageInput, bool]:
     stored, oriented = frame_sizes(path)
     if stored != oriented and sample.image_size is not None and tuple(sample.image_size) == stored:
         return load_image(path, max_pixels=limit, orientation=False), True
-    if not agent.config.behaviour.mllm_exif_orientation and exif_orientation(path) != 1:
+    if not agent.config.profile_rules.mllm_exif_orientation and exif_orientation(path) != 1:
         check_image_size(sample, oriented)
         return path, False
     picture = load_image(path, max_pixels=limit)
@@ -235,7 +235,7 @@ def reference_targets(agent: Agent, samples: list[Sample], todo: list[Sample], o
     at a time (a file lock) asks the batches no shard has asked yet, so each batch is asked once
     and every shard reads the same reply."""
     config = agent.config
-    if not config.uses_extractor or config.behaviour.extraction != "reference":
+    if not config.uses_extractor or config.profile_rules.extraction != "reference":
         return None
     extractor = agent.backends.extractor
     if not isinstance(extractor, ReferenceExtractor):

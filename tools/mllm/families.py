@@ -1,5 +1,8 @@
 """MLLM families: each one's grounding prompt and box convention, in one place.
 
+(Over 400 lines on purpose: every family's box finder, writer and range checks sit side by
+side, so that a new family is written against the others in one reading.)
+
 =============  ==============================================  ===============================  ======================
 family         answer                                          coordinates                      CRS option box
 =============  ==============================================  ===============================  ======================

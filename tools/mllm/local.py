@@ -1,5 +1,8 @@
 """The machinery every local MLLM shares: grounding, CRS selection and text chat with transformers.
 
+(Over 400 lines on purpose: it is the one base class of the local families, and its calls share
+the batching, caching and scoring helpers that only make sense together.)
+
 ``LocalVLM`` implements the ``MLLM`` protocol for a transformers image-text-to-text model;
 a subclass (``QwenVL``, ``InternVL``) only says how its processor wants an image and a
 question (``_conversation``, ``_encode``) and what size the model sees an image at.
