@@ -19,7 +19,6 @@ Decoding is greedy (the model card uses 3 beams; a beam's tokens have no such pr
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from typing import NamedTuple, Sequence
@@ -35,7 +34,7 @@ from ..detections import Detections
 from ..mllm.decoding import chosen_scores, stop_token_ids
 from ..text import Span, check_text
 from .base import focus_spans
-from .loading import load_detector_parts
+from .loading import TransformersDetector
 
 DETECTION_TASK = "<OPEN_VOCABULARY_DETECTION>"
 GROUNDING_TASK = "<CAPTION_TO_PHRASE_GROUNDING>"
@@ -50,12 +49,14 @@ class WrittenBox(NamedTuple):
     mean_prob: float  # mean probability of the four location tokens
 
 
-class Florence2Detector:
+class Florence2Detector(TransformersDetector):
     """A transformers Florence-2 checkpoint (``florence-community/Florence-2-large``, ...);
     see the module docstring."""
 
     model_types = ("florence2",)  # the checkpoints' config.model_type
     title = "Florence-2"
+    default_checkpoint = DEFAULT_FLORENCE2
+    auto_class = "AutoModelForImageTextToText"
 
     def __init__(self, model, processor, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> None:
         self.model = model.eval()
@@ -69,28 +70,6 @@ class Florence2Detector:
                              f"this one has {len(self._location_ids)}")
         self._stop_ids = stop_token_ids(model.generation_config, self.tokenizer)
         self._lock = threading.RLock()  # one generate at a time: calls from a batch take turns
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike = DEFAULT_FLORENCE2,
-        *,
-        device: str | torch.device = "auto",
-        dtype: str | torch.dtype = "auto",
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    ) -> "Florence2Detector":
-        """Load a Hub id or local folder of transformers' native Florence-2 (``model_type`` florence2)."""
-        from transformers import AutoModelForImageTextToText
-
-        model, processor = load_detector_parts(name_or_path, cls.model_types, cls.title, AutoModelForImageTextToText,
-                                               device=device, dtype=dtype, revision=revision, cache_dir=cache_dir)
-        return cls(model, processor, max_new_tokens=max_new_tokens)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     def detect(self, image: Image.Image, text: str, focus: Span | None = None) -> Detections:
         """Boxes for ``text`` on ``image`` (with ``focus``: those of the target phrase), best first."""
@@ -170,8 +149,6 @@ class Florence2Detector:
                     phrase_ids.append(token)
         return written
 
-    def __repr__(self) -> str:
-        return f"Florence2Detector(device={self.device})"
 
 
 def is_target_phrase(phrase: str, text: str, focus: Span) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Sequence
 
@@ -17,10 +16,10 @@ from ..errors import UserInputError
 from ..profiles import DETECTOR_RESIZES
 from ..text import Span, check_text
 from .base import caption_and_focus_tokens, check_focus_score, focus_spans, query_scores
-from .loading import load_detector_parts
+from .loading import TransformersDetector
 
 
-class GroundingDinoDetector:
+class GroundingDinoDetector(TransformersDetector):
     """A transformers ``GroundingDinoForObjectDetection`` or ``MMGroundingDinoForObjectDetection``.
 
     ``detect`` returns every query's box (``num_queries``, 900 for released models),
@@ -36,6 +35,7 @@ class GroundingDinoDetector:
 
     model_types = ("grounding-dino", "mm-grounding-dino")  # the checkpoints' config.model_type
     title = "Grounding DINO / MM-Grounding-DINO"
+    default_checkpoint = DEFAULT_DETECTOR
     # How the image may be resized (``resize=``): transformers' processor, or mmdetection's
     # FixScaleResize rounding, which the authors' scripts ran (640x480 -> 1067x800, not 1066x800).
     resizes = DETECTOR_RESIZES
@@ -48,34 +48,6 @@ class GroundingDinoDetector:
         self.max_detections = max_detections
         self.max_text_len = int(model.config.max_text_len)
         self._lock = threading.RLock()  # the backbone keeps the last image's features: one call at a time
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike = DEFAULT_DETECTOR,
-        *,
-        device: str | torch.device = "auto",
-        dtype: str | torch.dtype = "auto",
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        max_detections: int | None = None,
-        focus_score: str = "mean",
-    ) -> "GroundingDinoDetector":
-        """Load a Hub id (e.g. ``IDEA-Research/grounding-dino-tiny``) or a local folder.
-
-        ``dtype="auto"`` keeps float32 even on a GPU: detection heads lose recall in
-        half precision, and the detector is cheap next to the MLLM.
-        """
-        from transformers import AutoModelForZeroShotObjectDetection
-
-        model, processor = load_detector_parts(name_or_path, cls.model_types, cls.title,
-                                               AutoModelForZeroShotObjectDetection, device=device, dtype=dtype,
-                                               revision=revision, cache_dir=cache_dir)
-        return cls(model, processor, max_detections=max_detections, focus_score=focus_score)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     def detect(self, image: Image.Image, text: str, focus: Span | None = None, *,
                resize: str = "transformers") -> Detections:

@@ -1,4 +1,5 @@
-"""Loading a detector checkpoint: find it, check its architecture, load processor and weights."""
+"""Loading a detector checkpoint: find it, check its architecture, load processor and weights;
+``TransformersDetector`` is what every bundled detector shares (loading, device, repr)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,37 @@ def load_detector_parts(
         processor = AutoProcessor.from_pretrained(source, **hub)
         model = auto_class.from_pretrained(source, **hub, dtype=torch_dtype)
     return model.to(torch_device), processor
+
+
+class TransformersDetector:
+    """What the bundled transformers detectors share: ``from_pretrained`` (the checkpoint found and
+    checked to be one of ``model_types``, loaded with ``auto_class``), ``device`` and ``repr``.
+    A subclass declares those three, its ``default_checkpoint``, and ``__init__(model, processor,
+    **options)``; ``from_pretrained``'s other keywords are those options."""
+
+    model_types: tuple[str, ...] = ()
+    title = ""
+    auto_class = "AutoModelForZeroShotObjectDetection"  # a transformers Auto class name
+    default_checkpoint = ""
+
+    model: torch.nn.Module
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, *, device: str | torch.device = "auto",
+                        dtype: str | torch.dtype = "auto", revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, **options):
+        """Load a Hub id or local folder (default ``default_checkpoint``); ``dtype="auto"`` keeps
+        float32 even on a GPU (see ``load_detector_parts``); ``options`` go to the constructor."""
+        import transformers
+
+        model, processor = load_detector_parts(name_or_path or cls.default_checkpoint, cls.model_types, cls.title,
+                                               getattr(transformers, cls.auto_class), device=device, dtype=dtype,
+                                               revision=revision, cache_dir=cache_dir)
+        return cls(model, processor, **options)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(device={self.device})"

@@ -18,7 +18,6 @@ exactly as the processor takes them.
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 from typing import Sequence
@@ -33,12 +32,12 @@ from ..defaults import DEFAULT_OWLV2
 from ..detections import Detections
 from ..text import Span, check_text
 from .base import focus_spans
-from .loading import load_detector_parts
+from .loading import TransformersDetector
 
 PRESHRINK_FACTOR = 4  # the released 960-pixel models: images over 3840 pixels (about 2 s of processing)
 
 
-class Owlv2Detector:
+class Owlv2Detector(TransformersDetector):
     """A transformers OWLv2 checkpoint (``google/owlv2-base-patch16-ensemble``, ...); see the module docstring.
 
     ``detect`` returns every patch's box (3600 for the released 960-pixel models), best first,
@@ -47,6 +46,7 @@ class Owlv2Detector:
 
     model_types = ("owlv2",)  # the checkpoints' config.model_type
     title = "OWLv2"
+    default_checkpoint = DEFAULT_OWLV2
 
     def __init__(self, model, processor, *, max_detections: int | None = None) -> None:
         self.model = model.eval()
@@ -54,28 +54,6 @@ class Owlv2Detector:
         self.max_detections = max_detections
         self.max_query_tokens = int(model.config.text_config.max_position_embeddings)
         self._lock = threading.RLock()  # one forward at a time: calls from a batch take turns
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike = DEFAULT_OWLV2,
-        *,
-        device: str | torch.device = "auto",
-        dtype: str | torch.dtype = "auto",
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        max_detections: int | None = None,
-    ) -> "Owlv2Detector":
-        """Load a Hub id or local folder; ``dtype="auto"`` keeps float32, as for every detector."""
-        from transformers import AutoModelForZeroShotObjectDetection
-
-        model, processor = load_detector_parts(name_or_path, cls.model_types, cls.title, AutoModelForZeroShotObjectDetection,
-                                               device=device, dtype=dtype, revision=revision, cache_dir=cache_dir)
-        return cls(model, processor, max_detections=max_detections)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     def detect(self, image: Image.Image, text: str, focus: Span | None = None) -> Detections:
         """Boxes for ``text`` (or its ``focus`` phrase) on ``image``, best first."""
@@ -141,8 +119,6 @@ class Owlv2Detector:
         return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                             Image.Resampling.BILINEAR, reducing_gap=3.0)
 
-    def __repr__(self) -> str:
-        return f"Owlv2Detector(device={self.device})"
 
 
 def query_text(text: str, focus: Span | None) -> str:
