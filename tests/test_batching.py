@@ -16,6 +16,7 @@ from tools.detections import Detections
 from tools.errors import RemoteServiceError
 from tools.mllm.openai_compat import OpenAICompatibleMLLM
 from tools.openai_client import RetryPolicy
+from tests.helpers import without_timings
 
 EXPRESSION = "the red car left of the tree"
 
@@ -169,9 +170,6 @@ def queries(count: int):
     return images, [f"{EXPRESSION} number {i}" for i in range(count)]
 
 
-def without_timings(result) -> dict:
-    return {key: value for key, value in result.to_dict().items() if key != "timings"}
-
 
 @pytest.mark.parametrize("strategy, batched", [("crs", "select_batch"), ("mllm", "ground_batch")])
 def test_locate_batch_sends_a_batch_of_queries_in_one_call_with_the_same_results(strategy, batched):
@@ -305,7 +303,7 @@ def test_concurrent_clients_share_the_servers_batches_and_fail_alone():
     from fastapi.testclient import TestClient
 
     from agent.serve import ServerOptions, create_app
-    from tests.test_serve_api import png
+    from tests.helpers import png
 
     mllm = BatchingMLLM()
     agent = Agent("crs", detector=FailsOnSeven(), mllm=mllm, extractor="heuristic", batch_size=8)

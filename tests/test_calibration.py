@@ -4,55 +4,19 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from agent.evaluation.calibration import calibrated_on, recorded, relevant_thresholds, rescore
 from agent.cli import main
 from agent.configuration import Configuration
 from agent.finishing import FinishPolicy
-from tests.test_datasets import annotation, image_entry, write_json
 from tools.evaluation import PredictionWriter, read_predictions
-
-RIGHT, OTHER, WRONG = [0, 0, 10, 10], [20, 0, 30, 10], [50, 50, 90, 90]
-
-
-def grec_split(tmp_path, count=12):
-    """Two-target expressions (even ids) and no-target ones (odd ids)."""
-    images, annotations = [], []
-    for i in range(count):
-        images.append(image_entry(i, "both cups" if i % 2 == 0 else "the flying cup"))
-        if i % 2 == 0:
-            annotations += [annotation(10 * i, i, [0, 0, 10, 10]), annotation(10 * i + 1, i, [20, 0, 10, 10])]
-        else:
-            annotations.append(annotation(10 * i, i, [0, 0, 0, 0], category_id=-1))
-    return write_json(tmp_path, "grec_dev.json", {"images": images, "annotations": annotations})
+from tests.helpers import RIGHT, WRONG, grec_split, verification_run
 
 
-def verification_run(tmp_path, count=12, verify_threshold=0.5):
-    """An eval run folder: crs + verify records. Targets' boxes say yes with 0.9-0.95, the wrong
-    box of a two-target expression with 0.8, a no-target expression's boxes with at most 0.85:
-    every threshold in (0.85, 0.9] is perfect, and 0.5 is not."""
-    run = tmp_path / "run"
-    run.mkdir()
-    settings = Configuration(strategy="crs", allow_none=True, multi="auto", crs_mode="verify",
-                             verify_threshold=verify_threshold).to_dict()
-    (run / "run.json").write_text(json.dumps({"version": 1, "agent": settings, "dataset": {}}))
-    rng = np.random.default_rng(0)
-    with PredictionWriter(run / "predictions.jsonl") as writer:
-        for i in range(count):
-            if i % 2 == 0:
-                boxes, yes = [RIGHT, OTHER, WRONG], [rng.uniform(0.9, 0.95), rng.uniform(0.9, 0.95), 0.8]
-            else:
-                boxes, yes = [OTHER, WRONG], [0.85, rng.uniform(0.71, 0.8)]
-            from tools.evaluation import Prediction
-            from tools.detections import Detections
 
-            record = Prediction(i, Detections.empty(), {
-                "path": "crs", "expected_count": "many" if i % 2 == 0 else 1,
-                "candidates": {"boxes": boxes, "scores": [0.5] * len(boxes)}, "verification": [float(v) for v in yes]})
-            writer.write(record)
-    return run
+
+
 
 
 def test_calibration_finds_the_threshold_known_by_construction(tmp_path, capsys):

@@ -7,6 +7,7 @@ from PIL import Image
 
 from agent import Agent, Configuration
 from agent.cli import main
+from tests.helpers import without_timings
 
 EXPRESSION = "the red car to the left of the green car"
 
@@ -25,9 +26,6 @@ def image_file(tmp_path_factory):
 def models(tiny_mm_grounding_dino, tiny_qwen2_vl):
     return ["--detector", str(tiny_mm_grounding_dino), "--mllm", str(tiny_qwen2_vl), "--device", "cpu"]
 
-
-def without_timings(result: dict) -> dict:
-    return {key: value for key, value in result.items() if key != "timings"}
 
 
 @pytest.mark.parametrize("strategy", ["specialist", "mllm", "sfa", "crs", "sfa+crs"])

@@ -11,26 +11,15 @@ import pytest
 from tools.datasets import read_finecops_ref, read_grec, read_grefcoco, read_refcoco
 from tools.evaluation.formats import FORMATS, read_dataset
 from tools.errors import UserInputError
+from tests.helpers import annotation, grefcoco_files, image_entry, negative_fields, write_json
 
 
-def image_entry(image_id, caption="the cup", file_name=None, width=100, height=100, **extra):
-    return {"id": image_id, "caption": caption, "file_name": file_name or f"{image_id}.jpg",
-            "width": width, "height": height, **extra}
 
 
-def annotation(ann_id, image_id, bbox, **extra):
-    return {"id": ann_id, "image_id": image_id, "bbox": bbox, "category_id": 1, **extra}
 
 
-def write_json(tmp_path, name, data):
-    path = tmp_path / name
-    path.write_text(json.dumps(data))
-    return path
 
 
-def negative_fields(positive_id, negative_type="attribute", negative_level=1, negative_cate="text"):
-    return {"negative_type": negative_type, "negative_level": negative_level, "negative_cate": negative_cate,
-            "positive_id": positive_id, "tuple_type": "2_hop"}
 
 
 FINECOPS = {
@@ -109,26 +98,6 @@ def test_grec_refuses_a_no_target_marker_among_targets(tmp_path):
         list(read_grec(write_json(tmp_path, "grec.json", data)))
 
 
-def grefcoco_files(tmp_path):
-    refs = [
-        {"ref_id": 1, "image_id": 7, "split": "val", "file_name": "COCO_train2014_000000000007_5.jpg",
-         "ann_id": [5, 6], "no_target": False, "sentences": [{"sent": "both cups", "sent_id": 10},
-                                                             {"sent": "the two cups", "sent_id": 11}]},
-        {"ref_id": 2, "image_id": 7, "split": "val", "file_name": "COCO_train2014_000000000007_5.jpg",
-         "ann_id": [-1], "no_target": True, "sentences": [{"sent": "the purple cup", "sent_id": 12}]},
-        {"ref_id": 3, "image_id": 7, "split": "train", "file_name": "COCO_train2014_000000000007_6.jpg",
-         "ann_id": 6, "no_target": False, "sentences": [{"sent": "the right cup", "sent_id": 13}]},
-    ]
-    instances = {
-        "images": [{"id": 7, "file_name": "COCO_train2014_000000000007.jpg", "width": 640, "height": 480}],
-        "annotations": [
-            {"id": 5, "image_id": 7, "bbox": [0, 0, 10, 10]},
-            {"id": 6, "image_id": 7, "bbox": [5, 5, 1, 2]},
-        ],
-        "categories": [],
-    }
-    write_json(tmp_path, "instances.json", instances)
-    return write_json(tmp_path, "grefs(unc).json", refs)
 
 
 def test_grefcoco_release_one_sample_per_sentence(tmp_path):

@@ -12,7 +12,7 @@ from PIL import Image
 from agent import Agent
 from agent.evaluation.run import prediction
 from agent.cli import main
-from tests.test_datasets import annotation, image_entry, write_json
+from tests.helpers import annotation, image_entry, write_json
 from tools import Detections
 from tools.datasets import Sample
 from tools.errors import UserInputError

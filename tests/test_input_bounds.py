@@ -15,8 +15,8 @@ from agent import Agent
 from agent.cli import main
 from agent.configuration import Configuration
 from tests.real_vocab import unpack_qwen2_vl_tokenizer
-from tests.test_datasets import annotation, image_entry
-from tests.test_real_vocabularies import QWEN2_VL_SPECIAL_IDS
+from tests.helpers import annotation, image_entry
+from tests.helpers import QWEN2_VL_SPECIAL_IDS
 from tests.tiny.qwen_vl import build_tiny_qwen2_vl
 from tools.detections import Detections
 from tools.errors import ImageLoadError, UserInputError
@@ -142,7 +142,7 @@ def test_a_training_export_keeps_one_image_placeholder_per_record(tmp_path):
 
 def test_one_expression_length_limit_for_every_entry_point(tmp_path, capsys):
     from agent.serve.app import create_app
-    from tests.test_serve_api import plugin_agent, png
+    from tests.helpers import plugin_agent, png
 
     longest = "a" * MAX_EXPRESSION_CHARS
     assert clean_expression(longest) == longest
@@ -403,7 +403,7 @@ def test_the_write_probe_leaves_nothing_behind(tmp_path):
                                             ("a" * 100 + ".org", "cannot resolve host")])
 def test_an_overlong_host_name_is_a_400(host, fragment):
     from agent.serve import ServerOptions, create_app
-    from tests.test_serve_api import plugin_agent
+    from tests.helpers import plugin_agent
 
     with TestClient(create_app(plugin_agent(), ServerOptions(image_urls=True))) as client:
         response = client.post("/locate", data={"expression": "the cup", "image_url": f"http://{host}/a.png"})
@@ -428,7 +428,7 @@ def test_the_server_answers_a_too_narrow_image_400_and_markup_as_text():
     import io
 
     from agent.serve import create_app
-    from tests.test_serve_api import plugin_agent, png
+    from tests.helpers import plugin_agent, png
 
     narrow = io.BytesIO()
     Image.new("RGB", (1, 5000)).save(narrow, format="PNG")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.result import Result
-from tests.test_datasets import annotation, image_entry, negative_fields, write_json
+from tests.helpers import write_json
 from tools.datasets import Sample, read_finecops_ref
 from tools.detections import Detections
 from tools.errors import UserInputError
@@ -27,29 +27,8 @@ from tools.evaluation import (
     score_refcoco,
 )
 from tools.evaluation.finecops import _fpr_at_recall
+from tests.helpers import FINECOPS_COCO, FINECOPS_PREDICTIONS
 
-# Three positives (levels 1-3) and four negatives; boxes xywh in the file.
-FINECOPS_COCO = {
-    "images": [image_entry(i) for i in (1, 2, 3, 11, 12, 13, 21)],
-    "annotations": [
-        annotation(1, 1, [0, 0, 10, 10], level=1),
-        annotation(2, 2, [50, 50, 10, 10], level=2),
-        annotation(3, 3, [20, 20, 20, 20], level=3),
-        annotation(11, 11, [0, 0, 10, 10], level=1, **negative_fields(1, "attribute", 1, "text")),
-        annotation(12, 12, [0, 0, 10, 10], level=1, **negative_fields(1, "attribute", 1, "text")),
-        annotation(13, 13, [0, 0, 10, 10], level=1, **negative_fields(1, "replace", 1, "image")),
-        annotation(21, 21, [50, 50, 10, 10], level=2, **negative_fields(2, "attribute", 1, "text")),
-    ],
-}
-FINECOPS_PREDICTIONS = [
-    {"id": 1, "boxes": [[0, 0, 10, 10], [30, 30, 40, 40]], "scores": [0.6, 0.9]},  # the right box ranks second
-    {"id": 2, "boxes": [[50, 50, 60, 60]], "scores": [0.8]},
-    {"id": 3, "boxes": [], "scores": []},  # unparseable answer
-    {"id": 11, "boxes": [[1, 1, 2, 2]], "scores": [0.7]},
-    {"id": 12, "boxes": [[5, 5, 6, 6], [7, 7, 8, 8]], "scores": [0.5, 0.95]},
-    {"id": 13, "boxes": [], "scores": []},  # rejected ("None")
-    {"id": 21, "boxes": [[0, 0, 1, 1]], "scores": [0.8]},  # ties with its positive's 0.8
-]
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from tools.mllm import INTERNVL, MLLM, InternVL, QwenVL
 from tools.mllm.auto import load_local_mllm, mllm_class
 from tools.mllm.crs import crs_prompt
 
-from tests.test_mllm_qwen import CANDIDATES, boosted_tokens, encode, scripted_answer, special
+from tests.helpers import CANDIDATES, boosted_tokens, encode, scripted_answer, special
 
 
 @pytest.fixture(scope="module")

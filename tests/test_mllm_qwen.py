@@ -8,7 +8,6 @@ at every step, and records the logits it returned so confidences can be checked 
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -19,11 +18,8 @@ from tools.detections import Detections
 from tools.errors import CheckpointNotFoundError, RexError, UserInputError
 from tools.mllm import MLLM, QWEN2_5_VL, QWEN2_VL, QWEN3_VL, QwenVL
 from tools.mllm.crs import crs_prompt, letter_token_ids
+from tests.helpers import CANDIDATES, boosted_tokens, encode, scripted_answer, special
 
-CANDIDATES = Detections(
-    [[10, 40, 40, 100], [70, 40, 100, 100], [120, 40, 150, 100], [0, 0, 80, 60], [80, 60, 160, 120]],
-    [0.9, 0.8, 0.7, 0.6, 0.5],
-)
 
 
 @pytest.fixture(scope="module")
@@ -46,48 +42,12 @@ def any_qwen(request):
     return request.getfixturevalue(request.param)
 
 
-@contextmanager
-def boosted_tokens(model: QwenVL, token_ids, amount: float = 20.0):
-    """Add ``amount`` to the next-token logits of ``token_ids`` at every forward pass."""
-
-    def hook(module, inputs, output):
-        output = output.clone()
-        output[..., -1, list(token_ids)] += amount
-        return output
-
-    handle = model.model.lm_head.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
-@contextmanager
-def scripted_answer(model: QwenVL, token_ids, margin: float = 1.0):
-    """Make greedy decoding write ``token_ids``; yields the list of next-token logits returned."""
-    returned: list[torch.Tensor] = []
-
-    def hook(module, inputs, output):
-        output = output.clone()
-        last = output[..., -1, :]
-        target = token_ids[min(len(returned), len(token_ids) - 1)]
-        last[..., target] = last.max(dim=-1).values + margin
-        returned.append(last.detach().clone())
-        return output
-
-    handle = model.model.lm_head.register_forward_hook(hook)
-    try:
-        yield returned
-    finally:
-        handle.remove()
 
 
-def encode(model: QwenVL, text: str) -> list[int]:
-    return model.tokenizer.encode(text, add_special_tokens=False)
 
 
-def special(model: QwenVL, token: str) -> int:
-    return model.tokenizer.convert_tokens_to_ids(token)
 
 
 # ------------------------------------------------------------------ loading

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_mllm_qwen import CANDIDATES, encode, scripted_answer, special
+from tests.helpers import CANDIDATES, encode, scripted_answer, special
 from tools.errors import UserInputError
 from tools.mllm import QwenVL
 from tools.mllm.crs import crs_prompt

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from agent.cli import main
-from tests.test_calibration import grec_split, verification_run
+from tests.helpers import grec_split, verification_run
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_an_empty_api_key_in_the_environment_is_refused(monkeypatch, capsys):
 
 def test_a_sharded_and_an_unsharded_run_never_share_an_output_folder(tmp_path, capsys):
     from agent.evaluation.run import RUN_LOCK
-    from tests.test_datasets import annotation, image_entry, write_json
+    from tests.helpers import annotation, image_entry, write_json
     from tools.files import exclusive_lock
 
     annotations = write_json(tmp_path, "f.json", {"images": [image_entry(1)],
@@ -118,7 +118,7 @@ def test_a_sharded_and_an_unsharded_run_never_share_an_output_folder(tmp_path, c
 
 
 def test_careless_dataset_and_prediction_values_are_one_line_errors(tmp_path, capsys):
-    from tests.test_datasets import annotation, image_entry, negative_fields, write_json
+    from tests.helpers import annotation, image_entry, negative_fields, write_json
 
     superscript = write_json(tmp_path, "levels.json", {"images": [image_entry(1)],
                                                         "annotations": [annotation(1, 1, [0, 0, 9, 9], level="²")]})
@@ -174,7 +174,7 @@ def test_save_never_replaces_the_input_image(tmp_path, capsys, command):
 def test_no_command_writes_its_run_files_over_its_inputs_or_into_folders(tmp_path, capsys):
     from finetune.build_cli import finetune_data
     from finetune.cli import finetune
-    from tests.test_datasets import annotation, image_entry, write_json
+    from tests.helpers import annotation, image_entry, write_json
     from tools.cli_runner import run_command
 
     out = tmp_path / "out"

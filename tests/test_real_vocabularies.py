@@ -12,13 +12,8 @@ from tools.detectors.base import caption_and_focus_tokens
 from tools.mllm.crs import crs_prompt, letter_token_ids
 from tools.mllm.families import QWEN2_VL, box_token_confidence
 from tools.detections import Detections
+from tests.helpers import QWEN2_VL_SPECIAL_IDS
 
-QWEN2_VL_SPECIAL_IDS = {
-    "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
-    "<|object_ref_start|>": 151646, "<|object_ref_end|>": 151647, "<|box_start|>": 151648, "<|box_end|>": 151649,
-    "<|quad_start|>": 151650, "<|quad_end|>": 151651, "<|vision_start|>": 151652, "<|vision_end|>": 151653,
-    "<|vision_pad|>": 151654, "<|image_pad|>": 151655, "<|video_pad|>": 151656,
-}
 
 
 @pytest.fixture(scope="module")

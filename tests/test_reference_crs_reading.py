@@ -22,7 +22,7 @@ from agent.evaluation.run import prediction
 from tests import reference_scripts as scripts
 from tests.fake_openai_server import FakeChatServer, completion, token
 from tests.real_vocab import unpack_qwen2_vl_tokenizer
-from tests.test_mllm_qwen import scripted_answer
+from tests.helpers import scripted_answer
 from tests.tiny.qwen_vl import build_tiny_qwen2_vl
 from tools.datasets import Sample
 from tools.detections import Detections

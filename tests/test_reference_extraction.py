@@ -219,7 +219,7 @@ def test_the_served_extractor_follows_the_temperature_setting(monkeypatch):
 
 
 def test_a_local_mllm_is_asked_the_same_messages_through_its_chat_template(tiny_qwen2_vl):
-    from tests.test_mllm_qwen import encode, scripted_answer, special
+    from tests.helpers import encode, scripted_answer, special
     from tools.mllm import QwenVL
 
     qwen = QwenVL.from_pretrained(str(tiny_qwen2_vl), device="cpu")
@@ -276,7 +276,7 @@ def test_a_dropped_extraction_is_a_422_from_the_server():
     from fastapi.testclient import TestClient
 
     from agent.serve import create_app
-    from tests.test_serve_api import post
+    from tests.helpers import post
 
     agent = Agent(strategy="specialist", profile="reference", detector=Recorder(),
                   extractor=ReferenceExtractor(lambda messages: "I cannot help with that."))

@@ -13,7 +13,7 @@ from PIL import Image
 from agent.cli import main
 from tests import reference_scripts as scripts
 from tests.fake_openai_server import FakeChatServer, completion
-from tests.test_datasets import annotation, image_entry, negative_fields, write_json
+from tests.helpers import annotation, image_entry, negative_fields, write_json
 from tools.evaluation import read_predictions
 
 IOU_HALF = [0, 0, 10, 20]  # IoU with the target [0, 0, 10, 10] is exactly 0.5

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from agent.cli import main
-from tests.test_datasets import annotation, grefcoco_files, image_entry, write_json
-from tests.test_metrics import FINECOPS_COCO, FINECOPS_PREDICTIONS
+from tests.helpers import annotation, grefcoco_files, image_entry, write_json
+from tests.helpers import FINECOPS_COCO, FINECOPS_PREDICTIONS
 
 
 def write_lines(tmp_path, records):

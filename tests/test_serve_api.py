@@ -4,7 +4,6 @@ Random weights give meaningless boxes: these tests check status codes, messages,
 and that the served answer is the agent's own, never accuracy.
 """
 
-import io
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,19 +11,11 @@ from PIL import Image
 
 from agent import Agent, Configuration
 from agent.serve import ServerOptions, create_app
-from tools.errors import RemoteServiceError
+from tests.helpers import EXPRESSION, ServedDetector, plugin_agent, png, post, without_timings
 from tools.mllm import QwenVL
 
-EXPRESSION = "the red car to the left of the green car"
 
 
-def png(size=(160, 120)) -> bytes:
-    image = Image.new("RGB", size, (90, 120, 160))
-    image.paste((200, 30, 30), (10, 40, 40, 100))
-    image.paste((30, 200, 30), (70, 40, 100, 100))
-    encoded = io.BytesIO()
-    image.save(encoded, "PNG")
-    return encoded.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +30,8 @@ def client(agent):
         yield client
 
 
-def post(client, image=None, expression=EXPRESSION, **fields):
-    data = {name: str(value).lower() if isinstance(value, bool) else value for name, value in fields.items()}
-    if expression is not None:
-        data["expression"] = expression
-    files = {"image": ("street.png", png() if image is None else image, "image/png")} if image is not False else None
-    return client.post("/locate", data=data, files=files)
 
 
-def without_timings(result: dict) -> dict:
-    return {key: value for key, value in result.items() if key != "timings"}
 
 
 @pytest.mark.parametrize(
@@ -170,27 +153,10 @@ def test_each_model_loads_once_for_every_strategy(tiny_mm_grounding_dino, tiny_q
     assert sorted(loads) == ["GroundingDinoDetector", "QwenVL"]
 
 
-class Detector:
-    def __init__(self, failure=None):
-        self.failure = failure
-
-    def detect(self, image, text, focus=None):
-        if self.failure:
-            raise self.failure
-        return [[10, 20, 60, 90], [70, 20, 120, 90]], [0.9, 0.4]
 
 
-class MLLM:
-    def ground(self, image, expression, focus=None):
-        raise RemoteServiceError("http://gpu-box:8000/v1: 503 Service Unavailable after 3 retries")
-
-    def select(self, image, expression, candidates, allow_none=False):
-        return [0.6, 0.4] + ([0.0] if allow_none else [])
 
 
-def plugin_agent(**kwargs) -> Agent:
-    return Agent("crs", detector=kwargs.pop("detector", Detector()), mllm=MLLM(), extractor="heuristic",
-                 config=Configuration(), **kwargs)
 
 
 def test_api_key_is_required_when_set_and_health_stays_open():
@@ -215,7 +181,7 @@ def test_model_server_failure_is_502_and_a_crash_is_a_json_500():
         assert failed.status_code == 502 and "the model server failed: http://gpu-box" in failed.json()["detail"]
     secret = "CUDA error: an illegal memory access in /root/.cache/huggingface/token"
     for failure in (RuntimeError(secret), KeyboardInterrupt(secret), SystemExit(secret)):
-        crashing = plugin_agent(detector=Detector(failure=failure))
+        crashing = plugin_agent(detector=ServedDetector(failure=failure))
         with TestClient(create_app(crashing), raise_server_exceptions=False) as client:
             crashed = post(client)
             assert crashed.status_code == 500, type(failure)
@@ -236,7 +202,7 @@ import time  # noqa: E402
 from agent.serve import BackgroundServer  # noqa: E402
 
 
-class Hanging(Detector):
+class Hanging(ServedDetector):
     """A model call that hangs until released."""
 
     def __init__(self):
@@ -258,7 +224,7 @@ def multipart(fields: dict, image: bytes) -> tuple[bytes, str]:
 
 
 def test_a_500_keeps_the_keep_alive_connection_for_the_next_request():
-    crashing = plugin_agent(detector=Detector(failure=RuntimeError("boom")))
+    crashing = plugin_agent(detector=ServedDetector(failure=RuntimeError("boom")))
     with BackgroundServer(create_app(crashing)) as server:
         connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=10)
         body, kind = multipart({"expression": EXPRESSION}, png())

@@ -12,7 +12,7 @@ import pytest
 from agent import Agent, Configuration
 from agent.serve import create_app
 from agent.serve import BackgroundServer
-from tests.test_serve_api import EXPRESSION, png
+from tests.helpers import EXPRESSION, png
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Chromium's own background traffic would be refused by this closed network, many times over.
@@ -85,7 +85,7 @@ def test_upload_submit_and_see_the_boxes_drawn(browser, tmp_path, tiny_mm_ground
 
 def test_the_page_sends_the_api_key_when_the_server_needs_one(browser, tmp_path):
     from agent.serve import ServerOptions
-    from tests.test_serve_api import plugin_agent
+    from tests.helpers import plugin_agent
 
     image_file = tmp_path / "street.png"
     image_file.write_bytes(png())

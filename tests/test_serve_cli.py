@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from agent.cli import main
-from tests.test_serve_api import EXPRESSION, png
+from tests.helpers import EXPRESSION, png
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from agent.serve import ServerOptions, UrlFetcher, create_app, is_public_address
 from agent.serve.fetch import ImageFetchError, ImageTooLargeError
-from tests.test_serve_api import EXPRESSION, plugin_agent, png
+from tests.helpers import EXPRESSION, plugin_agent, png
 
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 

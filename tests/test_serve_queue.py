@@ -10,7 +10,7 @@ import pytest
 from agent import Agent, Configuration
 from agent.serve import ServerOptions, create_app
 from agent.serve import BackgroundServer
-from tests.test_serve_api import EXPRESSION, png
+from tests.helpers import EXPRESSION, png
 
 
 def locate(url: str, **fields) -> httpx.Response:

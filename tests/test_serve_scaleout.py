@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from agent import Agent, Configuration
 from agent.serve import create_app
 from tests.fake_openai_server import FakeChatServer, completion, token
-from tests.test_serve_api import EXPRESSION, post
+from tests.helpers import EXPRESSION, post
 
 
 def model_server() -> FakeChatServer:

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from agent import Agent, Configuration
 from agent.serve import ServerOptions, create_app
-from tests.test_serve_api import png
+from tests.helpers import png
 
 EXAMPLES = 100  # per operation
 
