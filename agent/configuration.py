@@ -153,6 +153,8 @@ class Configuration:
     )
 
     def __post_init__(self) -> None:
+        for item in fields(self):  # the Python API gets the file's and environment's type checks too
+            _check_type(item.name, item.type, getattr(self, item.name))
         get_profile(self.profile)
         check_dtype_name(self.dtype)
         check_dtype_name(self.detector_dtype)
@@ -304,6 +306,17 @@ def multi_mode(value: Any) -> bool | str:
     if word is None:
         raise UserInputError(f"multi={value!r}: choose false, true or auto")
     return word
+
+
+def _check_type(name: str, kind: str, value: Any) -> None:
+    """``UserInputError`` for a setting whose value is not of its declared ``kind`` (a bool is no number)."""
+    if value is None and "None" in kind:
+        return
+    wanted = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+    allowed = tuple(t for part in kind.split("|") for t in wanted.get(part.strip(), ()))
+    number = kind.startswith(("int", "float"))
+    if allowed and (not isinstance(value, allowed) or (number and isinstance(value, bool))):
+        raise UserInputError(f"setting {name}={value!r:.60} must be {kind.replace(' | None', '')}")
 
 
 def boolean_word(text: str) -> bool | None:

@@ -15,7 +15,8 @@ from prompts import check_prompts_dir
 from tools.defaults import CRS_CANDIDATES
 from tools.errors import UserInputError
 from tools.evaluation.formats import FORMAT_HELP
-from tools.files import MAX_NAME_BYTES, check_output_folder, check_outputs, write_atomically
+from tools.files import BUILD_MARKER, MAX_NAME_BYTES, check_output_folder, check_outputs, foreign_runs
+from tools.files import read_settings_file, write_atomically
 from tools.profiles import PROFILES, get_profile
 from tools.settings import setting
 
@@ -25,7 +26,7 @@ from .samples import DATASET_INFO_FILE
 DETECTOR_TOP_K = 10
 SAMPLES_FILE = "samples.jsonl"
 DETECTOR_CANDIDATES_FILE = "candidates.jsonl"
-SETTINGS_FILE = "build.json"
+SETTINGS_FILE = BUILD_MARKER
 REPORT_FILE = "report.json"
 TASKS = ("choice", "verify")
 
@@ -81,7 +82,7 @@ def claim_output_dir(output: Path, config: BuildConfig) -> None:
     settings = result_settings(config)
     settings_file = output / SETTINGS_FILE
     if settings_file.exists():
-        previous = json.loads(settings_file.read_text(encoding="utf-8"))
+        previous = read_settings_file(settings_file, "a finetune-data build's settings")
         previous = {RENAMED_SETTINGS.get(name, name): value for name, value in previous.items()}
         changed = sorted(name for name in settings.keys() | previous.keys()
                          if settings.get(name) != previous.get(name))
@@ -122,7 +123,8 @@ def check_config(config: BuildConfig) -> None:
     written = [SAMPLES_FILE, SETTINGS_FILE, REPORT_FILE, f"{name}.json", DATASET_INFO_FILE]
     written += [] if config.candidates_file else [DETECTOR_CANDIDATES_FILE]
     check_outputs(config.output_dir, written, {"--annotations": config.annotations,
-                                               "--candidates": config.candidates_file})
+                                               "--candidates": config.candidates_file},
+                  foreign=foreign_runs(SETTINGS_FILE))
     if (config.detector is None) == (config.candidates_file is None):
         raise UserInputError("give either a detector or a candidates file")
     if config.crs_top_k < 1 or config.crs_top_k > DETECTOR_TOP_K:

@@ -19,7 +19,6 @@ reads verification files (``verify_samples.py``), one yes/no question per candid
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from PIL import Image
 from tools.files import read_json_lines, write_atomically
 from tools.detections import Detections
 from tools.errors import UserInputError
+from tools.numbers import is_finite_number
 from tools.text import clean_expression
 from tools.mllm.crs import crs_prompt, letter_token_ids, option_letters
 from tools.mllm.families import QWEN2_VL, ModelFamily
@@ -147,7 +147,7 @@ def parse_sample(record: Any, where: str = "sample") -> CRSSample:
     if not isinstance(candidates, list):
         raise fail("candidates", "must be a list of [x1, y1, x2, y2] boxes")
     for i, box in enumerate(candidates):
-        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+        if not (isinstance(box, list) and len(box) == 4 and all(is_finite_number(v) for v in box)):
             raise fail("candidates", f"item {i} is not four finite numbers: {box!r}")
         if not (box[0] < box[2] and box[1] < box[3]):
             raise fail("candidates", f"item {i} is not x1 < x2 and y1 < y2: {box!r}")
@@ -333,6 +333,3 @@ def export_llama_factory(
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -28,7 +28,8 @@ from typing import Any
 from prompts import check_prompts_dir
 from tools.checkpoints import resolve_checkpoint
 from tools.errors import UserInputError
-from tools.files import check_output_folder, check_outputs, write_atomically
+from tools.files import TRAIN_MARKER, check_output_folder, check_outputs, foreign_runs, read_settings_file
+from tools.files import write_atomically
 from tools.settings import setting
 from tools.images import check_pixel_budget
 
@@ -38,9 +39,11 @@ REGEX_TARGET_PREFIX = "re:"
 SCHEDULERS = ("cosine", "linear", "constant_with_warmup", "constant")
 MAX_LORA_RANK = 1024  # beyond any projection's width worth adapting; a typo would allocate gigabytes
 LOG_FILE = "log.jsonl"
-CONFIG_FILE = "train_config.json"
+CONFIG_FILE = TRAIN_MARKER
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "loss.png"
+ADAPTER_DIR, MERGED_DIR = "adapter", "merged"
+MAX_WORKERS = 64  # DataLoader processes: more than any machine has cores for
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"
 # With save_every=0 no step is a multiple of this; Trainer's steps strategy still saves at the end.
@@ -240,13 +243,20 @@ def find_checkpoint(resume: str, folder: Path) -> Path:
     return checkpoint
 
 
+def _trainer_state(checkpoint: Path) -> dict[str, Any]:
+    state = read_settings_file(checkpoint / "trainer_state.json", "a Trainer checkpoint's state")
+    if not isinstance(state.get("global_step"), int) or isinstance(state.get("global_step"), bool):
+        raise UserInputError(f"{checkpoint / 'trainer_state.json'}: no global_step; not a Trainer checkpoint")
+    return state
+
+
 def _checkpoint_step(checkpoint: Path) -> int:
-    return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+    return _trainer_state(checkpoint)["global_step"]
 
 
 def _check_resumable(checkpoint: Path, config: TrainConfig) -> None:
     """Refuse to resume with another batch size: the samples already seen would change."""
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    state = _trainer_state(checkpoint)
     if state.get("train_batch_size") not in (None, config.batch_size):
         raise UserInputError(f"{checkpoint} was trained with batch size {state['train_batch_size']}, not "
                              f"{config.batch_size}: the data order would change; resume with the same settings")
@@ -260,7 +270,7 @@ def _finish(config, trainer, processor, output: Path, *, start_step, seconds, si
 
     step = trainer.state.global_step
     check_finite_weights(trainer.model, step)
-    trainer.save_model(str(output / "adapter"))  # every process: DeepSpeed and FSDP gather the weights
+    trainer.save_model(str(output / ADAPTER_DIR))  # every process: DeepSpeed and FSDP gather the weights
     summary: dict[str, Any] = {}
     if trainer.is_world_process_zero():
         records = read_log(output / LOG_FILE)
@@ -268,8 +278,8 @@ def _finish(config, trainer, processor, output: Path, *, start_step, seconds, si
         eval_records = [r for r in records if "eval_accuracy" in r]
         plot = plot_history(records, output / PLOT_FILE)
         if config.merge:
-            trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().save_pretrained(output / "merged")
-            processor.save_pretrained(output / "merged")
+            trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().save_pretrained(output / MERGED_DIR)
+            processor.save_pretrained(output / MERGED_DIR)
         summary = {
             "start_step": start_step,
             "steps": step,
@@ -281,8 +291,8 @@ def _finish(config, trainer, processor, output: Path, *, start_step, seconds, si
             "last_loss": train_records[-1]["loss"] if train_records else None,
             "eval_accuracy": eval_records[-1]["eval_accuracy"] if eval_records else None,
             "eval_history": eval_records,
-            "adapter_dir": str(output / "adapter"),
-            "merged_dir": str(output / "merged") if config.merge else None,
+            "adapter_dir": str(output / ADAPTER_DIR),
+            "merged_dir": str(output / MERGED_DIR) if config.merge else None,
             "log_file": str(output / LOG_FILE),
             "plot_file": str(plot) if plot else None,
             "seconds": round(seconds, 2),
@@ -352,7 +362,7 @@ def _check_trainer_options(config: TrainConfig) -> None:
 def _holds_a_run(output: Path) -> bool:
     """Whether ``output`` already holds what a run writes (checkpoints, an adapter, a summary)."""
     checkpoints = output / CHECKPOINTS_DIR
-    return ((checkpoints.is_dir() and any(checkpoints.iterdir())) or (output / "adapter").exists()
+    return ((checkpoints.is_dir() and any(checkpoints.iterdir())) or (output / ADAPTER_DIR).exists()
             or (output / SUMMARY_FILE).exists())
 
 
@@ -394,5 +404,18 @@ def _check_config(config: TrainConfig) -> None:
         raise UserInputError(f"--deepspeed {config.deepspeed!r}: no such file")
     check_output_folder(config.output_dir)
     check_outputs(config.output_dir, (LOG_FILE, CONFIG_FILE, SUMMARY_FILE, PLOT_FILE),
-                  {"--train": config.train_file, "--eval": config.eval_file, "--deepspeed": config.deepspeed})
+                  {"--train": config.train_file, "--eval": config.eval_file, "--deepspeed": config.deepspeed},
+                  folders=(ADAPTER_DIR, CHECKPOINTS_DIR, MERGED_DIR), foreign=foreign_runs(CONFIG_FILE))
+    if not _is_utf8(config.output_dir):  # transformers writes the path into the saved files' JSON
+        raise UserInputError(f"--output {config.output_dir!r}: not a UTF-8 path; choose another folder name")
+    if config.num_workers > MAX_WORKERS:
+        raise UserInputError(f"num_workers must be at most {MAX_WORKERS}, got {config.num_workers}")
     check_prompts_dir(config.prompts_dir)
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: an undecodable byte of the name
+        return False
+    return True

@@ -75,7 +75,7 @@ class VerifySample:
                          tuple(tuple(float(v) for v in box) for box in record["candidates"]),
                          (int(record["image_size"][0]), int(record["image_size"][1])), tuple(record["answers"]),
                          dict(record.get("meta", {})))
-        except (KeyError, TypeError, ValueError, IndexError) as error:
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as error:
             raise UserInputError(f"{where}: not a verification sample ({type(error).__name__}: {error})") from None
         if not all(len(box) == 4 and box[0] < box[2] and box[1] < box[3] for box in sample.candidates):
             raise UserInputError(f"{where}: field 'candidates' must be [x1, y1, x2, y2] boxes with x1 < x2, y1 < y2")

@@ -15,6 +15,9 @@ from functools import lru_cache
 from pathlib import Path
 
 PROMPTS_DIR = Path(__file__).resolve().parent
+# A template of one's own stays within what a prompt can be: the packaged ones are well inside.
+MAX_TEMPLATE_CHARS = 50_000
+MAX_FIELD_USES = 10
 
 
 def available_prompts(directory: str | Path | None = None) -> list[str]:
@@ -48,6 +51,11 @@ def check_prompts_dir(directory: str | Path | None) -> None:
         if formatted:  # "{expression:d}" fails, "{expression:>99999999}" fills gigabytes
             raise UserInputError(f"prompt template {str(file)!r} formats {{{formatted[0]}}} with a format spec or "
                                  "conversion: write each field plainly, as {expression}")
+        text = load_prompt(name, directory)
+        uses = sum(1 for _, field, _, _ in string.Formatter().parse(text) if field is not None)
+        if len(text) > MAX_TEMPLATE_CHARS or uses > MAX_FIELD_USES:  # each use may hold a 2,000-character expression
+            raise UserInputError(f"prompt template {str(file)!r} is {len(text):,} characters with {uses} fields: at most "
+                                 f"{MAX_TEMPLATE_CHARS:,} characters and {MAX_FIELD_USES} fields")
         unknown = sorted(fields - prompt_fields(name))
         if unknown:
             known = ", ".join(f"{{{field}}}" for field in sorted(prompt_fields(name))) or "none"

@@ -52,6 +52,11 @@ def run_app(app: typer.Typer, argv: list[str] | None, prog_name: str, *, debug: 
             where = f" writing {error.filename}" if error.filename else ""
             typer.echo(f"error: no space left on the device{where}; free some space and rerun to continue", err=True)
             return 2
+        if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:  # a name the user gave
+            name = str(error.filename or "")
+            shown = f" {name[:80]!r}..." if name else ""
+            typer.echo(f"error: a file name{shown} is longer than the file system allows (255 bytes a name)", err=True)
+            return 2
         typer.echo(f"internal error: {type(error).__name__}: {error} (rerun with --debug for details)", err=True)
         return 1
 

@@ -26,8 +26,14 @@ _DTYPES = {
 _COMMON_DEVICE = re.compile(r"(cpu|cuda)(:\d+)?")
 
 
+MAX_DEVICE_INDEX = 1024  # torch refuses indices beyond a C int; no machine comes near
+
+
 def check_device_name(device: "str | torch.device") -> None:
     """Refuse a device name torch does not know (``"cdua"``), before anything loads."""
+    if isinstance(device, str) and ":" in device and device.partition(":")[2].isdigit() \
+            and int(device.partition(":")[2]) >= MAX_DEVICE_INDEX:
+        raise UserInputError(f"device {device!r}: no machine has that many GPUs (index under {MAX_DEVICE_INDEX})")
     if not isinstance(device, str) or device == "auto" or _COMMON_DEVICE.fullmatch(device):
         return
     import torch

@@ -19,6 +19,15 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from .errors import UserInputError
 
 MAX_NAME_BYTES = 255  # one file name, on every common file system
+# The settings file each command marks its output folder with: no command writes into another's.
+RUN_MARKERS = {"run.json": "an eval run (run.json)", "train_config.json": "a fine-tuning run (train_config.json)",
+               "build.json": "a finetune-data build (build.json)"}
+EVAL_MARKER, TRAIN_MARKER, BUILD_MARKER = RUN_MARKERS
+
+
+def foreign_runs(own: str) -> dict[str, str]:
+    """The run markers of the commands other than the one that writes ``own``."""
+    return {marker: what for marker, what in RUN_MARKERS.items() if marker != own}
 
 
 @contextmanager
@@ -77,23 +86,33 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 def check_outputs(folder: str | os.PathLike, written: Sequence[str], inputs: Mapping[str, Any],
-                  flag: str = "--output") -> None:
+                  flag: str = "--output", *, folders: Sequence[str] = (), foreign: Mapping[str, str] = {}) -> None:
     """Before any work: refuse a file a command writes in ``folder`` (``written`` names) that is a
-    folder now, or that is one of the command's ``inputs`` (flag -> path or ``None``), which the
-    run would destroy."""
-    for name in written:
-        target = Path(folder) / name
-        try:
+    folder now, a folder it writes (``folders``) that is a file, a folder holding another
+    command's run (``foreign``: the file that marks it -> what it is), or one of the command's
+    ``inputs`` (flag -> path or ``None``) among the files it writes, which the run would destroy."""
+    folder = Path(folder)
+    try:
+        other = next((what for marker, what in foreign.items() if (folder / marker).exists()), None)
+        for name in folders:
+            if (folder / name).exists() and not (folder / name).is_dir():
+                raise UserInputError(f"{flag} {os.fspath(folder)!r} holds a file {name!r} where the command writes "
+                                     "a folder; move it or choose another --output")
+        for name in written:
+            target = folder / name
             if target.is_dir():
                 raise UserInputError(f"{flag} {os.fspath(folder)!r} holds a folder {name!r} where the command writes "
                                      "a file; move it or choose another --output")
             taken = next((given for given, source in inputs.items()
                           if source is not None and target.exists() and same_file(target, source)), None)
-        except OSError as error:
-            raise UserInputError(f"cannot write {flag} {os.fspath(folder)!r}: {error.strerror or error}") from None
-        if taken:
-            raise UserInputError(f"{taken} {os.fspath(inputs[taken])!r} is the {name} this command writes in "
-                                 f"{os.fspath(folder)!r}: write elsewhere")
+            if taken:
+                raise UserInputError(f"{taken} {os.fspath(inputs[taken])!r} is the {name} this command writes in "
+                                     f"{os.fspath(folder)!r}: write elsewhere")
+    except OSError as error:
+        raise UserInputError(f"cannot write {flag} {os.fspath(folder)!r}: {error.strerror or error}") from None
+    if other:
+        raise UserInputError(f"{flag} {os.fspath(folder)!r} holds {other}: its files would be overwritten; choose "
+                             "another --output")
 
 
 def probe_folder(folder: Path, what: str) -> None:
@@ -165,6 +184,18 @@ def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
         out.write(data.encode("utf-8", errors="backslashreplace") if isinstance(data, str) else data)
         out.flush()
         os.fsync(out.fileno())
+
+
+def read_settings_file(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The JSON object a command wrote to ``path`` (``what``: e.g. "the run's settings"); a file that
+    is not one (edited, truncated, nested too deeply) is a ``UserInputError`` naming it."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON, bad UTF-8, huge ints
+        raise UserInputError(f"{os.fspath(path)}: cannot be read as {what} ({type(error).__name__})") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"{os.fspath(path)}: not {what} (a JSON object)")
+    return data
 
 
 def read_json_lines(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:

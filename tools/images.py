@@ -25,6 +25,10 @@ SERVER_MAX_IMAGE_PIXELS = 40_000_000
 # The smallest MLLM pixel budget (min_pixels / max_pixels) worth asking for: one merged 28x28
 # patch of the Qwen families, below which their processors refuse or ignore the budget.
 MIN_PIXEL_BUDGET = 28 * 28
+# The largest: Qwen2-VL's own ceiling, 16,384 merged patches (16k visual tokens an image); and the
+# most InternVL tiles (its releases use 6 to 12; the tile-grid search grows with the square).
+MAX_PIXEL_BUDGET = 16384 * 28 * 28
+MAX_TILES = 64
 # Longer side over shorter side: the Qwen VL processors' own limit; beyond it Grounding DINO's
 # resize leaves a side of 0 pixels. No camera or panorama comes near it.
 MAX_ASPECT_RATIO = 200
@@ -68,17 +72,19 @@ def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_IMAGE_PI
 
 
 def check_pixel_budget(min_pixels: int | None, max_pixels: int | None, max_patches: int | None = None) -> None:
-    """``UserInputError`` for an MLLM image budget no model can use: a budget under
-    ``MIN_PIXEL_BUDGET``, ``min_pixels`` over ``max_pixels``, or fewer than one tile."""
+    """``UserInputError`` for an MLLM image budget no model can use: a budget outside
+    [``MIN_PIXEL_BUDGET``, ``MAX_PIXEL_BUDGET``], ``min_pixels`` over ``max_pixels``, or a tile
+    count outside [1, ``MAX_TILES``]."""
     from .errors import UserInputError
 
     for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
-        if value is not None and value < MIN_PIXEL_BUDGET:
-            raise UserInputError(f"{name} must be at least {MIN_PIXEL_BUDGET} (one 28x28 patch), got {value}")
+        if value is not None and not MIN_PIXEL_BUDGET <= value <= MAX_PIXEL_BUDGET:
+            raise UserInputError(f"{name} must lie in [{MIN_PIXEL_BUDGET}, {MAX_PIXEL_BUDGET}] (one 28x28 patch to "
+                                 f"16,384 of them), got {value}")
     if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
         raise UserInputError(f"min_pixels ({min_pixels}) must not exceed max_pixels ({max_pixels})")
-    if max_patches is not None and max_patches < 1:
-        raise UserInputError(f"max_patches must be at least 1, got {max_patches}")
+    if max_patches is not None and not 1 <= max_patches <= MAX_TILES:
+        raise UserInputError(f"max_patches must lie in [1, {MAX_TILES}], got {max_patches}")
 
 
 def check_aspect_ratio(size: tuple[int, int]) -> None:
@@ -96,6 +102,8 @@ def exif_orientation(source: ImageInput) -> int:
     if not isinstance(source, (str, Path, bytes, bytearray, memoryview)):
         return 1
     try:
+        if isinstance(source, (str, Path)) and not Path(source).is_file():  # never open a pipe
+            return 1
         with _header(source) as opened:
             return _orientation_of(opened)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):  # load_image reports it
@@ -105,6 +113,7 @@ def exif_orientation(source: ImageInput) -> int:
 def frame_sizes(path: str | Path) -> tuple[tuple[int, int], tuple[int, int]]:
     """``(w, h)`` of the image file ``path`` as stored and with its EXIF orientation applied (they
     differ when the orientation turns it by 90 degrees), read from its header."""
+    _file_size(Path(path))
     try:
         with _header(path) as opened:
             size, orientation = opened.size, _orientation_of(opened)
@@ -152,11 +161,21 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _open(path: Path, max_pixels: int | None) -> Image.Image:
-    if not path.exists():
-        raise ImageLoadError(f"{path}: no such file")
-    if path.is_dir():
-        raise ImageLoadError(f"{path}: is a directory, not an image")
-    return _decode(path, str(path), path.stat().st_size, max_pixels)
+    return _decode(path, str(path), _file_size(path), max_pixels)
+
+
+def _file_size(path: Path) -> int:
+    """The size of the image file ``path``; ``ImageLoadError`` when it is none that can be read."""
+    try:
+        if not path.exists():
+            raise ImageLoadError(f"{path}: no such file")
+        if path.is_dir():
+            raise ImageLoadError(f"{path}: is a directory, not an image")
+        if not path.is_file():  # a pipe or device: opening it could wait forever
+            raise ImageLoadError(f"{path}: not a regular file, not an image")
+        return path.stat().st_size
+    except OSError as error:  # e.g. a name over the file system's limit
+        raise ImageLoadError(f"{str(path)[:120]}: {error.strerror or error}") from None
 
 
 def _decode(file: Path | IO[bytes], name: str, size: int, max_pixels: int | None) -> Image.Image:

@@ -76,7 +76,7 @@ class ChatCompletionsClient:
             self.last_attempts += 1
             remaining = deadline - time.monotonic()
             try:
-                return self._client.chat.completions.create(**request, timeout=min(retry.timeout, remaining))
+                response = self._client.chat.completions.create(**request, timeout=min(retry.timeout, remaining))
             except openai.APIStatusError as error:
                 if error.status_code not in RETRYABLE_STATUS and error.status_code < 500:
                     raise RemoteServiceError(self._refusal(error)) from None
@@ -84,6 +84,11 @@ class ChatCompletionsClient:
             except openai.APIConnectionError as error:
                 failure = "timed out" if isinstance(error, openai.APITimeoutError) else "connection failed"
                 retry_after = None
+            except (openai.APIError, ValueError, TypeError, RecursionError) as error:  # a body that is no answer
+                raise RemoteServiceError(f"{self.base_url} answered something that is not a chat completion "
+                                         f"({type(error).__name__})") from None
+            else:
+                return self._checked(response)
             delay = min(retry.max_backoff, max(retry.backoff * 2 ** (self.last_attempts - 1), retry_after or 0))
             if self.last_attempts > retry.max_retries or time.monotonic() + delay >= deadline:
                 raise RemoteServiceError(
@@ -91,6 +96,14 @@ class ChatCompletionsClient:
                     f"({time.monotonic() - started:.1f}s, bound {retry.total_timeout:g}s)"
                 ) from None
             time.sleep(delay)
+
+    def _checked(self, response: Any) -> Any:
+        """``response`` when it is a chat completion with a first choice whose content is text (or none)."""
+        choices = getattr(response, "choices", None)
+        message = getattr(choices[0], "message", None) if isinstance(choices, list) and choices else None
+        if message is None or not isinstance(getattr(message, "content", None), (str, type(None))):
+            raise RemoteServiceError(f"{self.base_url} answered a chat completion without a text choice")
+        return response
 
     def _refusal(self, error: openai.APIStatusError) -> str:
         body = error.body

@@ -58,6 +58,8 @@ def calibrate(
         [config] if config else [])], force)
     metric = get_format(dataset_format).metric
     score_options = {}
+    if score_threshold is not None and not 0 <= score_threshold <= 1:  # nan fails this too
+        raise UserInputError(f"--score-threshold must lie in [0, 1], got {score_threshold}")
     if score_threshold is not None:
         if "score_threshold" not in metric.options:
             raise UserInputError("--score-threshold applies to the GREC formats only")

@@ -81,12 +81,13 @@ def evaluate(
     from agent.evaluation.report import read_compared
     from agent.evaluation.calibration import calibrated_on
     from tools.devices import resolve_device
-    from tools.files import check_output_folder, check_outputs, exclusive_lock, same_file
+    from tools.files import check_output_folder, check_outputs, exclusive_lock, foreign_runs, same_file
 
     # Everything the user typed is checked before any model loads.
     check_output_folder(output)
     written = [PREDICTIONS_FILE, RUN_FILE, REPLIES_FILE, METRICS_JSON, METRICS_CSV, REPORT_PNG]
-    check_outputs(output, written, {"--annotations": annotations, "--config": config_file})
+    check_outputs(output, written, {"--annotations": annotations, "--config": config_file},
+                  foreign=foreign_runs(RUN_FILE))
     dev = calibrated_on(config_file)
     if dev is not None and same_file(dev, annotations):
         typer.echo(f"warning: the thresholds of {config_file} were calibrated on {annotations} itself; its numbers "

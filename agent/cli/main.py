@@ -147,9 +147,13 @@ def check_save_path(save: Path | None, image: Path | None = None) -> None:
 
     from tools.files import check_writable, same_file
 
-    writable = {ext for ext, name in Image.registered_extensions().items() if name in Image.SAVE}
-    if save.suffix.lower() not in writable:
-        raise UserInputError(f"--save {str(save)!r}: not an image file name; use .png or .jpg")
+    import io
+
+    image_format = Image.registered_extensions().get(save.suffix.lower())
+    try:  # a format PIL lists may still take no RGB image (.xbm, .palm, .h5): tried on one pixel
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=image_format)
+    except (KeyError, ValueError, OSError, TypeError):
+        raise UserInputError(f"--save {str(save)!r}: not an image file name REX can write; use .png or .jpg") from None
     check_writable(save, "--save")
     if not save.parent.is_dir():
         raise UserInputError(f"--save {str(save)!r}: no such folder {str(save.parent)!r}")

@@ -132,6 +132,9 @@ def _checked_api_key(api_key: str | None) -> str | None:
         raise UserInputError(
             "the API key (--api-key or REX_API_KEY) is empty; give a key, or unset it to serve without one"
         )
+    if api_key is not None and not (api_key.isascii() and api_key.isprintable()):
+        raise UserInputError("the API key (--api-key or REX_API_KEY) must be printable ASCII (it travels in an HTTP "
+                             "header)")
     return api_key
 
 

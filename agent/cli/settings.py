@@ -60,6 +60,7 @@ def with_settings(*, only: Iterable[str] | None = None, exclude: Iterable[str] =
                 from tools.files import check_output_folder
 
                 check_output_folder(settings.cache_dir, "--cache-dir")
+                check_output_folder(Path(settings.cache_dir) / "detections", "--cache-dir's detections folder")
             # A command that says what a settings file holds beyond the settings (its calibration) gets its path.
             extra = {"config_file": config_file or os.environ.get(ENV_PREFIX + "CONFIG")} if wants_file else {}
             return command(settings=settings, **arguments, **extra)

@@ -50,6 +50,7 @@ from tools.detections import Detections
 from tools.errors import UserInputError
 from tools.evaluation import Prediction
 from tools.evaluation.predictions import WRITTEN_FLOOR
+from tools.files import read_settings_file
 from tools.mllm.selection import selection_from_dict
 
 from ..configuration import AUTO, Configuration
@@ -354,10 +355,9 @@ def run_configuration(predictions_file: str | os.PathLike, config_file: str | os
     """The settings the predictions were made with: ``run.json`` beside them, else ``config_file``, else defaults."""
     run_file = Path(predictions_file).parent / "run.json"
     if run_file.is_file():
-        try:
-            agent = json.loads(run_file.read_text(encoding="utf-8"))["agent"]
-        except (ValueError, KeyError, TypeError):
-            raise UserInputError(f"{run_file}: not an agent-cli eval run file") from None
+        agent = read_settings_file(run_file, "an agent-cli eval run file").get("agent")
+        if not isinstance(agent, dict):
+            raise UserInputError(f"{run_file}: not an agent-cli eval run file (no [agent] settings)")
         return Configuration.load(env={}, **{k: v for k, v in agent.items() if k in Configuration.__dataclass_fields__})
     return Configuration.load(config_file, env={})
 

@@ -30,7 +30,7 @@ from tools.evaluation import Prediction
 from tools.evaluation.common import EXTRACTION_FAILED, READ_AS_STORED, without_extraction_failures
 from tools.evaluation.finecops import REFERENCE_EVALUATORS, answer_confidence, score_finecops_ref
 from tools.evaluation.formats import FORMATS, get_format
-from tools.files import write_atomically
+from tools.files import read_settings_file, write_atomically
 
 METRICS_JSON = "metrics.json"
 METRICS_CSV = "metrics.csv"
@@ -143,11 +143,11 @@ def read_compared(directories: Sequence[Path], dataset_format: str) -> list[tupl
         path = Path(directory) / METRICS_JSON
         if not path.is_file():
             raise UserInputError(f"--compare {directory}: no {METRICS_JSON}; evaluate that run to the end first")
+        metrics = read_settings_file(path, "a metrics file of agent-cli eval")
         try:
-            metrics = json.loads(path.read_text(encoding="utf-8"))
             label = run_label(metrics, Path(directory))
-        except (ValueError, KeyError, TypeError) as error:
-            raise UserInputError(f"{path}: not a metrics file of agent-cli eval ({error})") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise UserInputError(f"{path}: not a metrics file of agent-cli eval ({type(error).__name__})") from None
         scored_as = FORMATS.get(metrics.get("format"))
         if scored_as is None or scored_as.metric is not get_format(dataset_format).metric:
             raise UserInputError(

@@ -34,7 +34,7 @@ from tools.evaluation.common import EXTRACTION_FAILED, READ_AS_STORED
 from tools.evaluation.formats import get_format, read_dataset
 from tools.extraction.base import ExtractedTarget
 from tools.extraction.reference import ReferenceExtractor, ReplyLog
-from tools.files import exclusive_lock, replaced_atomically, write_atomically
+from tools.files import EVAL_MARKER, exclusive_lock, read_settings_file, replaced_atomically, write_atomically
 from tools.images import ImageInput, exif_orientation, frame_sizes, load_image
 
 from ..configuration import Configuration
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from ..agent import Agent
 
 PREDICTIONS_FILE = "predictions.jsonl"
-RUN_FILE = "run.json"
+RUN_FILE = EVAL_MARKER
 REPLIES_FILE = "extraction-replies.json"  # the reference extraction's reply to each batch
 RUN_LOCK = ".run.lock"  # held shared by the shards of a run, exclusively by an unsharded one
 RUN_FORMAT_VERSION = 1
@@ -113,10 +113,7 @@ def record_run(output: Path, settings: dict[str, Any], force: bool = False) -> s
     path = output / RUN_FILE
     differences = None
     if path.exists():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as error:
-            raise UserInputError(f"{path}: not valid JSON ({error}); remove it or use another --output") from None
+        previous = read_settings_file(path, "a run's settings; remove it or use another --output")
         differences = _differences(previous, settings) or None
         if differences is None:
             return None
@@ -133,6 +130,7 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
     changes = []
     for section in ("dataset", "agent"):
         old, new = before.get(section) or {}, now[section]
+        old = old if isinstance(old, dict) else {"(unreadable)": old}
         changes += [f"{name}: {old.get(name)!r} there, {new.get(name)!r} now"
                     for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
     return "; ".join(changes)

@@ -49,6 +49,9 @@ class ServerOptions:
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
             # An empty key would switch authentication off while /healthz says a key is required.
             raise UserInputError("api_key is empty; give a key, or None to serve without one")
+        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()):
+            # HTTP headers carry ASCII: a client could never send any other key.
+            raise UserInputError("api_key must be printable ASCII (it travels in an HTTP header)")
         unknown = [name for name in self.strategies if name not in STRATEGIES]
         if unknown or not self.strategies:
             raise UserInputError(f"strategies must be some of {', '.join(STRATEGIES)}, got {list(self.strategies)}")

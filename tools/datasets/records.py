@@ -8,12 +8,12 @@ is fixed in one look instead of by reading a ``KeyError`` traceback.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import UserInputError
+from ..numbers import is_finite_number
 
 _MISSING = object()
 
@@ -119,9 +119,7 @@ class Record:
     def xywh(self, name: str = "bbox") -> list[float]:
         """A COCO box ``[x, y, width, height]`` of four finite numbers with non-negative size."""
         value = self.raw(name)
-        numbers = isinstance(value, list) and len(value) == 4
-        numbers = numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        if not numbers or not all(math.isfinite(v) for v in value):
+        if not (isinstance(value, list) and len(value) == 4 and all(is_finite_number(v) for v in value)):
             raise self.error(name, f"must be four finite numbers [x, y, width, height], got {value!r:.80}")
         if value[2] < 0 or value[3] < 0:
             raise self.error(name, f"has a negative width or height: {value!r}")

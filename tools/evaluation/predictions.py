@@ -20,7 +20,6 @@ warning, and the writer cuts it off before appending, so a run can resume.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 from ..detections import Detections
 from ..files import JsonLinesAppender, read_json_lines
 from ..errors import UserInputError
+from ..numbers import is_finite_number
 
 RESERVED_FIELDS = ("id", "boxes", "scores")
 RAW_SCORES = "raw_scores"
@@ -168,7 +168,7 @@ def _is_numbers(values: Any, count: int) -> bool:
     return (
         isinstance(values, list)
         and len(values) == count
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        and all(is_finite_number(v) for v in values)
     )
 
 
