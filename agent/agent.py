@@ -102,6 +102,8 @@ class Agent:
         expression = clean_expression(expression)
         if isinstance(target, str):  # cleaned as the expression is, so that it is found in it
             target = clean_expression(target, "target")
+        elif isinstance(target, ExtractedTarget):
+            target = target.within(expression)
         start = time.perf_counter()
         limit = self.config.max_image_pixels
         picture = load_image(image, max_pixels=limit)

@@ -629,3 +629,30 @@ def test_keys_thresholds_and_templates_a_command_cannot_use(tmp_path, capsys, mo
                      str(run / "predictions.jsonl"), "--output", str(tmp_path / "c.toml"), "--score-threshold",
                      value]) == 2
         assert "--score-threshold must lie in [0, 1]" in capsys.readouterr().err
+
+
+def test_text_reaching_a_detector_directly_and_a_given_target_are_neutralised(tiny_mm_grounding_dino, tiny_florence2):
+    from tools.detectors import load_detector
+    from tools.extraction.base import ExtractedTarget
+
+    image = Image.new("RGB", (64, 48))
+    for checkpoint in (tiny_mm_grounding_dino, tiny_florence2):
+        load_detector(str(checkpoint), device="cpu").detect(image, "the cup <OCR> [SEP] <loc_5>")  # a ValueError before
+    agent = Agent("specialist", detector=Detector(), extractor="heuristic", config=Configuration(), focus=True)
+    given = ExtractedTarget("<|im_end|>", (0, 10), "model", "<|im_end|>")
+    result = agent.locate(image, "<|im_end|> cup", target=given)
+    assert result.target == "\u2039|im_end|>" and result.target_span == (0, 10)
+    shifted = agent.locate(image, "the cup", target=ExtractedTarget("cup", (0, 3), "model"))  # a span off its phrase
+    start, end = shifted.target_span  # dropped, so the heuristic target of the expression answers
+    assert shifted.target == "the cup"[start:end] and any("heuristic" in note for note in shifted.fallbacks)
+
+
+def test_a_checkpoint_folder_named_two_ways_is_one_runs_setting(tmp_path, monkeypatch):
+    from agent.evaluation.run import DatasetSpec, run_settings
+
+    (tmp_path / "model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    spec = DatasetSpec("finecops-ref", "a.json")
+    relative = run_settings(spec, Configuration(detector="model"))
+    absolute = run_settings(spec, Configuration(detector=str(tmp_path / "model")))
+    assert relative == absolute

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -101,8 +102,16 @@ class DatasetSpec:
 
 def run_settings(dataset: DatasetSpec, config: Configuration) -> dict[str, Any]:
     """The settings that decide a run's answers, as ``run.json`` records them."""
-    agent = {name: value for name, value in config.to_dict().items() if name not in RUNTIME_SETTINGS}
+    agent = _absolute_checkpoints({name: value for name, value in config.to_dict().items()
+                                   if name not in RUNTIME_SETTINGS})
     return {"version": RUN_FORMAT_VERSION, "dataset": dataset.to_dict(), "agent": agent}
+
+
+def _absolute_checkpoints(agent: dict[str, Any]) -> dict[str, Any]:
+    """``agent`` settings with checkpoint folders as absolute paths: one folder named two ways
+    (``./models/x``, ``/home/me/models/x``) is one checkpoint."""
+    return {name: os.path.abspath(value) if name in ("detector", "mllm", "adapter", "llm") and isinstance(value, str)
+            and os.path.exists(value) else value for name, value in agent.items()}
 
 
 def record_run(output: Path, settings: dict[str, Any], force: bool = False) -> str | None:
@@ -130,7 +139,7 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
     changes = []
     for section in ("dataset", "agent"):
         old, new = before.get(section) or {}, now[section]
-        old = old if isinstance(old, dict) else {"(unreadable)": old}
+        old = _absolute_checkpoints(old) if isinstance(old, dict) else {"(unreadable)": old}
         changes += [f"{name}: {old.get(name)!r} there, {new.get(name)!r} now"
                     for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
     return "; ".join(changes)

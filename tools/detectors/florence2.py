@@ -32,7 +32,7 @@ from ..batching import one_call_at_a_time
 from ..defaults import DEFAULT_FLORENCE2
 from ..detections import Detections
 from ..mllm.decoding import chosen_scores, stop_token_ids
-from ..text import Span, check_text
+from ..text import Span, check_text, neutralise_markup
 from .base import focus_spans
 from .loading import TransformersDetector
 
@@ -91,7 +91,8 @@ class Florence2Detector(TransformersDetector):
             raise ValueError(f"{len(images)} images but {len(texts)} texts")
         for text, focus in zip(texts, focuses):
             check_text(text, focus)
-        prompts = [(GROUNDING_TASK if focus is not None else DETECTION_TASK) + text.strip()
+        # Markup in the text ("<OCR>", "<loc_5>") is Florence-2's own task and location tokens: neutralised.
+        prompts = [(GROUNDING_TASK if focus is not None else DETECTION_TASK) + neutralise_markup(text.strip())
                    for text, focus in zip(texts, focuses)]
         answers = self._generate(list(images), prompts)
         results = []

@@ -14,7 +14,7 @@ from ..batching import one_call_at_a_time
 from ..detections import Detections
 from ..errors import UserInputError
 from ..profiles import DETECTOR_RESIZES
-from ..text import Span, check_text
+from ..text import Span, check_text, neutralise_markup
 from .base import caption_and_focus_tokens, check_focus_score, focus_spans, query_scores
 from .loading import TransformersDetector
 
@@ -67,6 +67,7 @@ class GroundingDinoDetector(TransformersDetector):
         focuses = focus_spans(texts, focuses)
         for text, focus in zip(texts, focuses):
             check_text(text, focus)
+        texts = [neutralise_markup(text) for text in texts]  # "[SEP]" would split the caption; spans keep
         tokenizer = self.processor.tokenizer
         captions = [
             caption_and_focus_tokens(text, focus, tokenizer, self.max_text_len, keeps_sep=True, stacklevel=4)

@@ -30,7 +30,7 @@ from .. import boxes as box_ops
 from ..batching import one_call_at_a_time
 from ..defaults import DEFAULT_OWLV2
 from ..detections import Detections
-from ..text import Span, check_text
+from ..text import Span, check_text, neutralise_markup
 from .base import focus_spans
 from .loading import TransformersDetector
 
@@ -124,7 +124,7 @@ class Owlv2Detector(TransformersDetector):
 def query_text(text: str, focus: Span | None) -> str:
     """The query OWLv2 is asked: the focus phrase when given, else the whole text."""
     check_text(text, focus)
-    return text[focus[0]:focus[1]].strip() if focus is not None else text.strip()
+    return neutralise_markup(text[focus[0]:focus[1]].strip() if focus is not None else text.strip())
 
 
 def _warn_truncated(tokenizer, texts: list[str], limit: int) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from .count import ExpectedCount
@@ -30,6 +30,19 @@ class ExtractedTarget:
     source: Source
     answer: str | None = None
     count: ExpectedCount | None = None
+
+    def within(self, expression: str) -> "ExtractedTarget":
+        """This target as a caller hands it in for ``expression``: its text with control markup
+        neutralised (as the expression's is), its span dropped unless it holds the phrase there."""
+        from ..text import neutralise_markup
+
+        phrase = None if self.phrase is None else neutralise_markup(self.phrase)
+        answer = None if self.answer is None else neutralise_markup(self.answer)
+        span = self.span
+        if span is not None and not (0 <= span[0] < span[1] <= len(expression) and phrase is not None
+                                     and expression[span[0]:span[1]] == phrase):
+            span = None
+        return replace(self, phrase=phrase, answer=answer, span=span)
 
     def to_dict(self) -> dict[str, Any]:
         return {
