@@ -243,3 +243,26 @@ def test_an_empty_api_key_from_python_is_refused():
     for key in ("", "   "):
         with pytest.raises(UserInputError, match="api_key is empty"):
             ServerOptions(api_key=key)
+
+
+def test_save_never_replaces_another_commands_file(tmp_path, capsys, calibration_inputs):
+    from PIL import Image
+
+    run = tmp_path / "evalrun"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    (run / "report.png").write_bytes(b"an eval's chart")
+    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
+    for command in ("locate", "detect"):
+        assert main([command, str(tmp_path / "a.png"), "the cup", "--save", str(run / "report.png"),
+                     "--detector", "./nowhere"]) == 2
+        assert "would replace a file of an eval run" in capsys.readouterr().err
+    assert (run / "report.png").read_bytes() == b"an eval's chart"
+    annotations, predictions_run = calibration_inputs
+    assert calibrate(annotations, predictions_run, "--output", tmp_path / "c.toml") == 0
+    assert main(["locate", str(tmp_path / "a.png"), "the cup", "--save", str(tmp_path / "c.png"),
+                 "--detector", "./nowhere"]) == 2  # calibrate's plot
+    assert "would replace a file of agent-cli calibrate" in capsys.readouterr().err
+    assert calibrate(annotations, predictions_run, "--output", tmp_path / "d.toml", "--config",
+                     tmp_path / "missing.toml") == 2
+    assert "no such file" in capsys.readouterr().err

@@ -53,6 +53,8 @@ def calibrate(
     from tools.evaluation.formats import read_dataset
     from tools.files import write_atomically
 
+    if config is not None and not config.is_file():
+        raise UserInputError(f"config file {str(config)!r}: no such file")
     plot = plot or output.with_suffix(".png")
     _check_outputs(output, plot, [annotations, predictions, predictions.parent / "run.json", *(
         [config] if config else [])], force)
