@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -224,8 +225,12 @@ def test_accelerate_launch_runs_one_shard_per_process_and_merges(tmp_path, refer
     # sets RANK / WORLD_SIZE, each process answers its shard, the last one done merges.
     output = tmp_path / "run"
     launcher = Path(sys.executable).parent / "accelerate"
+    # A free port, not torch's fixed 29500: another process group on this machine cannot collide.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
                "-m", "agent.cli.eval", "--output", str(output), *dataset, *models]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
