@@ -114,7 +114,7 @@ def test_drop_counts_per_reason_with_negatives(dataset, tmp_path):
     assert samples["1"].meta["level"] == 1 and samples["11"].meta["negative"] == "attribute/1/text"
 
 
-def test_without_negatives_no_none_option_and_lone_candidates_dropped(dataset, tmp_path):
+def test_without_negatives_no_none_letter_and_lone_candidates_dropped(dataset, tmp_path):
     report = build_crs_data(config_for(dataset, tmp_path / "out"), progress=False)
     assert report.to_dict() == NO_NEGATIVES
     assert not any(s.allow_none for s in read_samples(tmp_path / "out" / "samples.jsonl"))

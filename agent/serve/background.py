@@ -19,7 +19,7 @@ class BackgroundServer:
     """
 
     def __init__(self, app) -> None:
-        # IPPROTO_TCP named, so asyncio sets TCP_NODELAY on each connection (see serve_cli.listen).
+        # IPPROTO_TCP named, so asyncio sets TCP_NODELAY on each connection (see agent.cli.serve.listen).
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.bind(("127.0.0.1", 0))
         options = getattr(app.state, "options", None) or ServerOptions()
