@@ -66,15 +66,15 @@ def needed_methods(kind: str, config: Configuration) -> tuple[list[tuple[str, ..
 
 
 class Turns:
-    """Who may call a model when: one lock per model that does not serialise itself (a ``_lock``)
-    or say it is ``thread_safe``, shared by every adapter of that model."""
+    """Who may call a model when: one lock per model that does not say it is ``thread_safe``
+    (the bundled ones serialise themselves), shared by every adapter of that model."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._locks: dict[int, threading.Lock] = {}
 
     def of(self, model: Any):
-        if hasattr(model, "_lock") or getattr(model, "thread_safe", False):
+        if getattr(model, "thread_safe", False) is True:
             return nullcontext()
         with self._guard:
             return self._locks.setdefault(id(model), threading.Lock())

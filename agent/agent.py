@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from tools.batching import run_together
+from tools.batching import chunks, run_together
 from tools.errors import UserInputError
 from tools.extraction.base import ExtractedTarget
 from tools.images import ImageInput, exif_orientation, load_image
@@ -149,10 +149,9 @@ class Agent:
         recent: OrderedDict[str, Image.Image] = OrderedDict()
         limit = self.config.max_image_pixels
         results: list = []
-        for start in range(0, len(images), batch):
+        for together in chunks(zip(images, expressions), batch):
             # Images are decoded here, in order, so the recent-file memory needs no lock.
-            queries = [(_decode_once_or_error(image, recent, limit), text)
-                       for image, text in zip(images[start:start + batch], expressions[start:start + batch])]
+            queries = [(_decode_once_or_error(image, recent, limit), text) for image, text in together]
             results += run_together(self._locate_query, queries, batch)
         if not return_exceptions:
             for result in results:

@@ -4,6 +4,9 @@ Precedence, lowest first: the defaults below, a config file (TOML or JSON; the
 ``REX_CONFIG`` environment variable or ``config_file=`` names it), ``REX_*``
 environment variables (e.g. ``REX_STRATEGY=crs``, ``REX_ALLOW_NONE=1``), then
 explicit arguments.
+
+(Just over 400 lines: every setting is declared here, with its checks and its readers, so that
+one reading shows what the agent can be told.)
 """
 
 from __future__ import annotations

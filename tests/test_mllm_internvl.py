@@ -158,7 +158,8 @@ def test_lora_adapter_on_internvl_changes_select(tiny_internvl, internvl, street
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from finetune.train import DEFAULT_LORA_TARGET, lora_target_regex
+    from finetune.train import lora_target_regex
+    from finetune.train_settings import DEFAULT_LORA_TARGET
 
     base = AutoModelForImageTextToText.from_pretrained(tiny_internvl)
     torch.manual_seed(0)

@@ -53,6 +53,8 @@ class TransformersDetector:
     title = ""
     auto_class = "AutoModelForZeroShotObjectDetection"  # a transformers Auto class name
     default_checkpoint = ""
+    # Each serialises its forward passes itself (a ``_lock``, ``one_call_at_a_time``).
+    thread_safe = True
 
     model: torch.nn.Module
 

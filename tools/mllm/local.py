@@ -99,6 +99,7 @@ class LocalVLM(CandidateQuestions):
     """
 
     kind = "MLLM"  # what error messages call a checkpoint of this class
+    thread_safe = True  # one call at a time on the model (its ``_lock``): callers need no lock of their own
 
     def __init__(
         self,
