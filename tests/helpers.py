@@ -19,6 +19,21 @@ from tools.evaluation import PredictionWriter
 from tools.mllm.qwen import QwenVL
 
 
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """``agent-cli ARGS`` in this process: its exit code, stdout and stderr."""
+    from agent.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_lines(path, records):
+    """``records`` as a JSON Lines file at ``path``."""
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
 def without_timings(result) -> dict:
     """A result (or its ``to_dict()``) without its timings, which differ from run to run."""
     data = result if isinstance(result, dict) else result.to_dict()

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from agent.cli.main import find_phrase, main
+from tests.helpers import cli
 
 
 @pytest.fixture
@@ -17,15 +18,9 @@ def image_file(tmp_path, street_image):
     return path
 
 
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_detect_prints_a_table_and_saves_a_png(capsys, tmp_path, image_file, tiny_mm_grounding_dino):
     out_png = tmp_path / "boxes.png"
-    code, out, _ = run(capsys, "detect", image_file, "the red car", "--detector", tiny_mm_grounding_dino,
+    code, out, _ = cli(capsys, "detect", image_file, "the red car", "--detector", tiny_mm_grounding_dino,
                        "--top-k", 3, "--save", out_png)
     assert code == 0
     assert "rank" in out and "score" in out
@@ -34,7 +29,7 @@ def test_detect_prints_a_table_and_saves_a_png(capsys, tmp_path, image_file, tin
 
 
 def test_detect_json_is_parseable_and_has_top_k_boxes(capsys, image_file, tiny_mm_grounding_dino):
-    code, out, _ = run(capsys, "detect", image_file, "the red car on the left", "--focus", "red car",
+    code, out, _ = cli(capsys, "detect", image_file, "the red car on the left", "--focus", "red car",
                        "--detector", tiny_mm_grounding_dino, "--top-k", 4, "--json")
     assert code == 0
     result = json.loads(out)
@@ -61,14 +56,14 @@ def test_user_mistakes_exit_2_with_one_line(capsys, tmp_path, image_file, args, 
     not_image = tmp_path / "notes.png"
     not_image.write_text("not a picture")
     paths = {"{missing}": tmp_path / "nope.png", "{dir}": tmp_path, "{notimage}": not_image, "{image}": image_file}
-    code, _, err = run(capsys, *[paths.get(a, a) for a in args])
+    code, _, err = cli(capsys, *[paths.get(a, a) for a in args])
     assert code == 2
     assert fragment in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_usage_errors_exit_2(capsys):
-    code, _, err = run(capsys, "detect")
+    code, _, err = cli(capsys, "detect")
     assert code == 2 and "Missing argument" in err
 
 
@@ -77,7 +72,7 @@ def test_internal_errors_exit_1_with_a_debug_hint(capsys, monkeypatch, image_fil
         raise RuntimeError("boom")
 
     monkeypatch.setattr("tools.detectors.GroundingDinoDetector.detect", broken)
-    code, _, err = run(capsys, "detect", image_file, "a dog", "--detector", tiny_mm_grounding_dino)
+    code, _, err = cli(capsys, "detect", image_file, "a dog", "--detector", tiny_mm_grounding_dino)
     assert code == 1 and "boom" in err and "--debug" in err
     with pytest.raises(RuntimeError, match="boom"):
         main(["--debug", "detect", str(image_file), "a dog", "--detector", str(tiny_mm_grounding_dino)])

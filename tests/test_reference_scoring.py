@@ -13,15 +13,10 @@ from PIL import Image
 from agent.cli import main
 from tests import reference_scripts as scripts
 from tests.fake_openai_server import FakeChatServer, completion
-from tests.helpers import annotation, image_entry, negative_fields, write_json
+from tests.helpers import annotation, image_entry, negative_fields, write_json, write_lines
 from tools.evaluation import read_predictions
 
 IOU_HALF = [0, 0, 10, 20]  # IoU with the target [0, 0, 10, 10] is exactly 0.5
-
-
-def write_lines(path, records):
-    path.write_text("".join(json.dumps(record) + "\n" for record in records))
-    return path
 
 
 def score(capsys, annotations, predictions, *options):

@@ -6,31 +6,18 @@ import json
 
 import pytest
 
-from agent.cli import main
-from tests.helpers import annotation, grefcoco_files, image_entry, write_json
+from tests.helpers import annotation, cli, grefcoco_files, image_entry, write_json, write_lines
 from tests.helpers import FINECOPS_COCO, FINECOPS_PREDICTIONS
-
-
-def write_lines(tmp_path, records):
-    path = tmp_path / "predictions.jsonl"
-    path.write_text("".join(json.dumps(record) + "\n" for record in records))
-    return path
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
 def finecops_files(tmp_path):
-    return write_json(tmp_path, "finecops.json", FINECOPS_COCO), write_lines(tmp_path, FINECOPS_PREDICTIONS)
+    return write_json(tmp_path, "finecops.json", FINECOPS_COCO), write_lines(tmp_path / "predictions.jsonl", FINECOPS_PREDICTIONS)
 
 
 def test_finecops_json(capsys, finecops_files):
     annotations, predictions = finecops_files
-    code, out, _ = run(capsys, "score", "--format", "finecops-ref", "--annotations", annotations,
+    code, out, _ = cli(capsys, "score", "--format", "finecops-ref", "--annotations", annotations,
                        "--predictions", predictions, "--json")
     assert code == 0
     result = json.loads(out)
@@ -43,7 +30,7 @@ def test_finecops_json(capsys, finecops_files):
 
 def test_finecops_tables(capsys, finecops_files):
     annotations, predictions = finecops_files
-    code, out, _ = run(capsys, "score", "--format", "finecops-ref", "--annotations", annotations,
+    code, out, _ = cli(capsys, "score", "--format", "finecops-ref", "--annotations", annotations,
                        "--predictions", predictions)
     assert code == 0
     for fragment in ("Precision@k", "Recall@k", "attribute/1/text", "33.33", "AUROC", "75.00", "CRS accuracy"):
@@ -57,16 +44,16 @@ def test_grec_json_and_settings(capsys, tmp_path):
                         annotation(2, 1, [0, 0, 0, 0], category_id=-1)],
     }
     annotations = write_json(tmp_path, "grec.json", data)
-    predictions = write_lines(tmp_path, [
+    predictions = write_lines(tmp_path / "predictions.jsonl", [
         {"id": 0, "boxes": [[0, 0, 10, 10], [20, 0, 30, 10]], "scores": [0.9, 0.8]},
         {"id": 1, "boxes": [[5, 5, 9, 9]], "scores": [0.6]},
     ])
     args = ["score", "--format", "grec", "--annotations", annotations, "--predictions", predictions, "--json"]
-    code, out, _ = run(capsys, *args)
+    code, out, _ = cli(capsys, *args)
     assert code == 0
     result = json.loads(out)
     assert (result["f1_precision"], result["n_acc"], result["t_acc"]) == (100.0, 100.0, 100.0)
-    code, out, _ = run(capsys, *args, "--score-threshold", "0.5", "--matching", "iou")
+    code, out, _ = cli(capsys, *args, "--score-threshold", "0.5", "--matching", "iou")
     result = json.loads(out)
     assert result["f1_precision"] == 50.0 and result["n_acc"] == 0.0
     assert result["settings"] == {"score_threshold": 0.5, "iou_threshold": 0.5, "matching": "iou"}
@@ -74,12 +61,12 @@ def test_grec_json_and_settings(capsys, tmp_path):
 
 def test_grefcoco_release_with_a_split(capsys, tmp_path):
     refs = grefcoco_files(tmp_path)  # val: sentences 10 and 11 (two targets), 12 (no target)
-    predictions = write_lines(tmp_path, [
+    predictions = write_lines(tmp_path / "predictions.jsonl", [
         {"id": 10, "boxes": [[0, 0, 10, 10], [5, 5, 6, 7]], "scores": [0.9, 0.9]},
         {"id": 11, "boxes": [[0, 0, 10, 10]], "scores": [0.9]},
         {"id": 12, "boxes": [], "scores": []},
     ])
-    code, out, _ = run(capsys, "score", "--format", "grefcoco", "--split", "val", "--annotations", refs,
+    code, out, _ = cli(capsys, "score", "--format", "grefcoco", "--split", "val", "--annotations", refs,
                        "--predictions", predictions, "--json")
     assert code == 0
     result = json.loads(out)
@@ -90,9 +77,9 @@ def test_refcoco_table(capsys, tmp_path):
     annotations = write_json(tmp_path, "refcoco.json", {"images": [image_entry(0), image_entry(1)],
                                                         "annotations": [annotation(0, 0, [0, 0, 10, 10]),
                                                                         annotation(1, 1, [0, 0, 10, 10])]})
-    predictions = write_lines(tmp_path, [{"id": 0, "boxes": [[0, 0, 10, 10]], "scores": [0.9]},
+    predictions = write_lines(tmp_path / "predictions.jsonl", [{"id": 0, "boxes": [[0, 0, 10, 10]], "scores": [0.9]},
                                          {"id": 1, "boxes": [[5, 5, 9, 9]], "scores": [0.9]}])
-    code, out, _ = run(capsys, "score", "--format", "refcoco", "--annotations", annotations,
+    code, out, _ = cli(capsys, "score", "--format", "refcoco", "--annotations", annotations,
                        "--predictions", predictions)
     assert code == 0 and "Acc@0.5" in out and "50.00" in out
 
@@ -110,18 +97,18 @@ def test_refcoco_table(capsys, tmp_path):
 )
 def test_user_mistakes_exit_2_with_one_line(capsys, finecops_files, extra, fragment):
     annotations, predictions = finecops_files
-    code, _, err = run(capsys, "score", "--annotations", annotations, "--predictions", predictions, *extra)
+    code, _, err = cli(capsys, "score", "--annotations", annotations, "--predictions", predictions, *extra)
     assert code == 2
     assert fragment in err and len(err.strip().splitlines()) == 1
 
 
 def test_missing_predictions_exit_2_unless_allowed(capsys, tmp_path, finecops_files):
     annotations, _ = finecops_files
-    predictions = write_lines(tmp_path, FINECOPS_PREDICTIONS[1:])
+    predictions = write_lines(tmp_path / "predictions.jsonl", FINECOPS_PREDICTIONS[1:])
     args = ["score", "--format", "finecops-ref", "--annotations", annotations, "--predictions", predictions]
-    code, _, err = run(capsys, *args)
+    code, _, err = cli(capsys, *args)
     assert code == 2 and "1 of 7 samples have no prediction (ids 1)" in err
-    code, out, _ = run(capsys, *args, "--allow-missing")
+    code, out, _ = cli(capsys, *args, "--allow-missing")
     assert code == 0 and "1 samples without a prediction (scored as empty)" in out
 
 
@@ -130,6 +117,6 @@ def test_torn_predictions_file_still_scores(capsys, finecops_files):
     with predictions.open("a") as handle:
         handle.write('{"id": 99, "bo')
     with pytest.warns(UserWarning, match="torn last line"):
-        code, out, _ = run(capsys, "score", "--format", "finecops-ref", "--annotations", annotations,
+        code, out, _ = cli(capsys, "score", "--format", "finecops-ref", "--annotations", annotations,
                            "--predictions", predictions, "--json")
     assert code == 0 and json.loads(out)["counts"]["unmatched_predictions"] == 0
