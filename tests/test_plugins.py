@@ -110,3 +110,11 @@ def json_roundtrip(data):
     import json
 
     return json.loads(json.dumps(data))
+
+
+def test_a_thread_safe_that_is_no_bool_is_refused():
+    class Odd(Detector):
+        thread_safe = "yes"
+
+    with pytest.raises(UserInputError, match="thread_safe must be True or False"):
+        agent("specialist", detector=Odd())

@@ -49,6 +49,8 @@ def check_plugin(plugin: Any, kind: str, protocols: Sequence[type], needed: Sequ
         except TypeError as error:
             raise UserInputError(f"the {kind} plug-in {name_of}'s {name} cannot be called as "
                                  f"{name}{_shown(signature)}: {error}") from None
+    if not isinstance(getattr(plugin, "thread_safe", False), bool):  # True lets threads in at once
+        raise UserInputError(f"the {kind} plug-in {name_of}'s thread_safe must be True or False")
     for alternatives in needed:
         if not any(callable(getattr(plugin, name, None)) for name in alternatives):
             wanted = " or ".join(f"{name}{_shown(declared[name])}" for name in alternatives)

@@ -20,9 +20,8 @@ class Detector(Protocol):
     is an RGB ``PIL.Image``; the result holds ``xyxy`` pixel boxes, best first.
     ``focus`` is the ``(start, end)`` character span of the target inside ``text``:
     when given, each box is scored by how well it matches those characters only
-    (target-focus matching) instead of the whole text. Optionally ``detect_many(image,
-    texts, focuses)`` answers several texts on one image, and ``detect_batch(images, texts,
-    focuses)`` several (image, text) pairs, in one call (README, "Batched execution").
+    (target-focus matching) instead of the whole text. The optional methods (several texts or
+    images in one call) are ``DetectorExtras``.
     """
 
     def detect(self, image: Image.Image, text: str, focus: Span | None = None) -> Detections: ...

@@ -14,18 +14,13 @@ from .selection import Selection
 class MLLM(Protocol):
     """A multimodal LLM that can ground an expression and answer a CRS question.
 
-    Implement these two methods to plug in your own model (a LLaVA, a Molmo, ...).
-    ``image`` is an RGB ``PIL.Image``; boxes are ``xyxy`` pixels of that image. Optionally,
-    ``ground_batch(images, expressions, focuses)`` and ``select_batch(images, expressions,
-    candidates, allow_none)`` answer several queries in one call: queries run together
-    (``batch_size``) then share it (``tools.batching``; README, "Batched execution").
-    ``verify(image, expression, candidates)`` (and ``verify_batch``), returning ``p(yes)`` per
-    candidate for "is this box what the expression describes?", enables ``crs_mode="verify"``.
-    ``count(image, expression, candidates)`` (and ``count_batch``), returning the probability of each
-    of ``tools.mllm.counting.COUNT_ANSWERS`` (0..5, "more") or a plain count, enables
-    ``count_mode="image"``. A ``select`` (and ``select_batch``) that takes the keyword ``reading`` is asked with
-    ``reading="generated"`` under the reference profile: answer greedily and return a ``Selection``
-    with the ``text`` written (``tools.mllm.reading``); without it, its letter probabilities stand.
+    Implement these two methods to plug in your own model (a LLaVA, a Molmo, ...); a strategy asks
+    only for what it uses (CRS: ``select``; the MLLM path: ``ground``). ``image`` is an RGB
+    ``PIL.Image``; boxes are ``xyxy`` pixels of that image. The optional methods (batched calls,
+    ``verify``, ``count``) are ``MLLMExtras``. A ``select`` that takes the keyword ``reading`` is
+    asked with ``reading="generated"`` under the reference profile: answer greedily and return a
+    ``Selection`` with the ``text`` written (``tools.mllm.reading``); without it, its letter
+    probabilities stand.
     """
 
     def ground(self, image: Image.Image, expression: str, focus: str | None = None) -> Detections:
