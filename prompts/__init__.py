@@ -14,6 +14,8 @@ import string
 from functools import lru_cache
 from pathlib import Path
 
+from tools.text import neutralise_markup
+
 PROMPTS_DIR = Path(__file__).resolve().parent
 # A template of one's own stays within what a prompt can be: the packaged ones are well inside.
 MAX_TEMPLATE_CHARS = 50_000
@@ -82,8 +84,6 @@ def render_prompt(name: str, directory: str | Path | None = None, **fields: obje
     in them (``<|im_end|>``, ``<image>``, ...) is neutralised (``tools.text.neutralise_markup``),
     so the filled prompt holds no control or image token that its template did not write.
     """
-    from tools.text import neutralise_markup
-
     template = load_prompt(name, directory)
     try:
         return template.format(**{key: neutralise_markup(value) if isinstance(value, str) else value

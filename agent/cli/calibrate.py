@@ -126,15 +126,20 @@ def _check_outputs(output: Path, plot: Path, inputs: list[Path], force: bool) ->
                                  "name, or --force to replace it")
 
 
+def is_calibrate_plot(path: Path) -> bool:
+    """Whether ``path`` is a plot this command wrote (its PNG says so in ``Software``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.info.get("Software") == PLOT_SOFTWARE
+    except (OSError, UnidentifiedImageError):
+        return False
+
+
 def _written_here(path: Path, header: str) -> bool:
     if path.suffix == ".png":
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as image:
-                return image.info.get("Software") == PLOT_SOFTWARE
-        except (OSError, UnidentifiedImageError):
-            return False
+        return is_calibrate_plot(path)
     try:
         with path.open(encoding="utf-8") as file:
             return file.readline().rstrip("\n") == header

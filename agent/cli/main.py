@@ -145,6 +145,7 @@ def check_save_path(save: Path | None, image: Path | None = None) -> None:
         return
     from PIL import Image
 
+    from agent.cli.calibrate import is_calibrate_plot
     from tools.files import RUN_MARKERS, check_writable, same_file
 
     import io
@@ -160,21 +161,9 @@ def check_save_path(save: Path | None, image: Path | None = None) -> None:
     if image is not None and save.exists() and same_file(save, image):
         raise UserInputError(f"--save {str(save)!r} is the input image: write the drawing elsewhere")
     run = next((what for marker, what in RUN_MARKERS.items() if (save.parent / marker).exists()), None)
-    if save.exists() and (run or _plot_of_calibrate(save)):  # another command's file: never replaced
+    if save.exists() and (run or is_calibrate_plot(save)):  # another command's file: never replaced
         raise UserInputError(f"--save {str(save)!r} would replace a file of {run or 'agent-cli calibrate'}: write the "
                              "drawing elsewhere")
-
-
-def _plot_of_calibrate(path: Path) -> bool:
-    from PIL import Image, UnidentifiedImageError
-
-    from agent.cli.calibrate import PLOT_SOFTWARE
-
-    try:
-        with Image.open(path) as image:
-            return image.info.get("Software") == PLOT_SOFTWARE
-    except (OSError, UnidentifiedImageError):
-        return False
 
 
 @app.command()
